@@ -1,0 +1,38 @@
+"""Fixtures shared by every test module.
+
+- ``real_dir``: the small real slides and images (see tests/fixtures/real/PROVENANCE.md).
+- ``artifacts_dir``: a folder kept after the run (``test-artifacts/``) for PNGs a person should look at.
+- ``small_cohort``: one phantom TUPAC16-layout cohort per session (3 slides, 4 mitosis images).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DIR = ROOT / "tests" / "fixtures" / "real"
+ARTIFACTS_DIR = Path(os.environ.get("TUPAC_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    return REAL_DIR
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS_DIR
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """A phantom TUPAC16-layout dataset root: 3 slides of 1.5 x 1.2 mm, 4 mitosis images."""
+    from tupac.synth import generate_cohort
+
+    root = tmp_path_factory.mktemp("phantom") / "cohort"
+    generate_cohort(root, n_slides=3, seed=7, size_um=(1500.0, 1200.0), mitosis_images=4)
+    return root

@@ -1,0 +1,3 @@
+from tupac.cli import main
+
+main()

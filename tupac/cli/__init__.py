@@ -1,0 +1,16 @@
+"""The ``tupac`` command line: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+from tupac.cli.app import app
+
+# Each import registers its commands on ``app``; keep one line per command module.
+# (command modules are added here as they land)
+
+
+def main() -> None:
+    """Entry point of the ``tupac`` console script."""
+    app()
+
+
+__all__ = ["app", "main"]

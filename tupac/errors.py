@@ -1,0 +1,56 @@
+"""The exception hierarchy of tupac.
+
+Every library error (OpenSlide, cuCIM, tifffile, pandas) is turned into one of these in a
+single place, so that callers catch ``TupacError`` and users see one line that names the file
+and the problem. Each class also inherits the matching built-in, so code that catches
+``OSError`` or ``ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TupacError(Exception):
+    """Base class of every error raised on purpose by tupac."""
+
+
+class SlideError(TupacError):
+    """A problem with one slide file; ``path`` names it."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class SlideOpenError(SlideError, OSError):
+    """The file cannot be opened as a slide (missing, truncated, unsupported format)."""
+
+
+class SlideDecodeError(SlideError, OSError):
+    """The slide opened, but pixel data could not be decoded (corrupt tiles)."""
+
+
+class MissingMPPError(SlideError, ValueError):
+    """The slide's metadata gives no microns-per-pixel and the caller supplied none."""
+
+
+class ResolutionError(TupacError, ValueError):
+    """A read asked for a resolution the slide cannot provide (e.g. 40x from a 20x slide
+    without ``allow_upsample``)."""
+
+
+class DatasetLayoutError(TupacError, ValueError):
+    """A TUPAC16-layout file is missing or malformed; the message names file and line."""
+
+    def __init__(self, path: str | Path, problem: str, line: int | None = None) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.problem = problem
+        where = f"{self.path}:{line}" if line is not None else f"{self.path}"
+        super().__init__(f"{where}: {problem}")
+
+
+class ConfigError(TupacError, ValueError):
+    """A configuration value is invalid; the message says what was received and expected."""
