@@ -111,3 +111,32 @@ def full_grid(
     xy_mpp = rc[:, ::-1] * stride_px
     origins = np.floor(mpp_to_l0(xy_mpp, slide_mpp, mpp)).astype(np.int64)
     return TileGrid(origins, tile_px, stride_px, mpp, slide_mpp, rc, (rows, cols))
+
+
+def grid_boxes(grid: TileGrid, raster_mpp: float) -> np.ndarray:
+    """Each tile's extent in the pixel frame of a raster at ``raster_mpp`` (e.g. a tissue mask).
+
+    Parameters
+    ----------
+    grid : TileGrid
+    raster_mpp : float
+        Resolution of the target raster in um/px.
+
+    Returns
+    -------
+    ndarray of float64, shape (n, 4)
+        ``(x0, y0, x1, y1)`` per tile, half-open, in (fractional) raster pixels.
+    """
+    xy0 = l0_to_mpp(grid.origins_l0, grid.slide_mpp, raster_mpp)
+    edge = grid.tile_px * grid.mpp / raster_mpp
+    return np.concatenate([xy0, xy0 + edge], axis=1)
+
+
+def select_tiles(grid: TileGrid, keep: np.ndarray) -> TileGrid:
+    """The sub-grid of tiles where ``keep`` (bool, shape (n,)) is true; ``grid_shape`` is unchanged."""
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(grid),):
+        raise ValueError(f"keep must have shape ({len(grid)},), got {keep.shape}")
+    return TileGrid(
+        grid.origins_l0[keep], grid.tile_px, grid.stride_px, grid.mpp, grid.slide_mpp, grid.rc[keep], grid.grid_shape
+    )
