@@ -54,3 +54,22 @@ class DatasetLayoutError(TupacError, ValueError):
 
 class ConfigError(TupacError, ValueError):
     """A configuration value is invalid; the message says what was received and expected."""
+
+
+class StainError(TupacError, ValueError):
+    """Stain standardization cannot proceed (unreadable or mismatched reference, no tissue to fit);
+    the message names the file or the method and the problem."""
+
+
+class ModelError(TupacError, ValueError):
+    """A model was asked for something it cannot do: an unknown registry name, an input of the
+    wrong shape, a model card with invalid values. The message says what was received and expected."""
+
+
+class ModelFileError(TupacError, OSError):
+    """A saved model or training checkpoint on disk is missing or unreadable; ``path`` names it."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
