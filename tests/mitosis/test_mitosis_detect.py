@@ -135,3 +135,27 @@ def test_choose_threshold_edge_cases():
     assert t == np.inf and f1 == 0.0
     with pytest.raises(ValueError):
         choose_threshold([empty], [])
+
+
+def test_heatmap_of_known_mitoses_detects_them_in_level0():
+    """A net with stride 4 and a 64-px receptive field (offset 31.5) run on a 40x tile whose pixel
+    (0, 0) sits at level-0 (5000, 7000): blobs rendered at the true positions come back as exact
+    TPs in level-0 coordinates, and a weak blob below the threshold does not."""
+    from tupac.mitosis.scoring import match_points, score_image
+
+    rng = np.random.default_rng(5)
+    stride, offset, origin = 4.0, 31.5, (5000.0, 7000.0)
+    truth_in = np.array([[100.0, 80.0], [300.0, 90.0], [210.0, 400.0], [420.0, 410.0]])  # input-frame (x, y)
+    cells_rc = (truth_in[:, ::-1] - offset) / stride
+    prob = _blob((120, 120), cells_rc, sigma=2.0, amp=0.95)
+    prob = np.maximum(prob, _blob((120, 120), [(60.0, 20.0)], sigma=2.0, amp=0.3))  # a weak figure
+    prob = np.clip(prob + rng.normal(0, 0.03, prob.shape).astype(np.float32), 0, 1)
+    det = detect_from_heatmap(
+        prob, stride, offset, threshold=0.5, sigma_px=4.0, nms_radius_px=30.0, origin_xy_l0=origin
+    )
+    truth_l0 = truth_in + np.array(origin)
+    c = score_image(det, truth_l0)
+    assert (c.tp, c.fp, c.fn) == (4, 0, 0)
+    pi, ti = match_points(det, truth_l0)
+    err = np.hypot(*(det[["x", "y"]].to_numpy()[pi] - truth_l0[ti]).T)
+    assert err.max() <= stride  # located to within one heatmap cell
