@@ -45,7 +45,13 @@ class Nuclei:
     mpp : float
         Resolution of the tile in micrometers per pixel.
     threshold : float
-        Hematoxylin optical density above which a pixel counted as nuclear.
+        Hematoxylin value (``rgb2hed`` units) above which a pixel counted as nuclear; ``inf``
+        when the tile holds no tissue.
+
+    Notes
+    -----
+    Nuclei cut by the tile border are kept with their visible part; callers that tile a slide
+    should use overlapping tiles and keep each nucleus in the tile that holds its centroid.
     """
 
     labels: np.ndarray
