@@ -52,16 +52,15 @@ def read_detections_csv(path: str | Path) -> pd.DataFrame:
 def write_detections_csv(detections: pd.DataFrame, path: str | Path) -> Path:
     """Write detections (``x, y, prob``) as a TUPAC16 task-3 CSV: ``row,col,prob``, no header.
 
-    Coordinates are rounded to whole pixels (as in the TUPAC16 files); parent folders are created.
+    Coordinates are rounded to whole pixels (as in the TUPAC16 files) and probabilities to 6
+    decimals; parent folders are created; no detections give an empty file.
+    Writing is :func:`tupac.data.submission.write_detection_csv`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = np.rint(detections["y"].to_numpy(dtype=np.float64)).astype(np.int64)
-    cols = np.rint(detections["x"].to_numpy(dtype=np.float64)).astype(np.int64)
-    prob = detections["prob"].to_numpy(dtype=np.float64)
-    lines = [f"{r},{c},{p:.6g}\n" for r, c, p in zip(rows, cols, prob)]
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+    from tupac.data.submission import write_detection_csv
+
+    rc = np.rint(detections[["y", "x"]].to_numpy(dtype=np.float64))
+    prob = np.round(detections["prob"].to_numpy(dtype=np.float64), 6)
+    return write_detection_csv(path, rc, prob)
 
 
 def pair_csv_trees(pred_dir: str | Path, truth_dir: str | Path) -> tuple[list[str], list[str]]:
