@@ -271,3 +271,48 @@ def test_phantom_masks_match_the_generators_truth(small_cohort):
         score = iou(tm.mask[:h, :w], truth[:h, :w].astype(bool))
         assert score >= 0.95, f"{slide.slide_id}: IoU {score:.3f} with the true tissue mask"
         assert len(grid) > 0
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from tupac.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize(("name", "mpp_args"), [("cmu-1-small-region.svs", []), ("tcga-cr-7395-01a-01-ts1.svs", ["--mpp", "1.0"])])
+def test_cli_writes_mask_png_with_mpp_and_overlay(real_dir, artifacts_dir, tmp_path, name, mpp_args):
+    from tupac.data.masks import read_mask_png
+
+    out, ov = tmp_path / "mask.png", artifacts_dir / f"tissue-cli-overlay-{name}.png"
+    res = _cli("tissue", str(real_dir / name), "--out", str(out), "--overlay", str(ov), *mpp_args)
+    assert res.exit_code == 0, res.output
+    assert "8 um/px" in res.output
+    tm = read_mask_png(out)
+    assert tm.mpp == 8.0
+    # Same answer as the pure function on the same slide, read independently with OpenSlide.
+    slide_mpp = 0.499 if not mpp_args else 1.0
+    direct = tissue_mask(_real_thumbnail(real_dir / name, slide_mpp, 8.0), 8.0).mask
+    h, w = min(direct.shape[0], tm.shape[0]), min(direct.shape[1], tm.shape[1])
+    assert iou(tm.mask[:h, :w], direct[:h, :w]) >= 0.95  # thumbnails differ only in resampling filter
+    from PIL import Image
+
+    with Image.open(ov) as im:
+        assert im.size[0] >= 2 * tm.shape[1] - 2  # drawn finer than the mask, for a person
+
+
+def test_cli_bad_slides_give_one_line_and_nonzero_exit(real_dir, tmp_path):
+    for name, expected in [
+        ("broken.svs", "broken.svs"),
+        ("does-not-exist.svs", "does-not-exist.svs"),
+        ("tcga-cr-7395-01a-01-ts1.svs", "--mpp"),  # no MPP in its metadata
+    ]:
+        res = _cli("tissue", str(real_dir / name), "--out", str(tmp_path / "m.png"))
+        assert res.exit_code != 0
+        assert expected in res.output and "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "m.png").exists()
