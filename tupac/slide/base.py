@@ -118,8 +118,8 @@ class BaseSlideReader:
     """
 
     backend = "base"
-    max_window_px = 32 * 1024 * 1024
-    """Most source pixels one ``thumbnail`` strip reads (about 96 MiB of RGB)."""
+    max_window_px = 8 * 1024 * 1024
+    """Most source pixels one ``thumbnail`` strip reads (24 MiB of RGB, ~200 MiB of sums)."""
 
     def __init__(self, path: Path, info: SlideInfo) -> None:
         self.path = Path(path)

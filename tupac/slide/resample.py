@@ -1,8 +1,10 @@
 """Choosing a pyramid level for a target MPP, and resampling what was read to that MPP.
 
-Pure functions on numpy arrays; the readers call them. Downsampling averages areas (PIL's BOX
-filter, which weights partial source pixels exactly), so a 2x2 block becomes its mean and no
-aliasing creeps into tissue masks or network inputs.
+Pure functions on numpy arrays; the readers call them. Downsampling averages areas exactly,
+partial source pixels weighted by their overlap (integral images, so any real factor and any
+sub-pixel origin work; strips of a thumbnail agree with a single read), so a 2x2 block becomes
+its mean and no aliasing creeps into tissue masks or network inputs. PIL's BOX filter is not
+used for this: it counts a source pixel fully or not at all by its center.
 """
 
 from __future__ import annotations
@@ -112,6 +114,41 @@ def source_window(origin: float, out_px: int, scale: float) -> tuple[int, int, f
     return start, max(1, stop - start), origin - start
 
 
+def area_mean_1d(a: np.ndarray, offset: float, n_out: int, scale: float) -> np.ndarray:
+    """Average ``a`` along axis 0 over the intervals ``[offset + i*scale, offset + (i+1)*scale)``.
+
+    Parameters
+    ----------
+    a : ndarray, shape (L, ...)
+        Samples; sample ``j`` covers ``[j, j+1)``. Integer input is summed exactly in int64.
+    offset : float
+        Start of the first interval, in samples.
+    n_out : int
+        Number of intervals.
+    scale : float
+        Interval length in samples (>= 1 for an average; any positive value works).
+
+    Returns
+    -------
+    ndarray of float64, shape (n_out, ...)
+    """
+    length = a.shape[0]
+    if np.issubdtype(a.dtype, np.integer):  # exact sums; int32 holds 8M rows of uint8
+        acc = np.int32 if a.dtype.itemsize == 1 and length < 2**31 // 256 else np.int64
+    else:
+        acc = np.float64
+    csum = np.zeros((length + 1,) + a.shape[1:], dtype=acc)
+    np.cumsum(a, axis=0, dtype=acc, out=csum[1:])
+    # Snapped to 1e-9 px so that the same boundary computed two ways (a thumbnail strip vs one
+    # read) gives the same sums: means of integers often land exactly on .5 and rint must agree.
+    t = np.clip(np.round(offset + np.arange(n_out + 1) * scale, 9), 0.0, float(length))
+    i = np.minimum(np.floor(t).astype(np.int64), length - 1)
+    frac = (t - i).reshape((-1,) + (1,) * (a.ndim - 1))
+    # Integral at fractional position t: whole samples before i, plus the covered part of sample i.
+    integral = csum[i] + frac * a[i]
+    return (integral[1:] - integral[:-1]) / scale
+
+
 def resize_window(
     window: np.ndarray, offset_xy: tuple[float, float], out_size: tuple[int, int], scale: float
 ) -> np.ndarray:
@@ -127,7 +164,7 @@ def resize_window(
     out_size : (width, height)
         Output size in pixels.
     scale : float
-        Source pixels per output pixel; area averaging when >= 1, bilinear below.
+        Source pixels per output pixel; exact area averaging when >= 1, bilinear below.
 
     Returns
     -------
@@ -135,10 +172,14 @@ def resize_window(
     """
     w, h = out_size
     ox, oy = offset_xy
-    box = (ox, oy, ox + w * scale, oy + h * scale)
-    resample = Image.Resampling.BOX if scale >= 1.0 else Image.Resampling.BILINEAR
-    out = Image.fromarray(np.ascontiguousarray(window)).resize((w, h), resample=resample, box=box)
-    return np.asarray(out)
+    if scale < 1.0:
+        box = (ox, oy, ox + w * scale, oy + h * scale)
+        img = Image.fromarray(np.ascontiguousarray(window))
+        return np.asarray(img.resize((w, h), resample=Image.Resampling.BILINEAR, box=box))
+    # Rows first, on exact integer sums, so the float64 stage only holds h output rows.
+    rows = area_mean_1d(window, oy, h, scale)
+    out = area_mean_1d(rows.transpose(1, 0, 2), ox, w, scale).transpose(1, 0, 2)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def strip_rows(out_height: int, out_width: int, scale: float, max_source_px: int) -> int:
