@@ -204,7 +204,7 @@ def test_overlay_does_not_modify_and_marks_tissue():
 # The TCGA fixture has no MPP in its metadata. Its lymphocyte nuclei (about 7 um across) span
 # about 6-8 px and the whole section is 4443 px wide, a plausible 4.4 mm frozen section at
 # 1.0 um/px; at 0.25 um/px the section would be 1.1 mm and nuclei 2 um, which they are not.
-REAL = [("cmu-1-small-region.svs", 0.499, 0.90), ("tcga-cr-7395-01a-01-ts1.svs", 1.0, 0.97)]
+REAL = [("cmu-1-small-region.svs", 0.499, 0.92), ("tcga-cr-7395-01a-01-ts1.svs", 1.0, 0.975)]
 
 
 def _real_thumbnail(path, slide_mpp: float, mpp: float) -> np.ndarray:
@@ -243,7 +243,7 @@ def test_real_slide_mask_agrees_with_optical_density(real_dir, artifacts_dir, na
     assert agreement >= min_iou, f"IoU with the optical-density mask {agreement:.3f} < {min_iou}"
     assert tm.mask[od > 0.3].mean() >= 0.98, "clearly stained tissue must be covered"
     glass_in_mask = (tm.mask & (od < 0.02)).sum() / tm.mask.sum()
-    assert glass_in_mask <= 0.06, f"{glass_in_mask:.3f} of the mask is clear glass"
+    assert glass_in_mask <= 0.04, f"{glass_in_mask:.3f} of the mask is clear glass"
     assert 0.2 < tm.fraction < 0.9
 
 

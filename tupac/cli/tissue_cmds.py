@@ -30,13 +30,13 @@ def _write_overlay(reader, tissue, path: Path) -> float:
     return mpp
 
 
-def _tissue(slide: Path, out: Path, overlay: Optional[Path], mpp: Optional[float], mask_mpp: float):
+def _tissue(slide: Path, out: Path, overlay: Optional[Path], mpp: Optional[float], mask_mpp: float, dilate_um: float):
     from tupac.data.masks import write_mask_png
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide
 
     with open_slide(slide, mpp=mpp) as reader:
-        tissue = slide_tissue_mask(reader, mpp=mask_mpp)
+        tissue = slide_tissue_mask(reader, mpp=mask_mpp, dilation_um=dilate_um)
         write_mask_png(out, tissue)
         overlay_mpp = _write_overlay(reader, tissue, overlay) if overlay is not None else None
     return tissue, overlay_mpp
@@ -51,12 +51,13 @@ def tissue(
         None, "--mpp", min=0.0, help="Level-0 um/px, for slides whose metadata has none (overrides the slide's)."
     ),
     mask_mpp: float = typer.Option(8.0, "--mask-mpp", min=0.0, help="Resolution of the mask in um/px."),
+    dilate_um: float = typer.Option(0.0, "--dilate-um", min=0.0, help="Grow the mask by this radius (um)."),
 ) -> None:
     """Compute the tissue mask of SLIDE (Otsu on HSV, morphology) and write it as a PNG.
 
     The PNG is at the mask's own scale; its ``mpp`` text metadata gives that scale in um/px.
     """
-    tissue_mask, overlay_mpp = run_guarded(_tissue, slide, out, overlay, mpp, mask_mpp)
+    tissue_mask, overlay_mpp = run_guarded(_tissue, slide, out, overlay, mpp, mask_mpp, dilate_um)
     h, w = tissue_mask.shape
     console.print(
         f"{out}: {w}x{h} px at {tissue_mask.mpp:g} um/px, tissue {tissue_mask.fraction:.1%} "

@@ -163,7 +163,7 @@ def tissue_mask(
     red_hue: float = 0.04,
     min_object_um2: float = 20_000.0,
     max_hole_um2: float = 20_000.0,
-    dilation_um: float = 8.0,
+    dilation_um: float = 0.0,
 ) -> TissueMask:
     """Tissue mask of an H&E image by Otsu thresholds on hue and saturation, then morphology.
 
@@ -193,7 +193,11 @@ def tissue_mask(
     max_hole_um2 : float
         Holes (enclosed glass) smaller than this area (um^2) are filled.
     dilation_um : float
-        Radius (um) of the final binary dilation; 0 disables it.
+        Radius (um) of the final binary dilation, rounded to whole pixels; 0 (the default)
+        disables it. The Otsu boundary is already unbiased (blended edge pixels with about
+        half tissue count in): on the real fixtures an 8 um dilation lowered the IoU with an
+        optical-density mask from 0.937 to 0.926 (CMU-1) and 0.985 to 0.981 (TCGA). Dilate
+        when a margin matters more than precision, e.g. so that no tissue edge is missed.
 
     Returns
     -------
