@@ -73,3 +73,27 @@ class ModelFileError(TupacError, OSError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class HeatmapStoreError(TupacError, OSError):
+    """A per-slide heatmap store (Zarr group) is missing, not a tupac store, committed and so
+    read-only, or was asked for an array or chunk it does not have; ``path`` names it."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class StoreExistsError(HeatmapStoreError, FileExistsError):
+    """A committed heatmap store is already there and the caller did not ask to overwrite it."""
+
+
+class LedgerError(TupacError, OSError):
+    """The run ledger cannot be opened or updated (not a ledger, corrupt, unknown slide);
+    ``path`` names the ledger file."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
