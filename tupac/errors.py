@@ -97,3 +97,15 @@ class LedgerError(TupacError, OSError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class CohortError(TupacError, ValueError):
+    """A feature table and its labels do not make a usable cohort (unreadable or non-numeric
+    features, labels out of range, slides on one side only, too few slides per class); the
+    message names the file and the problem."""
+
+
+class UntrustedModelError(TupacError, ValueError):
+    """A model was not loaded because it is not provably safe: it lies outside the run's own
+    tracking store, is not in the skops format, fails its recorded checksum, or references types
+    outside tupac's allow-list."""
