@@ -1,0 +1,441 @@
+"""Per-slide heatmap stores: one Zarr v3 group per slide, each heatmap an OME-NGFF 0.5 image.
+
+On-disk layout (``RUN/slides/<slide_id>.zarr``)::
+
+    <slide_id>.zarr/
+      zarr.json            group; attributes["tupac"] = {"format": 1, "slide_id": ..., "images": [...]}
+      tissue/              group = one OME-NGFF image: attributes["ome"] = {"version": "0.5",
+        zarr.json                "multiscales": [{"axes": [y, x], "datasets": [{"path": "0", ...}]}]}
+        0/                 array, full resolution of the heatmap (uint8 0/1 or bool), dims ("y", "x")
+        1/, 2/ ...         optional 2x-downsampled levels (written by build_pyramid)
+      tumor/0 ...          float32 tumor probability
+      mitosis/0 ...        float32 mitosis probability
+      commit.json          written last (see tupac.infer.commit); without it the slide is not done
+
+Why one sub-group per heatmap: an NGFF image is a group whose ``multiscales`` describe arrays of
+one resolution series. The three heatmaps have different resolutions (tissue from a thumbnail,
+tumor at 10x, mitosis at 40x) and meanings, and viewers (napari, ome-zarr-py) show the first
+``multiscales`` entry of a group, so each heatmap gets its own image group. Each is then opened
+on its own (``napari RUN/slides/X.zarr/tumor``) and addressed by name here
+(``store.read("tumor")`` reads ``tumor/0``).
+
+Axes are ``y, x`` of type ``space`` in ``micrometer``; dataset ``k`` has the transformations
+``scale = mpp * 2**k`` (µm per heatmap pixel) and ``translation = offset_um + (2**k - 1) / 2 * mpp``
+(so a downsampled pixel sits at the centre of the pixels it summarizes). ``offset_um`` places
+heatmap pixel (0, 0) in the slide's physical frame (0 = the slide's level-0 origin).
+
+Chunks are the tile grid: a job writes one tile's result as one chunk with :meth:`write_tile`,
+and each chunk has exactly one writer, so several processes can fill one store without locks
+(zarr writes each chunk to its own file, atomically). Writers on several machines need a shared
+file system for ``RUN/``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tupac.errors import ConfigError, HeatmapStoreError, StoreExistsError
+from tupac.infer.commit import COMMIT_FILE, CommitRecord, InputFingerprint, file_sha256, is_committed, write_commit
+from tupac.infer.manifest import slide_id_problem
+
+__all__ = ["ArraySpec", "HeatmapStore", "store_path", "ngff_multiscales", "STORE_FORMAT"]
+
+STORE_FORMAT = 1
+NGFF_VERSION = "0.5"
+_DTYPES = {"bool", "uint8", "uint16", "float32", "float64"}
+
+
+def store_path(run_dir: str | Path, slide_id: str) -> Path:
+    """``RUN/slides/<slide_id>.zarr``; ValueError when the ID is not a plain name."""
+    problem = slide_id_problem(slide_id)
+    if problem:
+        raise ValueError(problem)
+    return Path(run_dir) / "slides" / f"{slide_id}.zarr"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape and meaning of one heatmap, validated at construction.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(rows, cols)`` of the full-resolution heatmap, in heatmap pixels.
+    chunks : (int, int)
+        The tile grid in heatmap pixels: one chunk per tile.
+    dtype : str
+        One of ``bool``, ``uint8``, ``uint16``, ``float32``, ``float64``.
+    mpp : float
+        µm per heatmap pixel (e.g. 1.0 for a 10x heatmap at stride 1).
+    fill_value : int, float or bool
+        Value of chunks never written (background).
+    levels : int
+        Number of resolution levels (1 = full resolution only); level k is 2**k smaller.
+    offset_um : (float, float)
+        ``(y, x)`` in µm of heatmap pixel (0, 0) in the slide's frame.
+    """
+
+    shape: tuple[int, int]
+    chunks: tuple[int, int]
+    dtype: str
+    mpp: float
+    fill_value: float | int | bool = 0
+    levels: int = 1
+    offset_um: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(v) for v in self.shape)
+        chunks = tuple(int(v) for v in self.chunks)
+        dtype = np.dtype(self.dtype).name
+        if len(shape) != 2 or min(shape) < 1:
+            raise ConfigError(f"ArraySpec.shape must be (rows, cols) >= 1, got {self.shape!r}")
+        if len(chunks) != 2 or min(chunks) < 1:
+            raise ConfigError(f"ArraySpec.chunks must be (rows, cols) >= 1, got {self.chunks!r}")
+        if dtype not in _DTYPES:
+            raise ConfigError(f"ArraySpec.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"ArraySpec.mpp must be a positive µm/px, got {self.mpp!r}")
+        if int(self.levels) < 1 or min(shape) >> (int(self.levels) - 1) < 1:
+            raise ConfigError(f"ArraySpec.levels={self.levels!r} leaves an empty level for shape {shape}")
+        offset = tuple(float(v) for v in self.offset_um)
+        if len(offset) != 2 or not all(map(math.isfinite, offset)):
+            raise ConfigError(f"ArraySpec.offset_um must be two finite µm values, got {self.offset_um!r}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "chunks", chunks)
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "mpp", float(self.mpp))
+        object.__setattr__(self, "levels", int(self.levels))
+        object.__setattr__(self, "offset_um", offset)
+        object.__setattr__(self, "fill_value", np.dtype(dtype).type(self.fill_value).item())
+
+    def level_shape(self, k: int) -> tuple[int, int]:
+        """Shape of level ``k`` (floor halving: a trailing odd row/column is dropped)."""
+        return (self.shape[0] >> k, self.shape[1] >> k)
+
+    def grid(self) -> tuple[int, int]:
+        """Number of chunks (tiles) along rows and columns at level 0."""
+        return (-(-self.shape[0] // self.chunks[0]), -(-self.shape[1] // self.chunks[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape), "chunks": list(self.chunks), "dtype": self.dtype, "mpp": self.mpp,
+            "fill_value": self.fill_value, "levels": self.levels, "offset_um": list(self.offset_um),
+        }
+
+
+def ngff_multiscales(name: str, spec: ArraySpec) -> dict[str, Any]:
+    """The ``attributes["ome"]`` of one heatmap's image group (OME-NGFF 0.5)."""
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")]
+    datasets = []
+    for k in range(spec.levels):
+        f = 2**k
+        shift = (f - 1) / 2 * spec.mpp
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [spec.mpp * f, spec.mpp * f]}]
+        translation = [spec.offset_um[0] + shift, spec.offset_um[1] + shift]
+        if any(translation):
+            transforms.append({"type": "translation", "translation": translation})
+        datasets.append({"path": str(k), "coordinateTransformations": transforms})
+    ms: dict[str, Any] = {"name": name, "axes": axes, "datasets": datasets}
+    if spec.levels > 1:
+        ms["type"] = "mean" if spec.dtype.startswith("float") else "max"
+        ms["metadata"] = {"description": f"2x2 {ms['type']} per level, trailing odd row/column dropped"}
+    return {"version": NGFF_VERSION, "multiscales": [ms]}
+
+
+def _remove_tree(path: Path) -> None:
+    """Move aside, then delete: a crash part-way leaves a hidden leftover, never a half store."""
+    trash = path.with_name(f".{path.name}.{uuid.uuid4().hex}.trash")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+class HeatmapStore:
+    """One slide's heatmaps. Build with :meth:`create` or :meth:`open`, not the constructor."""
+
+    def __init__(self, path: Path, group: Any) -> None:
+        self.path = path
+        self._group = group
+        attrs = dict(group.attrs).get("tupac")
+        if not isinstance(attrs, dict) or attrs.get("format") != STORE_FORMAT:
+            raise HeatmapStoreError(path, f"not a tupac heatmap store (group attributes lack tupac.format={STORE_FORMAT})")
+        self.slide_id: str = attrs["slide_id"]
+        self.names: tuple[str, ...] = tuple(attrs["images"])
+        self._specs = {n: ArraySpec(**attrs["specs"][n]) for n in self.names}
+        self._arrays: dict[tuple[str, int], Any] = {}
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        slide_id: str,
+        arrays: Mapping[str, ArraySpec],
+        overwrite: bool = False,
+    ) -> "HeatmapStore":
+        """Create an empty store (metadata only; chunks are written by :meth:`write_tile`).
+
+        Parameters
+        ----------
+        path : path-like
+            The group folder, conventionally ``RUN/slides/<slide_id>.zarr`` (:func:`store_path`).
+        slide_id : str
+            A plain name (see :func:`tupac.infer.manifest.slide_id_problem`).
+        arrays : mapping of str to ArraySpec
+            Heatmap name (a plain name, e.g. ``tissue``, ``tumor``, ``mitosis``) to its spec.
+        overwrite : bool
+            Replace whatever is at ``path``. Without it, an uncommitted tupac store (a failed or
+            interrupted attempt, which by contract holds no finished result) is replaced, and
+            anything else is refused.
+
+        Raises
+        ------
+        StoreExistsError
+            A committed store is at ``path`` and ``overwrite`` is False.
+        HeatmapStoreError
+            Something that is not a tupac store is at ``path`` and ``overwrite`` is False.
+        """
+        import zarr
+
+        path = Path(path)
+        problem = slide_id_problem(slide_id)
+        if problem:
+            raise HeatmapStoreError(path, problem)
+        if not arrays:
+            raise ConfigError("HeatmapStore.create needs at least one array spec")
+        for name, spec in arrays.items():
+            if slide_id_problem(name) or name.isdigit():
+                raise ConfigError(f"heatmap name {name!r} must be a plain, non-numeric name")
+            if not isinstance(spec, ArraySpec):
+                raise ConfigError(f"arrays[{name!r}] must be an ArraySpec, got {type(spec).__name__}")
+        if path.exists() or path.is_symlink():
+            cls._clear(path, overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)  # leftovers of a create that crashed
+        # Build under a temporary name and rename: the final path is never a half-made skeleton.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root.attrs["tupac"] = {
+            "format": STORE_FORMAT,
+            "slide_id": slide_id,
+            "images": list(arrays),
+            "specs": {n: s.to_dict() for n, s in arrays.items()},
+        }
+        for name, spec in arrays.items():
+            image = root.create_group(name)
+            image.attrs["ome"] = ngff_multiscales(name, spec)
+            for k in range(spec.levels):
+                image.create_array(
+                    str(k),
+                    shape=spec.level_shape(k),
+                    chunks=tuple(min(c, s) for c, s in zip(spec.chunks, spec.level_shape(k))),
+                    dtype=spec.dtype,
+                    fill_value=spec.fill_value,
+                    dimension_names=("y", "x"),
+                )
+        tmp.rename(path)
+        return cls.open(path, mode="r+")
+
+    @staticmethod
+    def _clear(path: Path, overwrite: bool) -> None:
+        if overwrite:
+            if path.is_dir() and not path.is_symlink():
+                _remove_tree(path)
+            else:
+                path.unlink()
+            return
+        if is_committed(path):
+            raise StoreExistsError(path, "a committed heatmap store is already here (pass overwrite=True to replace it)")
+        try:
+            HeatmapStore.open(path)
+        except HeatmapStoreError:
+            raise HeatmapStoreError(path, "exists and is not a tupac heatmap store; refusing to replace it") from None
+        _remove_tree(path)  # an uncommitted attempt: by contract it holds no finished result
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r+") -> "HeatmapStore":
+        """Open an existing store (``mode="r"`` for read-only).
+
+        Raises
+        ------
+        HeatmapStoreError
+            Missing, not a Zarr v3 group, or not a tupac store.
+        """
+        import zarr
+
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise HeatmapStoreError(path, "no heatmap store here (no zarr.json)")
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        except Exception as e:  # zarr raises several unrelated types for a broken group
+            raise HeatmapStoreError(path, f"cannot open as a Zarr v3 group: {e}") from None
+        try:
+            return cls(path, group)
+        except (KeyError, TypeError, ConfigError) as e:
+            raise HeatmapStoreError(path, f"tupac store metadata is invalid: {e}") from None
+
+    # -- access ---------------------------------------------------------------------------
+    def spec(self, name: str) -> ArraySpec:
+        """The spec ``name`` was created with; HeatmapStoreError for an unknown name."""
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise HeatmapStoreError(self.path, f"no heatmap {name!r} (has {', '.join(self.names)})") from None
+
+    def array(self, name: str, level: int = 0) -> Any:
+        """The ``zarr.Array`` of ``name`` at ``level``."""
+        spec = self.spec(name)
+        if not 0 <= level < spec.levels:
+            raise HeatmapStoreError(self.path, f"{name} has levels 0..{spec.levels - 1}, asked for {level}")
+        key = (name, level)
+        if key not in self._arrays:
+            self._arrays[key] = self._group[f"{name}/{level}"]
+        return self._arrays[key]
+
+    def mpp(self, name: str, level: int = 0) -> float:
+        """µm per pixel of ``name`` at ``level``, as written in its NGFF scale."""
+        self.array(name, level)  # validates name and level
+        return self.spec(name).mpp * 2**level
+
+    def read(self, name: str, level: int = 0) -> np.ndarray:
+        """The whole heatmap as a numpy array of the spec's dtype, shape ``level_shape(level)``."""
+        return np.asarray(self.array(name, level)[...])
+
+    def as_dask(self, name: str, level: int = 0) -> Any:
+        """A lazy ``dask.array`` over the heatmap, one dask chunk per Zarr chunk (tile)."""
+        import dask.array as da
+
+        return da.from_zarr(self.array(name, level))
+
+    @property
+    def committed(self) -> bool:
+        return is_committed(self.path)
+
+    # -- writing --------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if (self.path / COMMIT_FILE).exists():
+            raise HeatmapStoreError(self.path, "store is committed and read-only; create it again to recompute")
+
+    def chunk_bounds(self, name: str, rc_chunk: Sequence[int]) -> tuple[slice, slice]:
+        """Level-0 pixel slices of chunk ``(row, col)`` (clipped at the array edge)."""
+        spec = self.spec(name)
+        r, c = (int(v) for v in rc_chunk)
+        gr, gc = spec.grid()
+        if not (0 <= r < gr and 0 <= c < gc):
+            raise HeatmapStoreError(self.path, f"{name}: chunk {(r, c)} outside the {gr} x {gc} tile grid")
+        (ch, cw), (h, w) = spec.chunks, spec.shape
+        return slice(r * ch, min((r + 1) * ch, h)), slice(c * cw, min((c + 1) * cw, w))
+
+    def write_tile(self, name: str, rc_chunk: Sequence[int], block: np.ndarray) -> None:
+        """Write one whole chunk of level 0.
+
+        Parameters
+        ----------
+        name : str
+            Heatmap name.
+        rc_chunk : (int, int)
+            Chunk (tile) index along rows and columns.
+        block : ndarray, shape = the chunk's extent (smaller at the right/bottom edges)
+            Values castable to the array's dtype without changing kind (float64 -> float32 and
+            bool -> uint8 are fine; float -> uint8 is refused).
+
+        Raises
+        ------
+        HeatmapStoreError
+            Unknown name, chunk outside the grid, wrong block shape or dtype, committed store.
+        """
+        ys, xs = self.chunk_bounds(name, rc_chunk)
+        spec = self.spec(name)
+        block = np.asarray(block)
+        want = (ys.stop - ys.start, xs.stop - xs.start)
+        if block.shape != want:
+            raise HeatmapStoreError(self.path, f"{name}: chunk {tuple(rc_chunk)} needs a block of shape {want}, got {block.shape}")
+        if not np.can_cast(block.dtype, spec.dtype, casting="same_kind"):
+            raise HeatmapStoreError(self.path, f"{name}: cannot store {block.dtype} values in a {spec.dtype} array")
+        self._check_writable()
+        self.array(name)[ys, xs] = block.astype(spec.dtype, copy=False)
+
+    def build_pyramid(self, name: str) -> None:
+        """Fill levels 1.. of ``name`` from level 0 (2x2 mean for floats, max otherwise), streamed
+        chunk by chunk with dask. Call after every tile of level 0 is written, before the commit."""
+        import dask.array as da
+
+        spec = self.spec(name)
+        self._check_writable()
+        reduce = np.mean if spec.dtype.startswith("float") else np.max
+        prev = self.as_dask(name, 0)
+        for k in range(1, spec.levels):
+            target = self.array(name, k)
+            down = da.coarsen(reduce, prev, {0: 2, 1: 2}, trim_excess=True).astype(spec.dtype)
+            da.store(down.rechunk(target.chunks), target, lock=False)
+            prev = self.as_dask(name, k)
+
+    def commit(
+        self,
+        input_path: str | Path,
+        input_fp: InputFingerprint,
+        models: Mapping[str, str],
+        timings_s: Mapping[str, float] | None = None,
+        outputs: Mapping[str, str | Path] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        durable: bool = True,
+    ) -> CommitRecord:
+        """Write the commit record, last. After this the store is read-only.
+
+        Parameters
+        ----------
+        input_path, input_fp
+            The slide file and its fingerprint (computed before the work started, so a file
+            changed during the run does not get committed under the new content's hash).
+        models : mapping of str to str
+            Model name to weights hash.
+        timings_s : mapping of str to float, optional
+        outputs : mapping of str to path, optional
+            Side files (e.g. ``{"mitoses.csv": RUN/slides/<id>.mitoses.csv}``) whose size and
+            SHA-256 go into the record.
+        durable : bool
+            fsync every file of the store first, so that a power cut after the commit cannot
+            leave a record that vouches for chunks still in the page cache.
+        """
+        self._check_writable()
+        if durable:
+            _fsync_tree(self.path)
+        side = {}
+        for key, p in (outputs or {}).items():
+            fp = file_sha256(p)
+            side[key] = {"path": str(p), "size": fp.size, "sha256": fp.sha256}
+        record = CommitRecord(
+            slide_id=self.slide_id,
+            input_path=str(input_path),
+            input=input_fp,
+            models=dict(models),
+            timings_s={k: float(v) for k, v in (timings_s or {}).items()},
+            arrays={n: self._specs[n].to_dict() for n in self.names},
+            outputs=side,
+            extra=dict(extra or {}),
+        )
+        write_commit(self.path, record)
+        return record
+
+    def __repr__(self) -> str:
+        return f"HeatmapStore({str(self.path)!r}, slide_id={self.slide_id!r}, images={list(self.names)})"
+
+
+def _fsync_tree(root: Path) -> None:
+    import os
+
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
