@@ -6,6 +6,7 @@ from tupac.cli.app import app
 
 # Each import registers its commands on ``app``; keep one line per command module.
 # (command modules are added here as they land)
+import tupac.cli.slide_cmds  # noqa: E402,F401  (info)
 import tupac.cli.tissue_cmds  # noqa: E402,F401  (tissue)
 import tupac.cli.mitosis_cmds  # noqa: E402,F401  (score-mitoses)
 

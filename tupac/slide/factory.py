@@ -35,8 +35,9 @@ def cucim_format_problem(path: Path) -> str | None:
             for p in tiled:
                 compression = int(p.compression)
                 if compression not in CUCIM_COMPRESSIONS:
-                    name = getattr(p.compression, "name", str(compression))
-                    return f"TIFF compression {name} ({compression}) is not one cuCIM decodes (JPEG, Aperio JPEG 2000)"
+                    name = getattr(p.compression, "name", None)
+                    label = f"{name} ({compression})" if name else str(compression)
+                    return f"TIFF compression {label} is not one cuCIM decodes (JPEG, Aperio JPEG 2000)"
                 if p.bitspersample != 8 or p.samplesperpixel not in (3, 4):
                     return f"{p.samplesperpixel} samples of {p.bitspersample} bits is not 8-bit RGB"
     except Exception as e:  # tifffile raises many types on non-TIFF input
