@@ -1,0 +1,66 @@
+"""Truth files of a phantom cohort: region masks as PNG (with their MPP), mitosis tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from tupac.errors import DatasetLayoutError
+
+
+def write_mask_png(path: Path, mask: np.ndarray, mpp: float) -> None:
+    """Save a boolean mask as a 0/255 8-bit PNG with ``mpp`` (um/px) in its text metadata."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("mpp", repr(float(mpp)))
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(path, pnginfo=info)
+
+
+def read_truth_mask(path: str | Path) -> tuple[np.ndarray, float]:
+    """Read a truth mask written by the phantom generator.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``truth/<slide_id>/tissue.png`` or ``tumor.png``.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (rows, cols)
+    mpp : float
+        Micrometers per mask pixel (4.0 for generated cohorts).
+
+    Raises
+    ------
+    DatasetLayoutError
+        The file is missing, not an image, or has no ``mpp`` text entry.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            text = dict(getattr(im, "text", {}) or {})
+            arr = np.asarray(im.convert("L"))
+    except FileNotFoundError as e:
+        raise DatasetLayoutError(path, "truth mask not found") from e
+    except OSError as e:
+        raise DatasetLayoutError(path, f"not a readable PNG mask ({e})") from e
+    if "mpp" not in text:
+        raise DatasetLayoutError(path, "PNG has no 'mpp' text metadata; expected a tupac truth mask")
+    try:
+        mpp = float(text["mpp"])
+    except ValueError as e:
+        raise DatasetLayoutError(path, f"'mpp' metadata is not a number: {text['mpp']!r}") from e
+    return arr > 127, mpp
+
+
+def write_mitoses_csv(path: Path, x: np.ndarray, y: np.ndarray, phases: list[str]) -> None:
+    """All mitoses of a slide: header ``x,y,phase``, level-0 pixel centers."""
+    lines = ["x,y,phase"] + [f"{int(round(a))},{int(round(b))},{p}" for a, b, p in zip(x, y, phases)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_points_rc(path: Path, rows: np.ndarray, cols: np.ndarray) -> None:
+    """TUPAC16 mitosis ground truth: ``row,col`` per line, no header; an EMPTY file when there are none."""
+    path.write_text("".join(f"{int(round(r))},{int(round(c))}\n" for r, c in zip(rows, cols)))
