@@ -260,3 +260,12 @@ def test_broken_mitosis_truth_inside_dataset(root):
     p.write_text("5,6\n7\n")
     with expect(p, 2, "expected 2 columns"):
         Tupac16Dataset(root)
+
+
+@pytest.mark.slow
+def test_phantom_cohort_reads_as_a_tupac16_dataset(small_cohort):
+    ds = Tupac16Dataset(small_cohort)
+    assert [s.slide_id for s in ds.slides] == ["TUPAC-TR-001", "TUPAC-TR-002", "TUPAC-TR-003"]
+    assert all(s.path.is_file() and s.mitosis_score in (1, 2, 3) for s in ds.slides)
+    assert len(ds.mitosis_images) == 4
+    assert all(m.path.is_file() and m.points_rc.ndim == 2 for m in ds.mitosis_images)
