@@ -41,10 +41,13 @@ def concentrations(shape: tuple[int, int], seed: int, nucleus_r: float = 4.0, ba
     n_nuc = int(h * w * 0.9 / (np.pi * (3 * nucleus_r) ** 2))
     cy, cx = rng.uniform(0, h, n_nuc), rng.uniform(0, w, n_nuc)
     nuclei = np.zeros(shape, dtype=bool)
-    for y0, x0 in zip(cy, cx):  # drawing the scene (a handful of disks), not a per-pixel loop
+    for y0, x0 in zip(cy, cx):  # drawing the scene disk by disk, each in its own small window
         r = nucleus_r * rng.uniform(0.8, 1.3)
-        disk = (yy - y0) ** 2 + (xx - x0) ** 2 <= r * r
-        nuclei |= disk & tissue
+        ya, yb = max(int(y0 - r), 0), min(int(y0 + r) + 2, h)
+        xa, xb = max(int(x0 - r), 0), min(int(x0 + r) + 2, w)
+        disk = (yy[ya:yb, xa:xb] - y0) ** 2 + (xx[ya:yb, xa:xb] - x0) ** 2 <= r * r
+        nuclei[ya:yb, xa:xb] |= disk
+    nuclei &= tissue
     texture = ndi.gaussian_filter(rng.normal(size=shape), 1.0)
     c_h = np.where(nuclei, (1.0 + 1.5 * texture).clip(0.2, None), c_h_stroma)
     c_e = np.where(nuclei, 0.25 * c_e, c_e)
