@@ -9,6 +9,8 @@ from tupac.cli.app import app
 import tupac.cli.slide_cmds  # noqa: E402,F401  (info)
 import tupac.cli.tissue_cmds  # noqa: E402,F401  (tissue)
 import tupac.cli.mitosis_cmds  # noqa: E402,F401  (score-mitoses)
+import tupac.cli.synth_cmds  # noqa: E402,F401  (synth, demo)
+import tupac.cli.stain_cmds  # noqa: E402,F401  (stain fit, stain apply)
 
 
 def main() -> None:

@@ -16,7 +16,10 @@
    symmetric matrix ``S_t^1/2 (S_t^1/2 S_s S_t^1/2)^-1/2 S_t^1/2``: it aligns and rescales the
    principal axes without the arbitrary rotation an eigenvector pairing can introduce when a
    class is nearly isotropic); the density goes through the percentile-matching curve. The
-   results of the three classes are blended with the pixel's posterior and converted back to RGB.
+   results of the classes are blended with the pixel's posterior and converted back to RGB.
+   The background class is left as it is: a template's "background" is often pale tissue or
+   lumen rather than glass (a tumor field has little glass), and mapping glass onto it tints the
+   glass; keeping it as a class still lets pale pixels blend smoothly between glass and tissue.
 
 Parameters (``SlideStainStats.params``), classes in the order (hematoxylin, eosin, background):
 
@@ -227,7 +230,7 @@ def transform_pixels(rgb: np.ndarray, src: Params, ref: Params) -> np.ndarray:
     both = (np.asarray(src["present"]) > 0.5) & (np.asarray(ref["present"]) > 0.5)
     for k in np.flatnonzero(np.asarray(src["present"]) > 0.5):
         p = prob[:, k]
-        if both[k]:
+        if both[k] and k != B:
             m = chroma_map(np.asarray(src["chroma_cov"][k], np.float64), np.asarray(ref["chroma_cov"][k], np.float64))
             m = m.astype(np.float32)
             mu_s = np.asarray(src["chroma_mean"][k], np.float32)
@@ -237,7 +240,7 @@ def transform_pixels(rgb: np.ndarray, src: Params, ref: Params) -> np.ndarray:
             cy_k = m[1, 0] * u + m[1, 1] * v + mu_r[1]
             xs, ys = _density_knots(np.asarray(src["density_q"][k], np.float64), np.asarray(ref["density_q"][k], np.float64))
             d_k = np.interp(d, xs, ys).astype(np.float32)
-        else:  # the template has no such class: leave this class's pixels as they are
+        else:  # background (glass), or a class the template lacks: left as it is
             cx_k, cy_k, d_k = cx, cy, d
         out[:, 0] += p * cx_k
         out[:, 1] += p * cy_k
