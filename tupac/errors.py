@@ -109,3 +109,18 @@ class UntrustedModelError(TupacError, ValueError):
     """A model was not loaded because it is not provably safe: it lies outside the run's own
     tracking store, is not in the skops format, fails its recorded checksum, or references types
     outside tupac's allow-list."""
+
+
+class FeatureError(TupacError, ValueError):
+    """Slide features cannot be computed from what was given (inputs of the wrong shape, too few
+    training vectors to fit the deep-feature clusters); the message says what was received and expected."""
+
+
+class FeatureFileError(TupacError, OSError):
+    """A saved feature artifact (fitted scaler/k-means, heatmap store) is missing or malformed;
+    ``path`` names it."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -1,0 +1,331 @@
+"""Data-driven features: a bag-of-words histogram of the mitosis network's deep features.
+
+1. Each detected mitosis gives a patch (63 x 63 in the paper) that goes through the mitosis network;
+   :func:`penultimate_features` hooks the input of the network's classifier layer (its penultimate
+   activations, spatially averaged when convolutional) and, when that is not 4096 wide, maps it to
+   4096 values with a fixed random projection (Gaussian, seeded, scaled by 1/sqrt(width)), so every
+   run with the same network and seed gives the same vectors.
+2. :func:`fit_deep_histogram` standardizes the vectors and fits k-means (MiniBatchKMeans, 200
+   clusters, fixed seed) on the TRAINING slides' vectors only.
+3. :meth:`DeepHistogram.transform` assigns each vector of a slide to its nearest centre and returns the
+   normalized histogram of cluster labels. It depends on that slide alone and the frozen fit, so a
+   new slide's features never change when other new slides are added or removed. A slide without
+   mitoses gets an all-zero histogram and ``deep_hist_missing = 1``.
+
+The fit is saved without pickle: the arrays (``mean``, ``scale``, ``centers``) in safetensors and
+the settings in JSON (:meth:`DeepHistogram.save`, :meth:`DeepHistogram.load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tupac.errors import FeatureError, FeatureFileError
+from tupac.features.dictionary import Feature
+
+__all__ = [
+    "DeepHistogram",
+    "deep_hist_dictionary",
+    "fit_deep_histogram",
+    "penultimate_features",
+    "random_projection",
+]
+
+DEEP_DIM = 4096
+ARRAYS_FILE = "deep_hist.safetensors"
+META_FILE = "deep_hist.json"
+FORMAT_VERSION = 1
+
+
+def deep_hist_dictionary(n_clusters: int = 200) -> tuple[Feature, ...]:
+    """Dictionary entries of the ``deep_hist_000`` .. ``deep_hist_{k-1}`` columns and their flag."""
+    width = max(3, len(str(n_clusters - 1)))
+    bins = tuple(
+        Feature(
+            f"deep_hist_{i:0{width}d}", "deep_hist", "fraction",
+            f"Fraction of the slide's mitoses whose standardized deep feature vector is nearest to k-means "
+            f"centre {i} (of {n_clusters}, fitted on training slides); 0 for every bin without mitoses.",
+        )
+        for i in range(n_clusters)
+    )
+    flag = Feature("deep_hist_missing", "flags", "flag", "1 when the slide has no mitosis: the histogram is all zeros.")
+    return bins + (flag,)
+
+
+def random_projection(width: int, out_dim: int = DEEP_DIM, seed: int = 0) -> np.ndarray:
+    """The fixed projection ``(width, out_dim)`` float32 matrix: N(0, 1) / sqrt(width), seeded."""
+    rng = np.random.default_rng([seed, width, out_dim])
+    return (rng.standard_normal((width, out_dim)) / np.sqrt(width)).astype(np.float32)
+
+
+def _classifier_layer(model):
+    """The last Linear or Conv2d module in definition order: the layer producing the class scores."""
+    from torch import nn
+
+    last = None
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            last = m
+    if last is None:
+        raise FeatureError(f"{type(model).__name__} has no Linear or Conv2d layer to take features before")
+    return last
+
+
+def _to_input(patches, size: int | None):
+    import torch
+
+    t = torch.as_tensor(np.asarray(patches)) if isinstance(patches, np.ndarray) else torch.as_tensor(patches)
+    if t.ndim != 4:
+        raise FeatureError(f"patches must be (N, H, W, 3) uint8 or (N, 3, H, W) float, got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        if t.shape[-1] != 3:
+            raise FeatureError(f"uint8 patches must be (N, H, W, 3), got {tuple(t.shape)}")
+        t = t.permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and t.shape[-1] != size:
+        # The network's native patch differs (e.g. MitosNet's 79 px vs the paper's 63 px): centre-crop
+        # larger patches, reflect-pad smaller ones, so each vector still describes the centred figure.
+        d = size - t.shape[-1]
+        if d > 0:
+            lo = d // 2
+            t = torch.nn.functional.pad(t, (lo, d - lo, lo, d - lo), mode="reflect")
+        else:
+            lo = (-d) // 2
+            t = t[..., lo : lo + size, lo : lo + size]
+    return t
+
+
+def penultimate_features(
+    model, patches, *, out_dim: int = DEEP_DIM, seed: int = 0, batch_size: int = 256, device=None
+) -> np.ndarray:
+    """Penultimate-layer features of a network for a batch of mitosis patches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The mitosis network. A tupac model (with ``card`` and ``logits``) is run through ``logits`` so
+        that it normalizes its own input, with patches brought to ``card.patch_size``; any other module
+        is called directly.
+    patches : ndarray or tensor
+        ``(N, H, W, 3)`` uint8 RGB (63 x 63 in the paper's setting) or ``(N, 3, H, W)`` float in [0, 1].
+    out_dim : int
+        Width of the returned vectors; a penultimate layer of another width is randomly projected.
+    seed : int
+        Seed of the projection.
+    batch_size : int
+        Patches per forward pass.
+    device : str or torch.device, optional
+        Where to run (default: the model's device).
+
+    Returns
+    -------
+    ndarray of float32, shape (N, out_dim)
+    """
+    import torch
+
+    layer = _classifier_layer(model)
+    card = getattr(model, "card", None)
+    size = getattr(card, "patch_size", None)
+    x = _to_input(patches, size)
+    device = device or next(model.parameters()).device
+    captured: list = []
+
+    def hook(_module, inputs):
+        a = inputs[0]
+        captured.append((a.mean(dim=(2, 3)) if a.ndim == 4 else a.flatten(1)).detach().float().cpu())
+
+    handle = layer.register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            run = model.logits if (card is not None and hasattr(model, "logits")) else model
+            for i in range(0, len(x), batch_size):
+                run(x[i : i + batch_size].to(device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not captured:
+        return np.zeros((0, out_dim), dtype=np.float32)
+    feats = torch.cat(captured).numpy().astype(np.float32)
+    if feats.shape[1] == out_dim:
+        return feats
+    return feats @ random_projection(feats.shape[1], out_dim, seed)
+
+
+@dataclass(frozen=True)
+class DeepHistogram:
+    """A fitted scaler + k-means codebook that turns a slide's mitosis vectors into a histogram.
+
+    Attributes
+    ----------
+    mean, scale : ndarray of float64, shape (d,)
+        StandardScaler ``mean_`` and ``scale_`` (zero-variance dimensions have scale 1).
+    centers : ndarray of float64, shape (k, d)
+        k-means ``cluster_centers_`` in standardized space.
+    meta : dict
+        Settings and provenance (seed, number of training slides and vectors, their ids' hash).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    centers: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        d = self.mean.shape[0] if self.mean.ndim == 1 else -1
+        if self.scale.shape != (d,) or self.centers.ndim != 2 or self.centers.shape[1] != d:
+            raise FeatureError(
+                f"inconsistent deep histogram: mean {self.mean.shape}, scale {self.scale.shape}, centers {self.centers.shape}"
+            )
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.centers.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.centers.shape[1])
+
+    def labels(self, vectors: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Nearest centre of each vector ``(n, d)`` -> ``(n,)`` int64, in chunks to bound memory."""
+        v = self._check(vectors)
+        c = self.centers
+        c2 = (c * c).sum(axis=1)
+        out = np.empty(len(v), dtype=np.int64)
+        for i in range(0, len(v), chunk):
+            z = (v[i : i + chunk] - self.mean) / self.scale
+            # |z - c|² = |z|² - 2 z.c + |c|²; |z|² does not change the argmin.
+            out[i : i + chunk] = np.argmin(c2[None, :] - 2.0 * z @ c.T, axis=1)
+        return out
+
+    def transform(self, vectors: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Normalized histogram ``(k,)`` float64 of one slide's vectors, and whether it is missing (no vectors)."""
+        v = self._check(vectors)
+        if len(v) == 0:
+            return np.zeros(self.n_clusters), True
+        counts = np.bincount(self.labels(v), minlength=self.n_clusters).astype(np.float64)
+        return counts / counts.sum(), False
+
+    def features(self, vectors: np.ndarray) -> dict[str, float]:
+        """The ``deep_hist_*`` columns of one slide (see :func:`deep_hist_dictionary`)."""
+        hist, missing = self.transform(vectors)
+        names = [f.name for f in deep_hist_dictionary(self.n_clusters)]
+        out = dict(zip(names[:-1], hist.tolist()))
+        out["deep_hist_missing"] = float(missing)
+        return out
+
+    def _check(self, vectors: np.ndarray) -> np.ndarray:
+        v = np.asarray(vectors, dtype=np.float64)
+        if v.size == 0:
+            return v.reshape(0, self.dim)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise FeatureError(f"expected deep feature vectors of shape (n, {self.dim}), got {v.shape}")
+        return v
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``deep_hist.safetensors`` (mean, scale, centers) and ``deep_hist.json``; returns the directory."""
+        from safetensors.numpy import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"mean": np.ascontiguousarray(self.mean), "scale": np.ascontiguousarray(self.scale),
+             "centers": np.ascontiguousarray(self.centers)},
+            str(d / ARRAYS_FILE),
+        )
+        meta = dict(self.meta, format_version=FORMAT_VERSION, n_clusters=self.n_clusters, dim=self.dim)
+        (d / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DeepHistogram:
+        """Read a fit written by :meth:`save`; :class:`FeatureFileError` names the file when it is missing or malformed."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        d = Path(directory)
+        arrays_path, meta_path = d / ARRAYS_FILE, d / META_FILE
+        for p in (arrays_path, meta_path):
+            if not p.is_file():
+                raise FeatureFileError(p, "missing (expected a deep histogram fit saved by DeepHistogram.save)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FeatureFileError(meta_path, f"not valid JSON: {e}") from e
+        try:
+            arrays = load_file(str(arrays_path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise FeatureFileError(arrays_path, f"not a readable safetensors file: {e}") from e
+        missing = {"mean", "scale", "centers"} - set(arrays)
+        if missing:
+            raise FeatureFileError(arrays_path, f"lacks arrays {sorted(missing)}")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise FeatureFileError(meta_path, f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        try:
+            fit = cls(arrays["mean"], arrays["scale"], arrays["centers"], meta)
+        except FeatureError as e:
+            raise FeatureFileError(arrays_path, str(e)) from e
+        if (meta.get("n_clusters"), meta.get("dim")) != (fit.n_clusters, fit.dim):
+            raise FeatureFileError(
+                meta_path, f"says {meta.get('n_clusters')} clusters of dim {meta.get('dim')}, arrays hold "
+                f"{fit.n_clusters} of dim {fit.dim}"
+            )
+        return fit
+
+
+def fit_deep_histogram(
+    train_vectors: Mapping[str, np.ndarray],
+    *,
+    n_clusters: int = 200,
+    seed: int = 0,
+    batch_size: int = 4096,
+    max_iter: int = 100,
+) -> DeepHistogram:
+    """Fit the scaler and k-means on the training slides' mitosis vectors.
+
+    Parameters
+    ----------
+    train_vectors : mapping of slide id -> ndarray (n_i, d)
+        Deep feature vectors of each TRAINING slide (never new slides: no leakage).
+    n_clusters : int
+        Number of k-means clusters (histogram bins), 200 in the paper.
+    seed : int
+        Seed of MiniBatchKMeans.
+    batch_size, max_iter : int
+        MiniBatchKMeans settings.
+
+    Returns
+    -------
+    DeepHistogram
+    """
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.preprocessing import StandardScaler
+
+    ids = sorted(train_vectors)
+    mats = [np.asarray(train_vectors[i], dtype=np.float64) for i in ids]
+    mats = [m for m in mats if m.size]
+    if not mats:
+        raise FeatureError("no training vectors: the deep histogram needs mitoses on the training slides")
+    dims = {m.shape[1] for m in mats if m.ndim == 2}
+    if len(dims) != 1 or any(m.ndim != 2 for m in mats):
+        raise FeatureError(f"training vectors must all be (n, d) with one d, got widths {sorted(dims)}")
+    x = np.concatenate(mats)
+    if len(x) < n_clusters:
+        raise FeatureError(f"{len(x)} training vectors cannot make {n_clusters} clusters; lower n_clusters")
+    scaler = StandardScaler().fit(x)
+    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, batch_size=batch_size, max_iter=max_iter, n_init=3)
+    km.fit(scaler.transform(x))
+    meta = {
+        "seed": seed,
+        "n_train_slides": len(ids),
+        "n_train_vectors": int(len(x)),
+        "train_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+    }
+    return DeepHistogram(scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64),
+                         km.cluster_centers_.astype(np.float64), meta)
