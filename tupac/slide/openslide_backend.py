@@ -53,6 +53,7 @@ class OpenSlideReader(BaseSlideReader):
         self._handle = _open_handle(path)
         # OpenSlide's error state is sticky per handle; the lock guards swapping in a fresh one.
         self._lock = threading.Lock()
+        self._cache_bytes: int | None = None
         h = self._handle
         try:
             info = build_info(
@@ -63,6 +64,13 @@ class OpenSlideReader(BaseSlideReader):
             h.close()
             raise
         super().__init__(path, info)
+
+    def set_cache_size(self, nbytes: int) -> None:
+        """Size OpenSlide's decoded-tile cache (default 32 MiB; 0 decodes every read afresh)."""
+        import openslide
+
+        self._cache_bytes = int(nbytes)
+        self._handle.set_cache(openslide.OpenSlideCache(self._cache_bytes))
 
     @property
     def properties(self) -> dict[str, str]:
@@ -92,6 +100,8 @@ class OpenSlideReader(BaseSlideReader):
             if self._handle is failed and not self.closed:
                 try:
                     self._handle = _open_handle(self.path)
+                    if self._cache_bytes is not None:
+                        self.set_cache_size(self._cache_bytes)
                 except SlideOpenError:
                     pass
                 # The failed handle is not closed here: another thread may still be inside it;
