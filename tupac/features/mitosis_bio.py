@@ -262,7 +262,7 @@ def figure_properties(
         hin, ein = hw[m], ew[m]
         r0, c0, r1, c1 = p.bbox
         tex = _glcm(gray[sl][max(r0 - 2, 0) : r1 + 2, max(c0 - 2, 0) : c1 + 2])
-        perim = float(p.perimeter) * mpp
+        perim = float(p.perimeter_crofton) * mpp
         rows.append(
             [x, y, p.area * mpp**2, perim, p.eccentricity, p.solidity, p.axis_major_length * mpp,
              p.axis_minor_length * mpp, p.orientation, p.extent, p.equivalent_diameter_area * mpp,
@@ -334,7 +334,8 @@ def patch_bio_features(
     channels = _stain_channels(np.asarray(rgb))
     figs = figure_properties(rgb, xy, mpp, _channels=channels, **segment_kwargs)
     h, e, od = channels
-    tissue = od > 0.3  # glass is near zero optical density in every channel
+    # Glass is bright in every channel; stained tissue is dark (OD > 0.1) in at least its darkest one.
+    tissue = np.asarray(rgb).min(axis=-1) < 255.0 * 10**-0.1
     area_mm2 = rgb.shape[0] * rgb.shape[1] * (mpp / 1000.0) ** 2
     nn = _nn(xy, mpp)
     doubled = 2 * figs["orientation"].to_numpy()

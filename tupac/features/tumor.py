@@ -33,7 +33,7 @@ TUMOR_FEATURES: tuple[Feature, ...] = (
     Feature("tumor_largest_fraction", _G, "fraction", "Largest region area / total tumor area."),
     Feature("tumor_largest_solidity", _G, "1", "Solidity (area / convex hull area) of the largest region."),
     Feature("tumor_largest_eccentricity", _G, "1", "Eccentricity of the ellipse with the largest region's second moments."),
-    Feature("tumor_largest_perimeter_mm", _G, "mm", "Perimeter of the largest region (skimage regionprops estimate)."),
+    Feature("tumor_largest_perimeter_mm", _G, "mm", "Perimeter of the largest region (Crofton estimate, within 1% for a disk)."),
     Feature("tumor_largest_perimeter_per_area", _G, "1/mm", "Perimeter / area of the largest region (2/R for a disk)."),
     Feature("tumor_bbox_width_mm", _G, "mm", "Width of the bounding box of all tumor."),
     Feature("tumor_bbox_height_mm", _G, "mm", "Height of the bounding box of all tumor."),
@@ -137,7 +137,7 @@ def _largest_shape(labels: np.ndarray, mpp: float) -> tuple[float, float, float]
     sl = ndi.find_objects(labels == 1, max_label=1)[0]
     crop = np.pad(labels[sl] == 1, 1).astype(np.uint8)
     p = regionprops(crop)[0]
-    return float(p.solidity), float(p.eccentricity), float(p.perimeter) * mpp
+    return float(p.solidity), float(p.eccentricity), float(p.perimeter_crofton) * mpp
 
 
 def _shape_features(labels: np.ndarray, n: int, tissue: np.ndarray, mpp: float) -> dict[str, float]:
