@@ -84,8 +84,8 @@ class CohortSummary:
         from rich.table import Table
 
         t = Table(title=f"phantom cohort {self.root} (seed {self.seed})")
-        for col in ("slide", "center", "size (px)", "grade", "score", "mitoses", "in tumor", "tumor mm²", "density /mm²", "ROIs"):
-            t.add_column(col, justify="right" if col not in ("slide", "center") else "left")
+        for col in ("slide", "ctr", "size px", "grade", "score", "mit.", "in tum.", "tum. mm²", "mit./mm²", "ROIs"):
+            t.add_column(col, justify="right" if col not in ("slide", "ctr") else "left", no_wrap=True)
         for s in self.slides:
             t.add_row(
                 s.slide_id, s.center, f"{s.size_px[0]}x{s.size_px[1]}", str(s.grade), f"{s.score:+.3f}",

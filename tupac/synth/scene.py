@@ -9,6 +9,7 @@ no matter in which order blocks are drawn, and memory does not grow with the sli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -136,7 +137,10 @@ def _region_fields(rng: np.random.Generator, spec: SceneSpec) -> dict[str, np.nd
     return {"tissue": tissue, "tumor": tumor, "lumen": lumen, "lymph": lymph, "orient": orient}
 
 
-def _textures(rng: np.random.Generator, center: Center) -> tuple[dict[str, F.Texture], tuple[float, float]]:
+@lru_cache(maxsize=4)
+def _textures(seed: int, center: Center) -> tuple[dict[str, F.Texture], tuple[float, float]]:
+    """Textures of one (cohort, stain center): shared by its slides, which saves their FFTs."""
+    rng = np.random.default_rng([seed, ord(center.name), 0x7E57])
     a1 = rng.uniform(0, np.pi)
     a2 = a1 + rng.uniform(0.6, 1.2)
     fib1 = F.periodic_texture(rng, 1024, 22.0, 2.6, a1)
@@ -218,7 +222,7 @@ def make_scene(spec: SceneSpec) -> Scene:
     """Build the full scene description of one slide (fields, textures, sprites, rare objects)."""
     rng = np.random.default_rng([spec.seed, spec.index, 0])
     fl = _region_fields(rng, spec)
-    tex, angles = _textures(rng, spec.center)
+    tex, angles = _textures(spec.seed, spec.center)
     bank = SpriteBank(np.random.default_rng([spec.seed, spec.index, 1]))
     empty = Points.build([], [], phase=np.array([], np.int64), in_tumor=np.array([], bool))
     scene = Scene(spec, fl["tissue"], fl["tumor"], fl["lumen"], fl["lymph"], fl["orient"], angles, tex, bank,
