@@ -300,3 +300,15 @@ def test_open_reports_missing_and_foreign(tmp_path: Path) -> None:
 def test_commit_record_dict_round_trip() -> None:
     rec = CommitRecord("S", "/a.svs", InputFingerprint(3, "ab"), {"m": "h"}, timings_s={"t": 1.0})
     assert CommitRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+
+
+def test_store_pickles_as_its_path(tmp_path: Path) -> None:
+    import pickle
+
+    store = HeatmapStore.create(tmp_path / "K.zarr", "K", SPECS)
+    store.write_tile("tissue", (0, 0), np.ones((8, 8), np.uint8))
+    clone = pickle.loads(pickle.dumps(store))  # what a Ray task argument goes through
+    assert clone.path == store.path and clone is not store
+    clone.write_tile("tissue", (0, 1), np.full((8, 8), 2, np.uint8))
+    out = store.read("tissue")
+    assert (out[:8, :8] == 1).all() and (out[:8, 8:16] == 2).all()

@@ -288,10 +288,13 @@ class Ledger:
 
     # -- transitions ----------------------------------------------------------------------
     def _update(self, slide_id: str, sql: str, params: Sequence[Any]) -> None:
-        with self._tx():
-            cur = self._conn.execute(sql + " WHERE slide_id = ?", (*params, slide_id))
-            if cur.rowcount != 1:
-                raise LedgerError(self.path, f"slide {slide_id!r} is not in the ledger (plan it first)")
+        try:
+            with self._tx():
+                cur = self._conn.execute(sql + " WHERE slide_id = ?", (*params, slide_id))
+                if cur.rowcount != 1:
+                    raise LedgerError(self.path, f"slide {slide_id!r} is not in the ledger (plan it first)")
+        except sqlite3.Error as e:  # disk full, I/O error, lock held past the busy timeout
+            raise LedgerError(self.path, f"cannot update slide {slide_id!r}: {e}") from None
 
     def mark_running(self, slide_id: str) -> int:
         """RUNNING, one more attempt; returns the attempt number (1 for the first)."""

@@ -159,9 +159,10 @@ def _remove_tree(path: Path) -> None:
 class HeatmapStore:
     """One slide's heatmaps. Build with :meth:`create` or :meth:`open`, not the constructor."""
 
-    def __init__(self, path: Path, group: Any) -> None:
+    def __init__(self, path: Path, group: Any, mode: str = "r+") -> None:
         self.path = path
         self._group = group
+        self._mode = mode
         attrs = dict(group.attrs).get("tupac")
         if not isinstance(attrs, dict) or attrs.get("format") != STORE_FORMAT:
             raise HeatmapStoreError(path, f"not a tupac heatmap store (group attributes lack tupac.format={STORE_FORMAT})")
@@ -278,7 +279,7 @@ class HeatmapStore:
         except Exception as e:  # zarr raises several unrelated types for a broken group
             raise HeatmapStoreError(path, f"cannot open as a Zarr v3 group: {e}") from None
         try:
-            return cls(path, group)
+            return cls(path, group, mode)
         except (KeyError, TypeError, ConfigError) as e:
             raise HeatmapStoreError(path, f"tupac store metadata is invalid: {e}") from None
 
@@ -425,17 +426,29 @@ class HeatmapStore:
         write_commit(self.path, record)
         return record
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickles (Ray task arguments, actor state) carry the path and reopen on the other side,
+        # so no open zarr handle crosses a process boundary.
+        return (HeatmapStore.open, (self.path, self._mode))
+
     def __repr__(self) -> str:
         return f"HeatmapStore({str(self.path)!r}, slide_id={self.slide_id!r}, images={list(self.names)})"
 
 
 def _fsync_tree(root: Path) -> None:
+    """fsync every file, then every folder (so the chunk files' names are durable too)."""
     import os
 
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
+    paths = sorted(root.rglob("*"), key=lambda p: (p.is_dir(), -len(p.parts)))
+    for p in [*paths, root]:
+        try:
             fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        except OSError:
+            continue  # folders cannot be opened on some platforms; files always can here
+        try:
+            os.fsync(fd)
+        except OSError:
+            if not p.is_dir():
+                raise
+        finally:
+            os.close(fd)
