@@ -20,9 +20,9 @@ on its own (``napari RUN/slides/X.zarr/tumor``) and addressed by name here
 (``store.read("tumor")`` reads ``tumor/0``).
 
 Axes are ``y, x`` of type ``space`` in ``micrometer``; dataset ``k`` has the transformations
-``scale = mpp * 2**k`` (µm per heatmap pixel) and ``translation = offset_um + (2**k - 1) / 2 * mpp``
-(so a downsampled pixel sits at the centre of the pixels it summarizes). ``offset_um`` places
-heatmap pixel (0, 0) in the slide's physical frame (0 = the slide's level-0 origin).
+``scale = mpp * 2**k`` (µm per heatmap pixel) and ``translation = offset_um + (2**k - 1) / 2 * mpp``: array index ``i`` is the centre of a pixel,
+at ``scale * i + translation`` µm from the slide's level-0 origin, so a downsampled pixel sits at
+the centre of the pixels it summarizes and ``offset_um`` is the centre of heatmap pixel (0, 0).
 
 Chunks are the tile grid: a job writes one tile's result as one chunk with :meth:`write_tile`,
 and each chunk has exactly one writer, so several processes can fill one store without locks
@@ -79,7 +79,10 @@ class ArraySpec:
     levels : int
         Number of resolution levels (1 = full resolution only); level k is 2**k smaller.
     offset_um : (float, float)
-        ``(y, x)`` in µm of heatmap pixel (0, 0) in the slide's frame.
+        ``(y, x)`` in µm, from the slide's level-0 origin, of the *centre* of heatmap pixel
+        (0, 0). For a model heatmap whose cell 0 is centred ``o`` pixels at ``m`` µm/px from the
+        origin with output stride ``s`` (:class:`tupac.infer.heatmap.HeatmapGeometry`):
+        ``mpp = s * m`` and ``offset_um = (o * m, o * m)``.
     """
 
     shape: tuple[int, int]
