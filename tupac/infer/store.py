@@ -20,9 +20,10 @@ on its own (``napari RUN/slides/X.zarr/tumor``) and addressed by name here
 (``store.read("tumor")`` reads ``tumor/0``).
 
 Axes are ``y, x`` of type ``space`` in ``micrometer``; dataset ``k`` has the transformations
-``scale = mpp * 2**k`` (µm per heatmap pixel) and ``translation = offset_um + (2**k - 1) / 2 * mpp``: array index ``i`` is the centre of a pixel,
-at ``scale * i + translation`` µm from the slide's level-0 origin, so a downsampled pixel sits at
-the centre of the pixels it summarizes and ``offset_um`` is the centre of heatmap pixel (0, 0).
+``scale = mpp * 2**k`` (µm per heatmap pixel) and ``translation = offset_um + (2**k - 1) / 2 * mpp``
+(the translation is omitted when zero). Array index ``i`` is the centre of a pixel, at
+``scale * i + translation`` µm from the slide's level-0 origin, so a downsampled pixel sits at the
+centre of the pixels it summarizes and ``offset_um`` is the centre of heatmap pixel (0, 0).
 
 Chunks are the tile grid: a job writes one tile's result as one chunk with :meth:`write_tile`,
 and each chunk has exactly one writer, so several processes can fill one store without locks
