@@ -119,7 +119,8 @@ class BaseSlideReader:
 
     backend = "base"
     max_window_px = 8 * 1024 * 1024
-    """Most source pixels one ``thumbnail`` strip reads (24 MiB of RGB, ~200 MiB of sums)."""
+    """Most source pixels one ``thumbnail`` strip reads (24 MiB of RGB; the sums at a 2x
+    reduction take about 4x that, less at larger reductions)."""
 
     def __init__(self, path: Path, info: SlideInfo) -> None:
         self.path = Path(path)
