@@ -11,6 +11,7 @@ import tupac.cli.tissue_cmds  # noqa: E402,F401  (tissue)
 import tupac.cli.mitosis_cmds  # noqa: E402,F401  (score-mitoses)
 import tupac.cli.synth_cmds  # noqa: E402,F401  (synth, demo)
 import tupac.cli.stain_cmds  # noqa: E402,F401  (stain fit, stain apply)
+import tupac.cli.predict_cmds  # noqa: E402,F401  (fit, predict, mlflow-ui)
 
 
 def main() -> None:
