@@ -1,6 +1,7 @@
 """Per-slide and cohort feature tables, with Dask doing the heatmap reductions.
 
-A slide's heatmaps are read lazily with ``dask.array.from_zarr``. Two small graphs per slide:
+A slide's heatmaps are read lazily, one Dask task per stored Zarr chunk (``dask.array.from_array`` over a
+picklable chunk reader, see :class:`ZarrReader` for why not ``from_zarr``). Two small graphs per slide:
 
 1. the tumor heatmap (block-averaged by an integer factor when it exceeds ``max_pixels``, so memory
    stays bounded whatever the slide size) and the tissue mask are brought to numpy, and the tumor
@@ -99,6 +100,51 @@ def _array_mpp(group, name: str) -> float | None:
     return None
 
 
+class ZarrReader:
+    """A picklable, lazily opened view of one Zarr array, for ``dask.array.from_array``.
+
+    Why not hand the ``zarr.Array`` itself to Dask (``da.from_zarr``)? Dask-on-Ray rebuilds every
+    dataclass it finds in a task by calling its constructor with all of its fields, and zarr 3's
+    metadata dataclass has a field its constructor does not take, so such graphs fail on Ray. This
+    reader is a plain object holding the store path and array name; each worker opens the array on
+    first use, and the graph carries a few strings instead of the array's metadata.
+    """
+
+    def __init__(self, store: str, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]):
+        self.store, self.name = store, name
+        self.shape, self.dtype, self.chunks = tuple(shape), np.dtype(dtype), tuple(chunks)
+        self.ndim = len(self.shape)
+        self._array = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_array"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _array=None)
+
+    def __getitem__(self, key):
+        import zarr
+
+        if self._array is None:
+            self._array = zarr.open_group(self.store, mode="r")[self.name]
+        return np.asarray(self._array[key])
+
+
+def _lazy(path: Path, group, name: str):
+    import dask.array as da
+
+    z = group[name]
+    reader = ZarrReader(str(path), name, z.shape, z.dtype, z.chunks)
+    return da.from_array(reader, chunks=z.chunks, name=f"zarr-{name}-{dask_token(path, name, z.shape, z.chunks)}",
+                         asarray=False, fancy=False, meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+
+
+def dask_token(*parts) -> str:
+    from dask.base import tokenize
+
+    return tokenize(*(str(p) for p in parts))
+
+
 def open_heatmaps(store_path: str | Path, *, mpp: Mapping[str, float] | None = None) -> SlideHeatmaps:
     """Open a slide's Zarr v3 heatmap group lazily.
 
@@ -114,9 +160,8 @@ def open_heatmaps(store_path: str | Path, *, mpp: Mapping[str, float] | None = N
     Returns
     -------
     SlideHeatmaps
-        Dask arrays chunked as stored.
+        Dask arrays chunked as stored, one read task per stored chunk (see :class:`ZarrReader`).
     """
-    import dask.array as da
     import zarr
 
     path = Path(store_path)
@@ -137,7 +182,7 @@ def open_heatmaps(store_path: str | Path, *, mpp: Mapping[str, float] | None = N
             raise FeatureFileError(path / name, f"bad multiscales metadata: {e}") from e
         if res is None:
             raise FeatureFileError(path / name, "no µm/px: expected an 'mpp' attribute or OME-NGFF multiscales scale")
-        arr = da.from_zarr(group[name])
+        arr = _lazy(path, group, name)
         if arr.ndim == 3 and arr.shape[0] == 1:  # a (c=1, y, x) layout
             arr = arr[0]
         out[name], out[f"{name}_mpp"] = arr, float(res)
