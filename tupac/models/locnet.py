@@ -36,7 +36,7 @@ from torch import nn
 
 from tupac.errors import ModelError
 
-from tupac.models.base import FCNModel
+from tupac.models.base import FCNModel, init_vgg_style
 from tupac.models.receptive import geometry, output_size
 from tupac.models.registry import DEFAULT_MEAN, DEFAULT_STD, make_card, parse_options, register_model
 
@@ -77,6 +77,7 @@ class LocNet(FCNModel):
     def __init__(self, card, body: nn.Sequential, exact: bool) -> None:
         super().__init__(card, exact=exact)
         self.body = body
+        init_vgg_style(body)
 
 
 @register_model("locnet", default_task="tumor")

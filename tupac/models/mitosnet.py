@@ -33,7 +33,7 @@ from __future__ import annotations
 from torch import nn
 
 from tupac.errors import ModelError
-from tupac.models.base import FCNModel
+from tupac.models.base import FCNModel, init_vgg_style
 from tupac.models.receptive import geometry
 from tupac.models.registry import DEFAULT_MEAN, DEFAULT_STD, make_card, parse_options, register_model
 
@@ -54,6 +54,7 @@ class MitosNet(FCNModel):
     def __init__(self, card, body: nn.Sequential) -> None:
         super().__init__(card, exact=True)
         self.body = body
+        init_vgg_style(body)
 
 
 @register_model("mitosnet", default_task="mitosis")

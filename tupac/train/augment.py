@@ -1,0 +1,69 @@
+"""Batch augmentation on tensors: flips, 90-degree rotations, stain jitter in HED optical density.
+
+Everything runs vectorized on the device the batch lives on, drawing from an explicit
+``torch.Generator`` so that a seed fixes the result.
+
+Stain jitter (Tellez et al. 2018 style): RGB -> optical density ``OD = -log((I + 1) / 256)`` (Beer-
+Lambert; the +1 keeps black finite) -> stain concentrations ``C = OD @ inv(M)`` with the Ruifrok-
+Johnston H, E, DAB matrix ``M`` (as in scikit-image) -> ``C' = C * alpha + beta`` per image and stain
+-> back to RGB. With ``alpha = 1, beta = 0`` it is the identity up to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tupac.train.config import AugmentConfig
+
+# Rows: optical density of hematoxylin, eosin, DAB (skimage.color.rgb_from_hed, rows normalized).
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def rgb_to_hed(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 3, H, W) H, E, DAB concentrations (OD units)."""
+    od = -torch.log((x * 255.0 + 1.0) / 256.0)
+    m = _HED_FROM_RGB.to(x.device, x.dtype)
+    return torch.einsum("nchw,cd->ndhw", od, m)
+
+
+def hed_to_rgb(c: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hed`, clipped to [0, 1]."""
+    m = _RGB_FROM_HED.to(c.device, c.dtype)
+    od = torch.einsum("ndhw,dc->nchw", c, m)
+    return ((256.0 * torch.exp(-od) - 1.0) / 255.0).clamp_(0.0, 1.0)
+
+
+def stain_jitter(x: torch.Tensor, sigma: float, bias: float, generator: torch.Generator) -> torch.Tensor:
+    """Scale and shift each image's H, E, D concentrations by random ``alpha``, ``beta``."""
+    n = x.shape[0]
+    alpha = 1.0 + (torch.rand(n, 3, 1, 1, generator=generator, device=x.device) * 2 - 1) * sigma
+    beta = (torch.rand(n, 3, 1, 1, generator=generator, device=x.device) * 2 - 1) * bias
+    return hed_to_rgb(rgb_to_hed(x) * alpha.to(x.dtype) + beta.to(x.dtype))
+
+
+def flip_rotate(x: torch.Tensor, generator: torch.Generator, flips: bool = True, rot90: bool = True) -> torch.Tensor:
+    """Per-sample random flips and quarter turns of square (N, C, S, S) images."""
+    n = x.shape[0]
+    draws = torch.randint(0, 4, (n, 3), generator=generator, device=x.device)
+    if flips:
+        x = torch.where((draws[:, 0] % 2 == 1).view(n, 1, 1, 1), x.flip(-1), x)
+        x = torch.where((draws[:, 1] % 2 == 1).view(n, 1, 1, 1), x.flip(-2), x)
+    if rot90:
+        out = x.clone()
+        for k in (1, 2, 3):
+            idx = torch.nonzero(draws[:, 2] == k).flatten()
+            if len(idx):
+                out[idx] = torch.rot90(x[idx], k, dims=(-2, -1))
+        x = out
+    return x
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Apply ``cfg`` to a float batch (N, 3, S, S) in [0, 1]; returns a new tensor."""
+    if cfg.flips or cfg.rot90:
+        x = flip_rotate(x, generator, cfg.flips, cfg.rot90)
+    if cfg.stain_sigma > 0 or cfg.stain_bias > 0:
+        x = stain_jitter(x, cfg.stain_sigma, cfg.stain_bias, generator)
+    return x

@@ -1,0 +1,145 @@
+"""Training configuration: one frozen dataclass, validated at construction, flat ``to_dict`` for MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tupac.errors import ConfigError
+
+MONITORS = {"loss": "min", "accuracy": "max", "balanced_accuracy": "max", "auroc": "max", "f1": "max"}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation, applied per sample on the batch (see :mod:`tupac.train.augment`).
+
+    Parameters
+    ----------
+    flips : bool
+        Random horizontal and vertical flips (tissue has no up or left).
+    rot90 : bool
+        Random multiples of 90 degrees (exact on the pixel grid: no interpolation).
+    stain_sigma : float
+        Multiplicative jitter of each stain concentration (H, E, D) per image, uniform in
+        ``[1 - sigma, 1 + sigma]``; 0 disables it.
+    stain_bias : float
+        Additive jitter of each stain concentration (optical density units), uniform in ``[-bias, bias]``.
+    """
+
+    flips: bool = True
+    rot90: bool = True
+    stain_sigma: float = 0.05
+    stain_bias: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stain_sigma < 1:
+            raise ConfigError(f"augment.stain_sigma={self.stain_sigma}, expected in [0, 1)")
+        if not 0 <= self.stain_bias < 1:
+            raise ConfigError(f"augment.stain_bias={self.stain_bias}, expected in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run's result (plus ``device``, which should not).
+
+    Parameters
+    ----------
+    epochs : int
+        Total epochs; a resumed run continues up to this number.
+    batch_size, eval_batch_size : int
+        Patches per optimizer step / per validation forward.
+    lr, weight_decay : float
+        AdamW learning rate and decoupled weight decay.
+    lr_schedule : {"constant", "cosine"}
+        Per-step learning rate; a pure function of the step so resuming needs no scheduler state.
+    seed : int
+        Seeds python, numpy and torch; each epoch's shuffle, augmentation and dropout are derived
+        from ``(seed, epoch)`` so a resumed run replays the same randomness.
+    monitor : {"loss", "accuracy", "balanced_accuracy", "auroc", "f1"}
+        Validation metric that chooses the best epoch (first best wins ties).
+    patience : int or None
+        Stop after this many epochs without improvement of ``monitor``.
+    class_weights : tuple of float or None
+        Cross-entropy class weights (e.g. for rare mitoses).
+    augment : AugmentConfig
+    device : str
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    amp, channels_last : bool
+        bfloat16 autocast and channels-last memory format; applied on CUDA only.
+    deterministic : bool
+        ``torch.use_deterministic_algorithms`` during the run (bitwise reproducible on CPU).
+    num_workers : int
+        DataLoader worker processes (0: read patches in the training process).
+    keep_checkpoints : {"last_and_best", "all"}
+        Which per-epoch checkpoints stay on disk.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
+    seed: int = 0
+    monitor: str = "loss"
+    patience: int | None = None
+    class_weights: tuple[float, ...] | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    deterministic: bool = True
+    num_workers: int = 0
+    keep_checkpoints: str = "last_and_best"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        if self.class_weights is not None:
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        problems = []
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name}={getattr(self, name)}, expected >= 1")
+        if not self.lr > 0:
+            problems.append(f"lr={self.lr}, expected > 0")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay={self.weight_decay}, expected >= 0")
+        if self.lr_schedule not in ("constant", "cosine"):
+            problems.append(f"lr_schedule={self.lr_schedule!r}, expected 'constant' or 'cosine'")
+        if self.monitor not in MONITORS:
+            problems.append(f"monitor={self.monitor!r}, expected one of {sorted(MONITORS)}")
+        if self.patience is not None and self.patience < 1:
+            problems.append(f"patience={self.patience}, expected >= 1 or None")
+        if self.keep_checkpoints not in ("last_and_best", "all"):
+            problems.append(f"keep_checkpoints={self.keep_checkpoints!r}, expected 'last_and_best' or 'all'")
+        if self.num_workers < 0:
+            problems.append(f"num_workers={self.num_workers}, expected >= 0")
+        if problems:
+            raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict (``augment.flips`` ...) of JSON values, e.g. for MLflow params."""
+        d = dataclasses.asdict(self)
+        aug = d.pop("augment")
+        d.update({f"augment.{k}": v for k, v in aug.items()})
+        if d["class_weights"] is not None:
+            d["class_weights"] = list(d["class_weights"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        aug = {k.split(".", 1)[1]: d.pop(k) for k in list(d) if k.startswith("augment.")}
+        if isinstance(d.get("augment"), dict):
+            aug.update(d.pop("augment"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig fields {unknown}")
+        return cls(**d, augment=AugmentConfig(**aug))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
