@@ -1,0 +1,384 @@
+"""Tumor-localization training on a TUPAC16-layout dataset, with the paper's two-stage active learning.
+
+Stage 1 trains on patches inside the annotated ROI boxes (tumor) and random tissue patches outside
+them (non-tumor). The stage-1 model then maps every training slide; regions it calls tumor with
+more than ``confident`` probability join the positives (and leave the negative pool), and a fresh
+model is trained on the enlarged set (stage 2). Held-out slides give the validation patches that
+choose each stage's epoch and the probability threshold saved in the card.
+
+Every patch is read at the model's mpp (1.0 um/px, "10x") and stain-standardized to the training
+template, which is saved beside the model so that inference uses the same template.
+
+Outputs in ``out_dir`` (``MODELS/tumor``): ``model.safetensors`` + ``card.json`` (the chosen stage),
+``stain_reference.json``, ``training.json`` (splits, per-stage validation metrics, timings), and
+``stage1/``, ``stage2/`` run folders (checkpoints, resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tupac.errors import ConfigError, DatasetLayoutError
+from tupac.tumor.regions import best_threshold, heatmap_on_grid
+from tupac.tumor.sampling import read_patches, sample_patch_centers
+
+STAIN_REFERENCE_FILE = "stain_reference.json"
+
+
+@dataclass(frozen=True)
+class TumorTrainConfig:
+    """Options of :func:`train_tumor` (everything that decides the result).
+
+    Parameters
+    ----------
+    arch : str
+        Registered model name (``tupac models`` lists them).
+    model_kwargs : dict
+        Extra constructor options (e.g. ``{"widths": [16, 32, 48, 64, 128]}`` for a narrow LocNet).
+    stain_method : {"wsics", "macenko", "reinhard"}
+        Standardization applied to every patch.
+    tissue_mpp : float
+        Resolution of the tissue mask the patches are sampled from (um/px).
+    positives_per_slide, negatives_per_slide : int
+        Patches sampled per slide and stage.
+    val_fraction : float
+        Share of the slides with ROIs held out for validation (at least one when there are two).
+    confident : float
+        Stage-2 threshold: stage-1 probability above which unannotated tissue becomes a positive.
+    two_stage : bool
+        Run stage 2 (the paper's active learning); False stops after stage 1.
+    seed : int
+        Seeds the split, the sampling and (through ``train``) the networks.
+    train : dict
+        :class:`tupac.train.TrainConfig` fields (epochs, batch size, lr, ...).
+    """
+
+    arch: str = "locnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    stain_method: str = "wsics"
+    tissue_mpp: float = 8.0
+    positives_per_slide: int = 200
+    negatives_per_slide: int = 200
+    val_fraction: float = 0.25
+    confident: float = 0.95
+    two_stage: bool = True
+    seed: int = 0
+    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 8, "batch_size": 32, "monitor": "auroc"})
+
+    def __post_init__(self) -> None:
+        if self.stain_method not in ("wsics", "macenko", "reinhard"):
+            raise ConfigError(f"stain_method={self.stain_method!r}, expected wsics, macenko or reinhard")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction}, expected in [0, 1)")
+        if not 0.5 < self.confident < 1.0:
+            raise ConfigError(f"confident={self.confident}, expected in (0.5, 1)")
+        if self.positives_per_slide < 1 or self.negatives_per_slide < 1:
+            raise ConfigError("positives_per_slide and negatives_per_slide must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SlideContext:
+    """What training needs of one slide, computed once: tissue mask and stain statistics."""
+
+    slide_id: str
+    path: Path
+    rois: np.ndarray
+    tissue: Any  # TissueMask
+    stats: Any  # SlideStainStats
+    slide_mpp: float
+
+
+@dataclass(frozen=True)
+class TumorTrainResult:
+    """Outcome of :func:`train_tumor`."""
+
+    model_dir: Path
+    chosen_stage: int
+    threshold: float
+    stages: list[dict[str, Any]]
+    train_slides: list[str]
+    val_slides: list[str]
+
+
+def split_slides(slide_ids: list[str], with_rois: set[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out a seeded share of the slides that have ROIs for validation.
+
+    Slides without ROIs give no positives; they stay in training (negatives, stage-2 positives).
+    """
+    annotated = sorted(s for s in slide_ids if s in with_rois)
+    if len(annotated) < 1:
+        raise DatasetLayoutError("<dataset>", "no slide has an ROI file: tumor training needs annotated regions")
+    rng = np.random.default_rng(seed)
+    n_val = int(round(len(annotated) * val_fraction))
+    if val_fraction > 0 and len(annotated) >= 2:
+        n_val = min(max(n_val, 1), len(annotated) - 1)
+    else:
+        n_val = 0
+    val = sorted(rng.choice(annotated, size=n_val, replace=False).tolist()) if n_val else []
+    train = sorted(s for s in slide_ids if s not in val)
+    return train, val
+
+
+def prepare_slide(entry, config: TumorTrainConfig, mpp_override: float | None = None) -> SlideContext:
+    """Open a slide, compute its tissue mask and stain statistics."""
+    from tupac.preprocess import stain
+    from tupac.preprocess.tissue import slide_tissue_mask
+    from tupac.slide import open_slide
+
+    with open_slide(entry.path, mpp=mpp_override) as reader:
+        tissue = slide_tissue_mask(reader, config.tissue_mpp)
+        stats = stain.fit_slide(reader, tissue, method=config.stain_method, seed=config.seed)
+        return SlideContext(entry.slide_id, Path(entry.path), np.asarray(entry.rois), tissue, stats, reader.mpp)
+
+
+def _preprocess(ctx: SlideContext, reference) -> Callable[[np.ndarray], np.ndarray]:
+    from tupac.preprocess import stain
+
+    return lambda tile: stain.transform(tile, ctx.stats, reference)
+
+
+def slide_patches(
+    ctx: SlideContext,
+    reference,
+    card,
+    config: TumorTrainConfig,
+    rng: np.random.Generator,
+    extra_positive: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample and read one slide's labelled patches: ``(n, P, P, 3)`` uint8 and ``(n,)`` int64 labels."""
+    from tupac.slide import open_slide
+
+    centers = sample_patch_centers(
+        ctx.tissue.mask,
+        ctx.tissue.mpp,
+        ctx.slide_mpp,
+        ctx.rois,
+        config.positives_per_slide if (len(ctx.rois) or extra_positive is not None) else 0,
+        config.negatives_per_slide,
+        rng,
+        extra_positive=extra_positive,
+    )
+    with open_slide(ctx.path, mpp=ctx.slide_mpp) as reader:
+        pre = _preprocess(ctx, reference)
+        pos = read_patches(reader, centers.positive_xy_l0, card.patch_size, card.mpp, pre)
+        neg = read_patches(reader, centers.negative_xy_l0, card.patch_size, card.mpp, pre)
+    labels = np.r_[np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)]
+    return np.concatenate([pos, neg]), labels
+
+
+def build_patch_set(contexts, reference, card, config, seed_stream: int, extra: dict[str, np.ndarray] | None = None):
+    """Patches of several slides as one :class:`tupac.train.PatchDataset`."""
+    from tupac.train import PatchDataset
+
+    images, labels = [], []
+    for i, ctx in enumerate(contexts):
+        rng = np.random.default_rng([config.seed, seed_stream, i])
+        x, y = slide_patches(ctx, reference, card, config, rng, (extra or {}).get(ctx.slide_id))
+        images.append(x)
+        labels.append(y)
+    p = card.patch_size
+    x = np.concatenate(images) if images else np.zeros((0, p, p, 3), np.uint8)
+    y = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
+    return PatchDataset(x, y)
+
+
+def confident_tumor(ctx: SlideContext, model, reference, confident: float) -> np.ndarray:
+    """Stage-2 positives of one slide: tissue where the model's tumor probability exceeds ``confident``.
+
+    Returns a bool mask on the slide's tissue-mask grid.
+    """
+    from tupac.infer.heatmap import heatmap_to_array
+    from tupac.slide import open_slide
+
+    model.eval()
+    with open_slide(ctx.path, mpp=ctx.slide_mpp) as reader:
+        heat, geom = heatmap_to_array(
+            reader, model, tissue_mask=ctx.tissue.mask, tissue_mpp=ctx.tissue.mpp, preprocess=_preprocess(ctx, reference)
+        )
+    on_grid = heatmap_on_grid(heat, geom.cell_um, geom.offset_px * geom.mpp, ctx.tissue.mask.shape, ctx.tissue.mpp)
+    return (on_grid > confident) & ctx.tissue.mask
+
+
+def _validation_scores(model, val_ds) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    from tupac.models import to_input
+
+    model.eval()
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(val_ds), 256):
+            x = to_input(val_ds.images[start : start + 256])
+            probs.append(model(x)[:, 1].numpy())
+    return (np.concatenate(probs) if probs else np.zeros(0)), np.asarray(val_ds.labels)
+
+
+def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir: Path, tracker, stain_ref_path: Path):
+    from tupac.models import create_model
+    from tupac.train import TrainConfig, binary_metrics, train
+
+    tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
+    if val_ds is None and tcfg.monitor != "loss":
+        tcfg = tcfg.replace(monitor="loss")
+    model = create_model(config.arch, task="tumor", **config.model_kwargs)
+    t0 = time.perf_counter()
+    result = train(model, train_ds, val_ds, tcfg, out_dir / f"stage{stage}", tracker=tracker)
+    seconds = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "stage": stage,
+        "train_patches": len(train_ds),
+        "train_positives": int(np.sum(train_ds.labels)),
+        "best_epoch": result.best_epoch,
+        "seconds": round(seconds, 1),
+    }
+    if val_ds is not None and len(val_ds):
+        prob, y = _validation_scores(model, val_ds)
+        thr, f1 = best_threshold(prob, y)
+        summary.update({"threshold": thr, "val_f1_at_threshold": f1, **{f"val_{k}": v for k, v in binary_metrics(y, prob, thr).items()}})
+    else:
+        summary.update({"threshold": 0.5})
+    return model, summary
+
+
+def train_tumor(
+    root: str | Path,
+    out_dir: str | Path,
+    config: TumorTrainConfig = TumorTrainConfig(),
+    *,
+    stain_reference=None,
+    tracker=None,
+    progress: Callable[[str], None] | None = None,
+) -> TumorTrainResult:
+    """Train a tumor localizer on a TUPAC16-layout dataset (two stages by default).
+
+    Parameters
+    ----------
+    root : path
+        Dataset root (``training_image_data/``, ``training_ground_truth.csv``, ROI CSVs).
+    out_dir : path
+        Where the model, its card and the stain reference go (``MODELS/tumor``).
+    config : TumorTrainConfig
+    stain_reference : StainReference, optional
+        Template to standardize towards; default: the statistics of the first training slide.
+    tracker : tupac.train.Tracker, optional
+        Receives params, per-epoch metrics and artifacts (e.g. an MLflow tracker).
+    progress : callable, optional
+        Called with a short message at each step.
+
+    Returns
+    -------
+    TumorTrainResult
+    """
+    from tupac.data import Tupac16Dataset
+    from tupac.models import save_model
+    from tupac.preprocess.stain import StainReference
+
+    say = progress or (lambda msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = Tupac16Dataset(Path(root))
+    entries = {s.slide_id: s for s in dataset.slides}
+    train_ids, val_ids = split_slides(
+        list(entries), {s for s, e in entries.items() if len(e.rois)}, config.val_fraction, config.seed
+    )
+    t_start = time.perf_counter()
+    say(f"preparing {len(entries)} slides (tissue masks, {config.stain_method} statistics)")
+    contexts = {sid: prepare_slide(entries[sid], config) for sid in sorted(entries)}
+    if stain_reference is None:
+        stain_reference = StainReference(contexts[train_ids[0]].stats)
+    ref_path = stain_reference.save(out / STAIN_REFERENCE_FILE)
+
+    if tracker is not None:
+        tracker.log_params({f"tumor.{k}": v for k, v in _flat(config.to_dict()).items()})
+    from tupac.models import create_model
+
+    card = create_model(config.arch, task="tumor", **config.model_kwargs).card
+    train_ctx = [contexts[s] for s in train_ids]
+    val_ctx = [contexts[s] for s in val_ids]
+    say(f"stage 1: sampling patches from {len(train_ctx)} training and {len(val_ctx)} validation slides")
+    train_ds = build_patch_set(train_ctx, stain_reference, card, config, seed_stream=1)
+    val_ds = build_patch_set(val_ctx, stain_reference, card, config, seed_stream=2) if val_ctx else None
+    say(f"stage 1: training {config.arch} on {len(train_ds)} patches")
+    model, s1 = _train_stage(1, config, train_ds, val_ds, out, tracker, ref_path)
+    stages, models = [s1], [model]
+
+    if config.two_stage:
+        say("stage 2: mapping training slides with the stage-1 model")
+        extra = {c.slide_id: confident_tumor(c, model, stain_reference, config.confident) for c in train_ctx}
+        s1["confident_area_mm2"] = float(
+            sum(m.sum() for m in extra.values()) * (config.tissue_mpp / 1000.0) ** 2
+        )
+        train_ds2 = build_patch_set(train_ctx, stain_reference, card, config, seed_stream=3, extra=extra)
+        say(f"stage 2: retraining on {len(train_ds2)} patches")
+        model2, s2 = _train_stage(2, config, train_ds2, val_ds, out, tracker, ref_path)
+        stages.append(s2)
+        models.append(model2)
+
+    chosen = _choose_stage(stages)
+    final, summary = models[chosen - 1], stages[chosen - 1]
+    final.update_card(
+        training_data_hash=_hash_ids(train_ids, root),
+        stain_reference=STAIN_REFERENCE_FILE,
+        stain_method=config.stain_method,
+        seed=config.seed,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        extra={"threshold": summary["threshold"], "stage": chosen, "stages": stages},
+    )
+    save_model(final, final.card, out)
+    record = {
+        "config": config.to_dict(),
+        "train_slides": train_ids,
+        "val_slides": val_ids,
+        "stages": stages,
+        "chosen_stage": chosen,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+    if tracker is not None:
+        tracker.log_metrics({f"stage{s['stage']}_{k}": float(v) for s in stages for k, v in s.items() if _is_num(v)}, step=0)
+        tracker.log_artifact(out / "training.json")
+        tracker.log_artifact(ref_path)
+    say(f"done: stage {chosen} chosen, threshold {summary['threshold']:.3f}, model in {out}")
+    return TumorTrainResult(out, chosen, float(summary["threshold"]), stages, train_ids, val_ids)
+
+
+def _choose_stage(stages: list[dict[str, Any]]) -> int:
+    """The stage with the best validation AUROC; stage 2 on ties (it saw more data)."""
+    scored = [(s.get("val_auroc", float("nan")), s["stage"]) for s in stages]
+    if any(np.isnan(a) for a, _ in scored):
+        return stages[-1]["stage"]
+    return max(scored, key=lambda t: (t[0], t[1]))[1]
+
+
+def _hash_ids(ids: list[str], root) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for sid in ids:
+        h.update(sid.encode())
+    h.update(str(Path(root).resolve()).encode())
+    return h.hexdigest()[:16]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
