@@ -192,6 +192,21 @@ def test_store_errors_name_the_file(tmp_path):
     assert open_heatmaps(tmp_path / "no_mpp.zarr").tumor_mpp == 4.0
 
 
+def test_ngff_scale_on_the_array_itself_and_in_millimeters(tmp_path):
+    g = zarr.open_group(str(tmp_path / "own.zarr"), mode="w", zarr_format=3)
+    t = g.create_array("tumor", data=np.ones((4, 4), np.float32))
+    entry = _ngff("tumor", 0.016)
+    for ax in entry["axes"]:
+        ax["unit"] = "millimeter"
+    entry["datasets"][0]["path"] = "0"
+    t.attrs["multiscales"] = [entry]
+    assert open_heatmaps(tmp_path / "own.zarr").tumor_mpp == pytest.approx(16.0)
+    entry["datasets"][0]["coordinateTransformations"][0]["scale"] = [16.0, 8.0]
+    t.attrs["multiscales"] = [entry]
+    with pytest.raises(FeatureFileError, match="anisotropic"):
+        open_heatmaps(tmp_path / "own.zarr")
+
+
 @pytest.mark.slow
 def test_dask_on_ray(tmp_path):
     ray = pytest.importorskip("ray")

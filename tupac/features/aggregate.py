@@ -64,39 +64,39 @@ class SlideHeatmaps:
                 raise FeatureError(f"{name} heatmap needs a positive µm/px, got {mpp!r}")
 
 
-def _scale_from_multiscales(ms: list, name: str) -> float | None:
-    for entry in ms:
-        datasets = entry.get("datasets", [])
-        unit = next((a.get("unit") for a in entry.get("axes", []) if a.get("type") == "space" and a.get("unit")), "micrometer")
-        for ds in datasets:
-            if len(datasets) > 1 and ds.get("path") not in (name, "0", ".", ""):
-                continue
-            if len(datasets) > 1 and entry.get("name") not in (None, name) and ds.get("path") != name:
-                continue
-            for t in ds.get("coordinateTransformations", []):
-                if t.get("type") == "scale":
-                    sy, sx = (float(v) for v in t["scale"][-2:])
-                    if not math.isclose(sy, sx, rel_tol=1e-6):
-                        raise ValueError(f"anisotropic scale {sy} x {sx} is not supported")
-                    return sx * _UNIT_TO_UM.get(str(unit).lower(), 1.0)
+def _dataset_scale(entry: dict, ds: dict) -> float | None:
+    """µm/px of one OME-NGFF dataset (its ``scale`` transformation on y, x, in the axes' unit)."""
+    unit = next((a.get("unit") for a in entry.get("axes", []) if a.get("type") == "space" and a.get("unit")), "micrometer")
+    for t in ds.get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            sy, sx = (float(v) for v in t["scale"][-2:])
+            if not math.isclose(sy, sx, rel_tol=1e-6):
+                raise ValueError(f"anisotropic scale {sy} x {sx} is not supported")
+            return sx * _UNIT_TO_UM.get(str(unit).lower(), 1.0)
     return None
 
 
+def _multiscales(attrs: dict) -> list:
+    return attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales") or []
+
+
 def _array_mpp(group, name: str) -> float | None:
-    """µm/px of array ``name`` from its attributes or the group's OME-NGFF ``multiscales``."""
-    arr_attrs = dict(group[name].attrs)
+    """µm/px of array ``name``: its ``mpp`` attribute, its own OME-NGFF ``multiscales`` (full
+    resolution = first dataset), or the group's ``multiscales`` entry whose dataset path or name is ``name``."""
+    own = dict(group[name].attrs)
     for key in ("mpp", "um_per_px"):
-        if key in arr_attrs:
-            return float(arr_attrs[key])
-    for attrs, own in ((arr_attrs, True), (dict(group.attrs), False)):
-        ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        if not ms:
-            continue
-        if not own:
-            ms = [m for m in ms if m.get("name") == name or any(d.get("path") == name for d in m.get("datasets", []))]
-        found = _scale_from_multiscales(ms, name)
-        if found is not None:
-            return found
+        if key in own:
+            return float(own[key])
+    for entry in _multiscales(own):
+        if entry.get("datasets"):
+            return _dataset_scale(entry, entry["datasets"][0])
+    for entry in _multiscales(dict(group.attrs)):
+        datasets = entry.get("datasets", [])
+        match = [d for d in datasets if d.get("path") == name]
+        if not match and entry.get("name") == name and datasets:
+            match = datasets[:1]
+        if match:
+            return _dataset_scale(entry, match[0])
     return None
 
 
