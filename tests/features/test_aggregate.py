@@ -11,7 +11,7 @@ import pytest
 import zarr
 from features_drawing import disk, he_patch
 
-from tupac.errors import FeatureFileError
+from tupac.errors import FeatureError, FeatureFileError
 from tupac.features import feature_dictionary
 from tupac.features.aggregate import SlideInput, cohort_features, open_heatmaps, slide_features
 from tupac.features.deep_hist import fit_deep_histogram
@@ -75,6 +75,10 @@ def test_features_from_a_store_agree_with_the_drawing(tmp_path):
         assert f[k] == pytest.approx(v, rel=1e-9)
     assert r.fringe_origins_l0.shape == (10, 2) and f["fringe_n_patches"] == 10
     assert r.groups == ("tumor", "fringe", "mitosis_arch")
+    # The same detections as an (n, 3) array give the same features.
+    assert slide_features(hm, det[["x", "y", "prob"]].to_numpy(), SLIDE_MPP, n_patches=10).features == f
+    with pytest.raises(FeatureError, match="detections"):
+        slide_features(hm, np.zeros((3, 4)), SLIDE_MPP)
 
 
 def test_cohort_table_is_finite_documented_and_writes_to_parquet(tmp_path):

@@ -259,8 +259,12 @@ def _detections(det: pd.DataFrame | np.ndarray | None) -> tuple[np.ndarray, np.n
             raise FeatureError(f"detections need columns x, y (level-0 px), prob; missing {sorted(missing)}")
         xy = det[["x", "y"]].to_numpy(dtype=np.float64)
         return xy, det["prob"].to_numpy(dtype=np.float64) if "prob" in det else None
-    xy = np.asarray(det, dtype=np.float64).reshape(-1, np.asarray(det).shape[-1] if np.asarray(det).ndim == 2 else 2)
-    return xy[:, :2], (xy[:, 2] if xy.shape[1] > 2 else None)
+    arr = np.asarray(det, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 2)), None
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
+        raise FeatureError(f"detections must be (n, 2) x, y or (n, 3) x, y, prob in level-0 px, got shape {arr.shape}")
+    return arr[:, :2], (arr[:, 2] if arr.shape[1] == 3 else None)
 
 
 def slide_features(

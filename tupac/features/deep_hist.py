@@ -308,7 +308,8 @@ def fit_deep_histogram(
     from sklearn.preprocessing import StandardScaler
 
     ids = sorted(train_vectors)
-    mats = [np.asarray(train_vectors[i], dtype=np.float64) for i in ids]
+    # float32 halves the memory of the stacked training vectors (n x 4096); the fit is saved in float64.
+    mats = [np.asarray(train_vectors[i], dtype=np.float32) for i in ids]
     mats = [m for m in mats if m.size]
     if not mats:
         raise FeatureError("no training vectors: the deep histogram needs mitoses on the training slides")

@@ -366,7 +366,7 @@ def patch_bio_features(
         "bio_equiv_diameter_mean": _m(figs["equiv_diameter"]),
         "bio_orientation_coherence": resultant,
         # Axial circular std: sqrt(-2 ln R) of the doubled angles, halved back to the axial scale.
-        "bio_orientation_circstd": math.sqrt(-2 * math.log(max(resultant, 1e-12))) / 2 if len(figs) else math.nan,
+        "bio_orientation_circstd": math.sqrt(max(-2 * math.log(max(resultant, 1e-12)), 0.0)) / 2 if len(figs) else math.nan,
         "bio_h_mean_mean": _m(figs["h_mean"]),
         "bio_h_mean_std": _s(figs["h_mean"]),
         "bio_h_std_mean": _m(figs["h_std"]),
