@@ -12,6 +12,8 @@ import tupac.cli.mitosis_cmds  # noqa: E402,F401  (score-mitoses)
 import tupac.cli.synth_cmds  # noqa: E402,F401  (synth, demo)
 import tupac.cli.stain_cmds  # noqa: E402,F401  (stain fit, stain apply)
 import tupac.cli.predict_cmds  # noqa: E402,F401  (fit, predict, mlflow-ui)
+import tupac.cli.tumor_cmds  # noqa: E402,F401  (train tumor, tumor-map)
+import tupac.cli.models_cmds  # noqa: E402,F401  (models)
 
 
 def main() -> None:
