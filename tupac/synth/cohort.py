@@ -83,9 +83,10 @@ class CohortSummary:
         """A ``rich.table.Table`` with one row per slide."""
         from rich.table import Table
 
-        t = Table(title=f"phantom cohort {self.root} (seed {self.seed})")
+        t = Table(title=f"phantom cohort, seed {self.seed}")
         for col in ("slide", "ctr", "size px", "grade", "score", "mit.", "in tum.", "tum. mm²", "mit./mm²", "ROIs"):
-            t.add_column(col, justify="right" if col not in ("slide", "ctr") else "left", no_wrap=True)
+            t.add_column(col, justify="right" if col not in ("slide", "ctr") else "left", no_wrap=True,
+                         min_width=12 if col == "slide" else None)
         for s in self.slides:
             t.add_row(
                 s.slide_id, s.center, f"{s.size_px[0]}x{s.size_px[1]}", str(s.grade), f"{s.score:+.3f}",

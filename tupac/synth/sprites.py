@@ -64,7 +64,7 @@ def tumor_nucleus(rng: np.random.Generator, s: int = 64) -> np.ndarray:
     yy, xx = _coords(s)
     if rng.random() < 0.1:  # hyperchromatic, coarse: an intensity look-alike of mitoses
         h = inside * (rng.uniform(0.85, 1.15) + 0.3 * clumps)
-        return _stack(h, None, 1.0 - 0.75 * inside)
+        return _stack(h, None, 1.0 - 0.35 * inside)
     rim = np.exp(-((depth / 1.8) ** 2)) * (depth > -1.5)
     h = inside * (rng.uniform(0.50, 0.80) + 0.40 * clumps) + 0.45 * rim * inside
     e = np.zeros_like(h)
