@@ -1,0 +1,34 @@
+"""Ray job entrypoint: cohort inference (the same options as ``tupac infer``).
+
+Submit to a running cluster from the repository root::
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python jobs/infer_cohort.py --manifest cohort.csv --models MODELS --out RUN --num-gpus-per-actor 1
+
+Inside a Ray job ``RAY_ADDRESS`` is set, so ``ray.init()`` joins the cluster; resources (GPUs and
+CPUs per model actor, number of actors) are chosen by the options here, where the work is
+scheduled, never inside the model code. Paths (MODELS, RUN, slides) must be visible to every node
+(shared storage).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# With `--working-dir .` the job runs from the uploaded copy of the repository; prefer its package.
+_ROOT = Path(__file__).resolve().parents[1]
+if (_ROOT / "tupac" / "__init__.py").is_file() and str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+
+def main() -> None:
+    import typer
+
+    from tupac.cli.infer_cmds import infer_cmd
+
+    typer.run(infer_cmd)
+
+
+if __name__ == "__main__":
+    main()

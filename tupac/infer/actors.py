@@ -1,0 +1,297 @@
+"""The model actor of cohort inference: loads the stage models once, then reads, standardizes,
+predicts and stores one batch of windows per call.
+
+Why actors that read their own pixels (and not Ray Data over decoded tiles):
+
+- A batch crosses the object store as *coordinates* (slide path, window indices, the slide's
+  stain statistics: a few kB). The actor decodes the windows through :mod:`tupac.slide`,
+  standardizes them with the slide's statistics towards the model's training template, runs the
+  model and writes each window's cells as one Zarr chunk. Decoded pixels exist only inside the
+  actor, one batch at a time, so neither the object store nor any process ever holds a slide's
+  pixels; an object-store-backed pipeline (Ray Data ``read -> map_batches``) would ship every
+  decoded tile through plasma, 3 bytes per pixel, which for 40x windows is hundreds of times the
+  size of the result.
+- The heatmap geometry is per slide and the stages depend on each other (mitosis windows come
+  from the tumor regions), which a static Ray Data plan expresses poorly; the driver
+  (:mod:`tupac.infer.job`) feeds the actors with bounded in-flight queues and ``ray.wait``.
+- One actor holds *both* stage models (LocNet ~1.4 M and MitosNet ~45 k parameters: a few MB of
+  GPU memory), so an actor is "one GPU's worth of work": tumor and mitosis batches interleave on
+  every GPU, and ``--num-gpus-per-actor 1`` on a node with 8 GPUs gives 8 actors each pinned to
+  its own device by Ray (``CUDA_VISIBLE_DEVICES``). Two pools (one per model) would idle one
+  pool's GPUs whenever the cohort's work is mostly of the other kind.
+- ``max_concurrency=2`` (set by the job): while one thread runs the model, the other decodes
+  the next batch (OpenSlide and torch release the GIL). Model calls are serialized by a lock so
+  results do not depend on thread interleaving.
+
+Every window of a slide is computed in a batch whose composition depends only on the slide and
+the batch size, so a batch rerun after a crash writes the same bytes (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["WindowBatch", "ModelActor", "device_info", "predict_windows", "read_windows", "maybe_inject_fault"]
+
+FAULT_ENV = "TUPAC_INFER_FAULT"
+"""Fault injection for the reliability tests: ``segfault:<slide_id>:<stage>`` makes the worker
+that handles that slide at that stage (``prepare``, ``tumor``, ``mitosis``) die by SIGSEGV, the
+way a crashing native decoder would. Unset in normal runs."""
+
+
+def maybe_inject_fault(slide_id: str, stage: str) -> None:
+    """Crash this process if :data:`FAULT_ENV` asks for it (tests only)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec and spec == f"segfault:{slide_id}:{stage}":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV, exactly what a native decoder crash looks like
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """One call's work: windows of one slide for one stage, as coordinates only.
+
+    Attributes
+    ----------
+    task : {"tumor", "mitosis"}
+        Which model runs.
+    slide_id : str
+    path : str
+        The slide file (readable from every node: shared storage).
+    mpp_override : float or None
+        Level-0 µm/px for slides without MPP metadata.
+    store : str
+        The slide's heatmap store (``RUN/slides/<id>.zarr``).
+    geom : HeatmapGeometry
+        The model's heatmap geometry over this slide.
+    stats : dict or None
+        The slide's stain statistics (``SlideStainStats.to_dict()``) for the model's method;
+        None to feed raw pixels (model trained without standardization, or no tissue to fit).
+    windows : tuple of (int, int)
+        Window (chunk) indices, in raster order.
+    backend : str
+        Slide reader backend ("auto", "openslide", "cucim").
+    index : int
+        Position of this batch in the slide's stage (for logs and retries).
+    """
+
+    task: str
+    slide_id: str
+    path: str
+    mpp_override: float | None
+    store: str
+    geom: Any
+    stats: dict | None
+    windows: tuple[tuple[int, int], ...]
+    backend: str = "auto"
+    index: int = 0
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """Where this process runs: host, PID, parent (the raylet), Ray node and GPU ids, device."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    try:
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # outside a Ray worker
+        gpu_ids = []
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "raylet_pid": os.getppid(),
+        "node_id": ctx.get_node_id(),
+        "actor_id": ctx.get_actor_id(),
+        "gpu_ids": gpu_ids,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "device": device,
+    }
+
+
+def read_windows(reader, geom, windows: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Decode windows of a slide at the model's resolution.
+
+    Parameters
+    ----------
+    reader : SlideReader
+    geom : HeatmapGeometry
+    windows : sequence of (row, col)
+
+    Returns
+    -------
+    ndarray of uint8, shape (len(windows), n, n, 3)
+        ``n = geom.window_px``; area outside the slide is white.
+    """
+    n = geom.window_px
+    out = np.empty((len(windows), n, n, 3), dtype=np.uint8)
+    for i, rc in enumerate(windows):
+        out[i] = reader.read_region_mpp(geom.window_origin_l0(tuple(rc)), (n, n), geom.mpp)
+    return out
+
+
+def predict_windows(model, pixels: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Positive-class probabilities of a batch of windows.
+
+    Parameters
+    ----------
+    model : TupacModel
+    pixels : ndarray of uint8, shape (B, n, n, 3)
+        Stain-standardized windows at the model's mpp.
+
+    Returns
+    -------
+    ndarray of float32, shape (B, h, w)
+        The model's heatmap of each window (``h = w = (n - P) // s + 1`` cells).
+    """
+    import torch
+
+    from tupac.models import to_input
+
+    x = to_input(pixels).to(device)
+    if device != "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        probs = model.heatmap(x)
+    return probs[:, 1].float().cpu().numpy()
+
+
+class _LRU(OrderedDict):
+    """A tiny LRU of open handles (slide readers, stores); evicted readers are closed."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            _, old = self.popitem(last=False)
+            close = getattr(old, "close", None)
+            if callable(close) and not hasattr(old, "write_tile"):
+                close()
+        return value
+
+
+class ModelActor:
+    """Holds the stage models on one device; ``run(batch)`` computes and stores a batch.
+
+    The callable-class pattern of Ray batch inference: the models load once in ``__init__``
+    (on the GPU Ray assigned, or the CPU), and each call handles one :class:`WindowBatch`.
+
+    Parameters
+    ----------
+    model_dirs : mapping of str to path
+        Task (``tumor``, ``mitosis``) to a trained model folder.
+    threads : int
+        torch intra-op threads on CPU (fixed, so results do not depend on the node's core count).
+    """
+
+    def __init__(self, model_dirs: Mapping[str, str], threads: int = 1) -> None:
+        import torch
+
+        from tupac.infer.models import load_trained
+
+        torch.set_num_threads(max(1, int(threads)))
+        import ray
+
+        gpu_ids = ray.get_gpu_ids()
+        self.device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+        self.trained = {task: load_trained(d, device=self.device) for task, d in model_dirs.items()}
+        self.info = device_info(self.device)
+        self._model_lock = threading.Lock()
+        self._handles_lock = threading.Lock()
+        self._readers = _LRU(4)
+        self._stores = _LRU(8)
+        self._stats: dict[str, Any] = {}
+        self.batches = 0
+
+    def ready(self) -> dict[str, Any]:
+        """The actor's device record (also a liveness ping)."""
+        return {**self.info, "batches": self.batches}
+
+    def _reader(self, path: str, mpp: float | None, backend: str):
+        from tupac.slide import open_slide
+
+        with self._handles_lock:
+            return self._readers.get_or((path, mpp, backend), lambda: open_slide(path, backend=backend, mpp=mpp))
+
+    def _store(self, path: str):
+        from tupac.infer.store import HeatmapStore
+
+        with self._handles_lock:
+            return self._stores.get_or(path, lambda: HeatmapStore.open(path))
+
+    def _preprocess(self, task: str, stats_dict: dict | None):
+        from tupac.preprocess import stain
+
+        reference = self.trained[task].reference
+        if reference is None or stats_dict is None:
+            return None
+        stats = stain.SlideStainStats.from_dict(stats_dict)
+        stats = self._stats.setdefault(stats.key, stats)
+        return lambda tile: stain.transform(tile, stats, reference)
+
+    def run(self, batch: WindowBatch) -> dict[str, Any]:
+        """Read, standardize, predict and store the batch's windows.
+
+        Returns
+        -------
+        dict
+            ``windows`` done, ``read_s`` and ``model_s`` seconds, ``pid`` of this actor.
+        """
+        maybe_inject_fault(batch.slide_id, batch.task)
+        trained = self.trained[batch.task]
+        t0 = time.perf_counter()
+        reader = self._reader(batch.path, batch.mpp_override, batch.backend)
+        pixels = read_windows(reader, batch.geom, batch.windows)
+        pre = self._preprocess(batch.task, batch.stats)
+        if pre is not None:
+            for i in range(len(pixels)):
+                pixels[i] = pre(pixels[i])
+        t1 = time.perf_counter()
+        with self._model_lock:
+            probs = predict_windows(trained.model, pixels, self.device)
+        del pixels
+        t2 = time.perf_counter()
+        store = self._store(batch.store)
+        for rc, block in zip(batch.windows, probs):
+            rows, cols = batch.geom.cells(tuple(rc))
+            store.write_tile(batch.task, rc, block[: rows.stop - rows.start, : cols.stop - cols.start])
+        self.batches += 1
+        return {"windows": len(batch.windows), "read_s": t1 - t0, "model_s": t2 - t1, "pid": os.getpid()}
+
+    __call__ = run
+
+
+def model_dirs(models_root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The stage model folders under ``MODELS`` and, for stages without one, why they are skipped.
+
+    Returns
+    -------
+    (found, skipped)
+        ``found``: task -> folder (``MODELS/tumor``, ``MODELS/mitosis``) holding ``card.json``;
+        ``skipped``: task -> reason.
+    """
+    root = Path(models_root)
+    found, skipped = {}, {}
+    for task in ("tumor", "mitosis"):
+        d = root / task
+        if (d / "card.json").is_file():
+            found[task] = str(d.resolve())
+        else:
+            skipped[task] = f"no trained {task} model ({d}/card.json missing; run `tupac train {task}`)"
+    return found, skipped

@@ -1,0 +1,597 @@
+"""Cohort inference on Ray: the driver of ``tupac infer`` and ``jobs/infer_cohort.py``.
+
+Per slide, as a small state machine driven by ``ray.wait``::
+
+    prepare (Ray task: tissue, stain statistics, empty store)      -> tumor windows
+    tumor batches (model actors read + standardize + predict + store) -> tumor heatmap
+    tumor_regions (Ray task: threshold inside tissue)             -> 40x mitosis windows
+    mitosis batches (model actors)                                -> mitosis heatmap
+    finalize (Ray task: detections CSV, then the commit record)   -> DONE in the ledger
+
+Why this shape (see also :mod:`tupac.infer.actors`):
+
+- Pixels never cross the object store: batches are window *coordinates*; the actors decode,
+  standardize and predict, and write each window's cells as one Zarr chunk (one writer per
+  chunk). The driver only sees counts and small arrays of window indices.
+- Backpressure: at most ``inflight_per_actor`` batches wait at each actor and at most
+  ``max_active_slides`` slides are open at once, so memory is bounded by batch size times
+  actors whatever the cohort or slide size. Batches of earlier slides go first (a heap keyed by
+  slide order), so slides finish - and become resumable - in order.
+- Failures: every read happens in a Ray worker. A task that raises fails its slide with the
+  error's one-line message; a worker that dies (segfault, node lost) is retried by Ray
+  (``max_retries``); a model actor that dies is restarted by Ray (``max_restarts=-1``) while the
+  driver re-queues its batches on the live actors, up to ``batch_retries`` times per batch, after
+  which the slide fails ("the actor died N times on this batch": a crashing decoder). The ledger
+  lives in the driver only (SQLite WAL wants one machine).
+- Resume: the ledger's plan skips DONE slides whose input and model fingerprints match; a store
+  that is already committed with the same fingerprints (driver killed between commit and ledger
+  update) is adopted without recomputation.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tupac.errors import ConfigError, ModelFileError
+
+__all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
+
+SUMMARY_FILE = "summary.json"
+ACTORS_FILE = "actors.json"
+DEFAULT_BATCH = 8
+"""Windows per actor call. A 10x tumor window is ~1.1k x 1.1k px (64 x 64 output cells), so 8
+windows are ~10 Mpx per forward pass: enough to fill a GPU's SMs with LocNet's first layers
+(utilization flattens above a few Mpx), while activations (32 x 10 Mpx x 4 B ~ 1.2 GB for the
+first layer) stay well inside a 24 GB card, and decode time of one batch (~0.3 s on 2 cores)
+hides behind the previous batch's compute."""
+
+
+def default_batch_size() -> int:
+    return DEFAULT_BATCH
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Options of one cohort run (the CLI's options).
+
+    Attributes
+    ----------
+    models : Path
+        ``MODELS`` folder with ``tumor/`` (required) and ``mitosis/`` (optional: without it the
+        mitosis stage is skipped and the summary says so).
+    out : Path
+        ``RUN`` folder.
+    address : str or None
+        Ray cluster address; None uses ``RAY_ADDRESS`` or starts a local Ray.
+    num_gpus_per_actor : float or None
+        GPUs per model actor (fractional allowed); None: 1 when the cluster has GPUs, else 0.
+    actors : int or None
+        Number of model actors; None: one per GPU share, or on CPU ``max(1, CPUs // 2)``.
+    cpus_per_actor : float
+        CPUs reserved per actor (also its torch threads, rounded down, at least 1).
+    batch_size : int
+        Windows per actor call (see :data:`DEFAULT_BATCH`).
+    max_attempts : int
+        Runs after which a failing slide is given up.
+    tissue_mpp : float
+        Tissue mask resolution (µm/px).
+    tumor_chunk, mitosis_chunk : int
+        Heatmap cells per window edge (and Zarr chunk edge) per stage.
+    backend : str
+        Slide reader backend.
+    inflight_per_actor : int
+        Batches queued at one actor at most (2 run, one waits).
+    max_active_slides : int or None
+        Slides open at once (default: actors + 1).
+    batch_retries : int
+        Re-queues of a batch whose actor died, before the slide fails.
+    task_retries : int
+        Ray retries of a slide task whose worker died.
+    local_cpus : int or None
+        CPUs of a local Ray started by the job (None: all).
+    object_store_mb : int or None
+        Object store size of a local Ray (None: Ray's default).
+    include_dashboard : bool or None
+        Dashboard of a local Ray (None: Ray's default).
+    actor_timeout_s : float
+        Give up when no model actor is alive for this long.
+    """
+
+    models: Path
+    out: Path
+    address: str | None = None
+    num_gpus_per_actor: float | None = None
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    batch_size: int = DEFAULT_BATCH
+    max_attempts: int = 3
+    tissue_mpp: float = 8.0
+    tumor_chunk: int = 64
+    mitosis_chunk: int = 64
+    backend: str = "auto"
+    inflight_per_actor: int = 3
+    max_active_slides: int | None = None
+    batch_retries: int = 2
+    task_retries: int = 2
+    local_cpus: int | None = None
+    object_store_mb: int | None = None
+    include_dashboard: bool | None = None
+    actor_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", Path(self.models))
+        object.__setattr__(self, "out", Path(self.out))
+        checks = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}"),
+            (self.actors is None or self.actors >= 1, f"actors must be >= 1, got {self.actors}"),
+            (self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0,
+             f"num_gpus_per_actor must be >= 0, got {self.num_gpus_per_actor}"),
+            (self.cpus_per_actor > 0, f"cpus_per_actor must be > 0, got {self.cpus_per_actor}"),
+            (self.tumor_chunk >= 1 and self.mitosis_chunk >= 1, "chunks must be >= 1 cell"),
+            (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+
+# -- per-slide state ------------------------------------------------------------------------
+@dataclass
+class _Slide:
+    entry: Any
+    seq: int
+    input_fp: Any
+    store: str
+    stage: str = "prepare"
+    plan: Any = None
+    left: int = 0          # batches of the current stage not yet finished
+    windows: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=lambda: {"read_s": 0.0, "model_s": 0.0})
+    extra: dict = field(default_factory=dict)
+    t0: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Actor:
+    handle: Any
+    state: str = "starting"  # starting | ready | down
+    inflight: int = 0
+    info: dict | None = None
+    since: float = field(default_factory=time.monotonic)
+
+
+def _reason(err: BaseException, stage: str, path: Any) -> str:
+    """One line naming the file and the problem, from a Ray error."""
+    import ray.exceptions as rex
+
+    if isinstance(err, rex.RayTaskError):
+        cause = getattr(err, "cause", None)
+        if cause is not None and not isinstance(cause, rex.RayError):
+            msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            from tupac.errors import TupacError
+
+            return msg if isinstance(cause, TupacError) else f"{path}: {type(cause).__name__}: {msg}"
+    if isinstance(err, rex.WorkerCrashedError):
+        return f"{path}: the worker process died during {stage} (a crash in the slide reader, e.g. a segfault)"
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return f"{path}: {stage} failed: {type(err).__name__}: {first[:300]}"
+
+
+class _Driver:
+    """The event loop of one run (see the module docstring)."""
+
+    def __init__(self, config: JobConfig, cards: dict, ledger, progress, say: Callable[[str], None]) -> None:
+        import ray
+
+        from tupac.infer.actors import ModelActor
+        from tupac.infer.slide_task import detection_params, finalize_slide, prepare_slide, tumor_regions
+
+        self.ray = ray
+        self.cfg = config
+        self.cards = cards
+        self.ledger = ledger
+        self.progress = progress
+        self.say = say
+        opts = {"max_retries": config.task_retries, "retry_exceptions": False}
+        self._prepare = ray.remote(prepare_slide).options(num_cpus=1, **opts)
+        self._regions = ray.remote(tumor_regions).options(num_cpus=1, **opts)
+        self._finalize = ray.remote(finalize_slide).options(num_cpus=1, **opts)
+        self.detection = detection_params(cards["mitosis"].card) if "mitosis" in cards else None
+        self.cards_ref = ray.put(cards)
+        self.slides: dict[str, _Slide] = {}
+        self.queue: list = []  # heap of (slide seq, stage order, batch index, tie, slide_id, batch, tries)
+        self.futures: dict = {}
+        self.tie = itertools.count()
+        self.actor_cls = ray.remote(ModelActor)
+        self.actors: list[_Actor] = []
+        self.outcomes: dict[str, str] = {}
+        self.no_actor_since: float | None = None
+
+    # -- actors -------------------------------------------------------------------------
+    def start_actors(self, n: int, num_gpus: float) -> None:
+        dirs = {t: str(c_dir) for t, c_dir in self.model_dirs.items()}
+        threads = max(1, int(self.cfg.cpus_per_actor))
+        for _ in range(n):
+            h = self.actor_cls.options(
+                num_gpus=num_gpus, num_cpus=self.cfg.cpus_per_actor, max_restarts=-1, max_task_retries=0,
+                max_concurrency=2,
+            ).remote(dirs, threads)
+            a = _Actor(h)
+            self.actors.append(a)
+            self._ping(len(self.actors) - 1)
+
+    def _ping(self, i: int) -> None:
+        self.futures[self.actors[i].handle.ready.remote()] = ("ping", i)
+
+    def _write_actors(self) -> None:
+        from tupac.infer.commit import atomic_write_bytes
+
+        data = [dict(a.info or {}, index=i, state=a.state) for i, a in enumerate(self.actors)]
+        atomic_write_bytes(self.cfg.out / ACTORS_FILE, json.dumps(data, indent=1).encode())
+
+    # -- slides -------------------------------------------------------------------------
+    def start_slide(self, entry, seq: int, input_fp) -> None:
+        from tupac.infer.store import store_path
+
+        sid = entry.slide_id
+        s = _Slide(entry, seq, input_fp, str(store_path(self.cfg.out, sid)))
+        self.slides[sid] = s
+        self.ledger.mark_running(sid)
+        chunks = {"tumor": self.cfg.tumor_chunk, "mitosis": self.cfg.mitosis_chunk}
+        ref = self._prepare.remote(sid, str(entry.path), entry.mpp, s.store, self.cards_ref, chunks,
+                                   self.cfg.tissue_mpp, self.cfg.backend)
+        self.futures[ref] = ("prepare", sid)
+
+    def fail(self, sid: str, reason: str) -> None:
+        s = self.slides.pop(sid, None)
+        if s is None:
+            return
+        self.queue = [q for q in self.queue if q[4] != sid]
+        heapq.heapify(self.queue)
+        self.ledger.mark_failed(sid, reason)
+        self.outcomes[sid] = reason
+        self.progress.slide(sid, False, reason)
+
+    def _enqueue(self, s: _Slide, task: str, windows: np.ndarray) -> None:
+        from tupac.infer.actors import WindowBatch
+
+        plan = s.plan
+        info = self.cards[task]
+        stats = plan.stats.get(info.stain_method) if info.stain_method else None
+        wins = [tuple(int(v) for v in rc) for rc in np.asarray(windows).reshape(-1, 2)]
+        b = self.cfg.batch_size
+        order = 0 if task == "tumor" else 1
+        batches = [wins[i : i + b] for i in range(0, len(wins), b)]
+        for k, chunk in enumerate(batches):
+            wb = WindowBatch(task, s.entry.slide_id, str(s.entry.path), s.entry.mpp, s.store, plan.geoms[task],
+                             stats, tuple(chunk), plan.backend, k)
+            heapq.heappush(self.queue, (s.seq, order, k, next(self.tie), s.entry.slide_id, wb, 0))
+        s.stage, s.left = task, len(batches)
+        s.windows[task] = len(wins)
+        self.progress.add_tiles(len(wins))
+        if not batches:
+            self._stage_done(s)
+
+    def _stage_done(self, s: _Slide) -> None:
+        sid = s.entry.slide_id
+        if s.stage == "tumor" and "mitosis" in self.cards:
+            s.stage = "regions"
+            ref = self._regions.remote(s.store, s.plan, self.cards["tumor"].threshold)
+            self.futures[ref] = ("regions", sid)
+            return
+        s.stage = "finalize"
+        mitosis_windows = s.extra.pop("_mitosis_windows", None) if "mitosis" in self.cards else None
+        extra = {**s.extra, "windows": s.windows, "backend": s.plan.backend, "tissue_fraction": s.plan.tissue_fraction,
+                 "tumor_threshold": self.cards["tumor"].threshold}
+        timings = {**s.timings, "prepare_s": s.plan.seconds}
+        if "mitosis" in self.cards and mitosis_windows is None:
+            mitosis_windows = np.zeros((0, 2), np.int64)
+        ref = self._finalize.remote(sid, str(s.entry.path), s.store, s.plan, self.cards_ref, s.input_fp,
+                                    mitosis_windows, timings, extra, self.detection or {})
+        self.futures[ref] = ("finalize", sid)
+
+    # -- dispatch -----------------------------------------------------------------------
+    def dispatch(self) -> None:
+        ready = [i for i, a in enumerate(self.actors) if a.state == "ready"]
+        while self.queue and ready:
+            i = min(ready, key=lambda k: self.actors[k].inflight)
+            if self.actors[i].inflight >= self.cfg.inflight_per_actor:
+                return
+            seq, order, k, tie, sid, wb, tries = heapq.heappop(self.queue)
+            if sid not in self.slides:
+                continue
+            self.actors[i].inflight += 1
+            self.futures[self.actors[i].handle.run.remote(wb)] = ("batch", sid, i, (seq, order, k, tie, sid, wb, tries))
+
+    # -- results ------------------------------------------------------------------------
+    def handle(self, ref) -> None:
+        kind, *rest = self.futures.pop(ref)
+        ray = self.ray
+        try:
+            value = ray.get(ref)
+            err = None
+        except ray.exceptions.RayError as e:
+            value, err = None, e
+        if kind == "ping":
+            self._on_ping(rest[0], value, err)
+        elif kind == "batch":
+            self._on_batch(*rest, value, err)
+        else:
+            self._on_task(kind, rest[0], value, err)
+
+    def _on_ping(self, i: int, value, err) -> None:
+        a = self.actors[i]
+        if err is None:
+            a.state, a.info, a.inflight = "ready", value, 0
+            self._write_actors()
+        else:
+            # Still restarting (or its node is gone): ask again; Ray restarts it when it can.
+            a.state = "down"
+            time.sleep(0.05)
+            self._ping(i)
+
+    def _on_batch(self, sid: str, i: int, item: tuple, value, err) -> None:
+        ray = self.ray
+        a = self.actors[i]
+        a.inflight = max(0, a.inflight - 1)
+        s = self.slides.get(sid)
+        if err is None:
+            if s is None:
+                return  # the slide failed meanwhile
+            s.timings["read_s"] += value["read_s"]
+            s.timings["model_s"] += value["model_s"]
+            self.progress.tiles(value["windows"])
+            s.left -= 1
+            if s.left == 0:
+                self._stage_done(s)
+            return
+        if isinstance(err, ray.exceptions.RayTaskError) and not isinstance(err, ray.exceptions.RayActorError):
+            if s is not None:
+                self.fail(sid, _reason(err, f"{item[5].task} inference", item[5].path))
+            return
+        # The actor died (crash, kill, node lost): it restarts; the batch goes to the live ones.
+        if a.state != "down":
+            a.state = "down"
+            a.inflight = 0
+            self.say(f"[yellow]model actor {i} died ({type(err).__name__}); re-queuing its batches[/]")
+            self._ping(i)
+        if s is None:
+            return
+        seq, order, k, tie, _, wb, tries = item
+        if tries + 1 > self.cfg.batch_retries:
+            self.fail(sid, f"{wb.path}: a model actor died {tries + 1} times on {wb.task} batch {k} "
+                           f"(windows {list(wb.windows)[:3]}...): a crash while reading or predicting")
+            return
+        heapq.heappush(self.queue, (seq, order, k, tie, sid, wb, tries + 1))
+
+    def _on_task(self, kind: str, sid: str, value, err) -> None:
+        s = self.slides.get(sid)
+        if s is None:
+            return
+        if err is not None:
+            self.fail(sid, _reason(err, kind, s.entry.path))
+            return
+        if kind == "prepare":
+            s.plan = value
+            self._enqueue(s, "tumor", value.tumor_windows)
+        elif kind == "regions":
+            s.extra["tumor_area_mm2"] = value["tumor_area_mm2"]
+            s.timings["regions_s"] = value["seconds"]
+            s.extra["_mitosis_windows"] = value["windows"]
+            self._enqueue(s, "mitosis", value["windows"])
+        elif kind == "finalize":
+            self.slides.pop(sid)
+            self.ledger.mark_done(sid)
+            self.outcomes[sid] = "DONE"
+            w = s.windows
+            det = "" if value["mitoses"] is None else f", {value['mitoses']} mitoses"
+            self.progress.slide(sid, True, f"{w.get('tumor', 0)} tumor + {w.get('mitosis', 0)} mitosis windows"
+                                           f"{det} in {time.perf_counter() - s.t0:.1f} s")
+
+    # -- loop ---------------------------------------------------------------------------
+    def run(self, todo: Sequence[tuple[Any, Any]]) -> None:
+        pending = deque(todo)
+        seq = itertools.count()
+        n_actors = len(self.actors)
+        max_active = self.cfg.max_active_slides or n_actors + 1
+        while pending or self.slides:
+            while pending and len(self.slides) < max_active:
+                entry, fp = pending.popleft()
+                self.start_slide(entry, next(seq), fp)
+            self.dispatch()
+            self._check_actors(pending)
+            if not self.futures:
+                continue
+            done, _ = self.ray.wait(list(self.futures), num_returns=1, timeout=1.0)
+            if done:
+                more, _ = self.ray.wait(list(self.futures), num_returns=len(self.futures), timeout=0)
+                for ref in dict.fromkeys([*done, *more]):
+                    self.handle(ref)
+            else:
+                self.progress.tiles(0)
+
+    def _check_actors(self, pending) -> None:
+        if any(a.state == "ready" for a in self.actors) or not self.queue:
+            self.no_actor_since = None
+            return
+        now = time.monotonic()
+        self.no_actor_since = self.no_actor_since or now
+        if now - self.no_actor_since > self.cfg.actor_timeout_s:
+            reason = (f"no model actor could run for {self.cfg.actor_timeout_s:g} s (resources: "
+                      f"{self.ray.cluster_resources()}); check --num-gpus-per-actor and the cluster")
+            for sid in list(self.slides):
+                self.fail(sid, f"{self.slides[sid].entry.path}: {reason}")
+            while pending:
+                entry, _ = pending.popleft()
+                self.ledger.mark_running(entry.slide_id)
+                self.ledger.mark_failed(entry.slide_id, f"{entry.path}: {reason}")
+                self.outcomes[entry.slide_id] = reason
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a.handle, no_restart=True)
+            except Exception:
+                pass
+
+
+def _init_ray(cfg: JobConfig):
+    """Connect to the given Ray (or start a local one); returns (started_here, dashboard_url)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return False, _dashboard_url()
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        ctx = ray.init(address=cfg.address, **kwargs)
+    else:
+        if cfg.local_cpus is not None:
+            kwargs["num_cpus"] = cfg.local_cpus
+        if cfg.object_store_mb is not None:
+            kwargs["object_store_memory"] = int(cfg.object_store_mb) * 1024**2
+        if cfg.include_dashboard is not None:
+            kwargs["include_dashboard"] = cfg.include_dashboard
+        ctx = ray.init(**kwargs)
+    url = getattr(ctx, "dashboard_url", None) or _dashboard_url()
+    return True, url
+
+
+def _dashboard_url() -> str | None:
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        return get_dashboard_url() or None
+    except Exception:
+        return None
+
+
+def _actor_plan(cfg: JobConfig) -> tuple[int, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
+    per = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    if cfg.actors is not None:
+        return cfg.actors, per
+    if per > 0:
+        return max(1, int(gpus // per)), per
+    return max(1, int(cpus // (2 * cfg.cpus_per_actor))), per
+
+
+def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable[[str], None] | None = None) -> dict:
+    """Run cohort inference on the given Ray; returns the summary (also in ``RUN/summary.json``).
+
+    Parameters
+    ----------
+    entries : sequence of ManifestEntry
+        The cohort (:func:`tupac.infer.manifest.load_cohort`).
+    cfg : JobConfig
+    progress : callable ``(n_slides) -> CohortProgress``, optional
+        Builds the display once the plan knows how many slides run (default: rich on stderr).
+    say : callable, optional
+        Where to print notes (default: the progress console).
+
+    Returns
+    -------
+    dict
+        :meth:`tupac.infer.ledger.Ledger.summary` plus ``skipped_stages``, ``actors``,
+        ``throughput``, ``dashboard``.
+
+    Raises
+    ------
+    ModelFileError
+        ``MODELS/tumor`` is missing or unreadable.
+    """
+    from tupac.infer.actors import model_dirs
+    from tupac.infer.commit import atomic_write_bytes, models_fingerprint, read_commit
+    from tupac.infer.ledger import Ledger
+    from tupac.infer.progress import CohortProgress
+    from tupac.infer.slide_task import CardInfo
+    from tupac.infer.store import store_path
+
+    found, skipped = model_dirs(cfg.models)
+    if "tumor" not in found:
+        raise ModelFileError(cfg.models / "tumor", skipped["tumor"].split(" (")[0] + "; the job needs at least the tumor model")
+    cards = {t: CardInfo.from_dir(t, d) for t, d in found.items()}
+    models = {f"{t}:{c.card.name}": c.weights_sha256 for t, c in cards.items()}
+    mfp = models_fingerprint(models)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger.open(cfg.out)
+    try:
+        fps = {e.slide_id: ledger.input_fingerprint(e.path) for e in entries}
+
+        def committed_ok(sid: str) -> bool:
+            try:
+                rec = read_commit(store_path(cfg.out, sid))
+            except Exception:
+                return False
+            return rec.input.key == fps[sid] and rec.models_fp == mfp
+
+        plan = ledger.plan([(e.slide_id, e.path, fps[e.slide_id]) for e in entries], mfp, cfg.max_attempts, committed_ok)
+        by_id = {e.slide_id: e for e in entries}
+        todo = []
+        for sid in plan.to_run:
+            e = by_id[sid]
+            if committed_ok(sid):
+                ledger.mark_done(sid)  # committed before the driver stopped; nothing to recompute
+            elif fps[sid] is None:
+                ledger.mark_running(sid)
+                ledger.mark_failed(sid, f"{e.path}: no such file (or not readable)")
+            else:
+                from tupac.infer.commit import InputFingerprint
+
+                _, sha, size = fps[sid].split(":")
+                todo.append((e, InputFingerprint(int(size), sha)))
+        progress = (progress or CohortProgress)(len(todo))
+        say = say or progress.say
+        for task, why in skipped.items():
+            say(f"[yellow]{task} stage skipped:[/] {why}")
+        say(f"cohort: {len(entries)} slides, {len(todo)} to compute, {len(plan.skipped_done)} already done, "
+            f"{len(plan.given_up)} given up after {cfg.max_attempts} attempts")
+        info: dict[str, Any] = {"skipped_stages": skipped, "actors": [], "dashboard": None, "throughput": {}}
+        if todo:
+            info.update(_run_on_ray(cfg, cards, found, ledger, todo, progress, say))
+        summary = {**ledger.summary(), **info}
+        atomic_write_bytes(cfg.out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode())
+        return summary
+    finally:
+        ledger.close()
+
+
+def _run_on_ray(cfg, cards, found, ledger, todo, progress, say) -> dict:
+    import ray
+
+    started, url = _init_ray(cfg)
+    driver = None
+    try:
+        if url:
+            say(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
+        n, per = _actor_plan(cfg)
+        say(f"{n} model actor(s), {per:g} GPU and {cfg.cpus_per_actor:g} CPU each, batches of {cfg.batch_size} windows")
+        driver = _Driver(cfg, cards, ledger, progress, say)
+        driver.model_dirs = found
+        driver.start_actors(n, per)
+        with progress:
+            driver.run(todo)
+        return {
+            "actors": [a.info for a in driver.actors if a.info],
+            "dashboard": url,
+            "throughput": {**progress.rates(), "tiles": progress.tiles_done},
+        }
+    finally:
+        if driver is not None:
+            driver.shutdown()
+        if started:
+            ray.shutdown()

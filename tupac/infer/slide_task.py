@@ -1,0 +1,319 @@
+"""Per-slide steps of cohort inference that run as Ray tasks (not in the driver).
+
+Everything here opens the slide or the store itself, so a native crash while decoding (a
+segfault in a reader) kills a Ray worker, which Ray reports as a failed task, never the driver.
+
+1. :func:`prepare_slide`: open the slide, tissue mask (thumbnail), stain statistics per stain
+   method the models need, create the store (``tissue``, ``tumor``, ``mitosis``), write the
+   tissue mask, and return the tumor windows (those with tissue) as coordinates.
+2. :func:`tumor_regions`: after every tumor window is stored, threshold the tumor heatmap on the
+   tissue grid (model threshold, inside tissue) and return the 40x mitosis windows that overlap
+   a tumor region.
+3. :func:`finalize_slide`: detections from the mitosis heatmap, chunk by chunk with a halo
+   (exactly what :func:`tupac.mitosis.detect.detect_from_heatmap` gives on the whole heatmap),
+   the detections CSV, then the commit record, last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from tupac.infer.actors import maybe_inject_fault
+
+__all__ = ["SlidePlan", "CardInfo", "prepare_slide", "tumor_regions", "finalize_slide", "detect_windowed"]
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """What the slide tasks need from one trained model (no weights).
+
+    Attributes
+    ----------
+    task : str
+    card : ModelCard
+    stain_method : str or None
+        Method of the model's stain reference (None: no standardization).
+    threshold : float
+        Tumor: region threshold; mitosis: detection threshold.
+    weights_sha256 : str
+    """
+
+    task: str
+    card: Any
+    stain_method: str | None
+    threshold: float
+    weights_sha256: str
+
+    @classmethod
+    def from_dir(cls, task: str, model_dir: str | Path) -> "CardInfo":
+        from tupac.infer.models import weights_hash
+        from tupac.models.io import load_card
+
+        card = load_card(model_dir)
+        if card.task != task:
+            from tupac.errors import ModelError
+
+            raise ModelError(f"{model_dir}: card says task {card.task!r}, expected a {task} model")
+        if card.detection_threshold is not None:
+            threshold = float(card.detection_threshold)
+        else:
+            threshold = float(card.extra.get("threshold", 0.5))
+        method = card.stain_method
+        if card.stain_reference and not method:
+            from tupac.preprocess.stain import StainReference
+
+            method = StainReference.load(Path(model_dir) / card.stain_reference).method
+        return cls(task, card, method if card.stain_reference else None, threshold, weights_hash(model_dir))
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """What :func:`prepare_slide` found: geometry and the tumor windows, as coordinates.
+
+    Attributes
+    ----------
+    geoms : dict of str to HeatmapGeometry
+        Per task.
+    stats : dict of str to (dict or None)
+        Stain statistics per method (``SlideStainStats.to_dict()``), None without tissue.
+    tumor_windows : ndarray of int64, shape (k, 2)
+        Tumor windows with tissue, raster order.
+    tissue_mpp : float
+    tissue_fraction : float
+    dimensions : (int, int)
+        Level-0 (width, height).
+    mpp : float
+        Level-0 µm/px used.
+    backend : str
+        The reader backend ``auto`` chose.
+    seconds : float
+    """
+
+    geoms: dict
+    stats: dict
+    tumor_windows: np.ndarray
+    tissue_mpp: float
+    tissue_fraction: float
+    dimensions: tuple[int, int]
+    mpp: float
+    backend: str
+    seconds: float
+
+
+def _specs(geoms: Mapping[str, Any], tissue) -> dict:
+    from tupac.infer.store import ArraySpec
+
+    specs = {
+        "tissue": ArraySpec(tissue.mask.shape, (256, 256), "uint8", tissue.mpp, 0, offset_um=(tissue.mpp / 2,) * 2),
+    }
+    for task, g in geoms.items():
+        specs[task] = ArraySpec(g.shape, (g.chunk, g.chunk), "float32", g.cell_um, 0.0, offset_um=(g.offset_px * g.mpp,) * 2)
+    return specs
+
+
+def prepare_slide(
+    slide_id: str,
+    path: str,
+    mpp_override: float | None,
+    store_path: str,
+    cards: Mapping[str, CardInfo],
+    chunks: Mapping[str, int],
+    tissue_mpp: float = 8.0,
+    backend: str = "auto",
+) -> SlidePlan:
+    """Tissue, stain statistics and the (empty) store of one slide; see the module docstring.
+
+    Raises
+    ------
+    SlideOpenError, MissingMPPError, ResolutionError, SlideDecodeError
+        The slide cannot be used; the message names the file and the problem.
+    """
+    from tupac.errors import ResolutionError
+    from tupac.infer.heatmap import heatmap_geometry, window_tissue
+    from tupac.infer.store import HeatmapStore
+    from tupac.infer.tumor_map import _write_full
+    from tupac.preprocess import stain
+    from tupac.preprocess.tissue import slide_tissue_mask
+    from tupac.slide import open_slide
+    from tupac.slide.resample import MPP_TOLERANCE
+
+    t0 = time.perf_counter()
+    maybe_inject_fault(slide_id, "prepare")
+    with open_slide(path, backend=backend, mpp=mpp_override) as reader:
+        for task, info in cards.items():
+            # A 40x model on a 20x slide would need upsampling: say so now, not mid-slide.
+            if info.card.mpp < reader.mpp * (1 - MPP_TOLERANCE):
+                raise ResolutionError(
+                    f"{path}: the {task} model reads at {info.card.mpp:g} um/px but the slide's level 0 is "
+                    f"{reader.mpp:g} um/px (a {task} stage needs a finer scan)"
+                )
+        tissue = slide_tissue_mask(reader, tissue_mpp)
+        geoms = {t: heatmap_geometry(reader.dimensions, reader.mpp, info.card, chunks[t]) for t, info in cards.items()}
+        keep = window_tissue(geoms["tumor"], tissue.mask, tissue.mpp)
+        stats: dict[str, dict | None] = {}
+        for info in cards.values():
+            m = info.stain_method
+            if m and m not in stats:
+                stats[m] = stain.fit_slide(reader, tissue, method=m).to_dict() if keep.any() else None
+        store = HeatmapStore.create(store_path, slide_id, _specs(geoms, tissue), overwrite=False)
+        _write_full(store, "tissue", tissue.mask.astype(np.uint8))
+        windows = np.argwhere(keep).astype(np.int64)
+        return SlidePlan(
+            geoms=geoms, stats=stats, tumor_windows=windows, tissue_mpp=tissue.mpp,
+            tissue_fraction=tissue.fraction, dimensions=tuple(reader.dimensions), mpp=float(reader.mpp),
+            backend=reader.backend, seconds=time.perf_counter() - t0,
+        )
+
+
+def tumor_regions(store_path: str, plan: SlidePlan, threshold: float) -> dict[str, Any]:
+    """Tumor regions and the mitosis windows inside them.
+
+    The tumor heatmap is sampled on the tissue grid (nearest cell); a region pixel is tissue
+    with tumor probability ``>= threshold``. Windows of the mitosis heatmap whose cells cover a
+    region pixel are returned.
+
+    Returns
+    -------
+    dict
+        ``windows``: int64 (k, 2) mitosis windows; ``tumor_area_mm2``; ``seconds``.
+    """
+    from tupac.infer.heatmap import window_tissue
+    from tupac.infer.store import HeatmapStore
+    from tupac.tumor.regions import heatmap_on_grid
+
+    t0 = time.perf_counter()
+    store = HeatmapStore.open(store_path, mode="r")
+    tissue = store.read("tissue").astype(bool)
+    g = plan.geoms["tumor"]
+    prob = heatmap_on_grid(store.read("tumor"), g.cell_um, g.offset_px * g.mpp, tissue.shape, plan.tissue_mpp)
+    regions = tissue & (prob >= threshold)
+    keep = window_tissue(plan.geoms["mitosis"], regions, plan.tissue_mpp) if "mitosis" in plan.geoms else None
+    windows = np.argwhere(keep).astype(np.int64) if keep is not None else np.zeros((0, 2), np.int64)
+    return {
+        "windows": windows,
+        "tumor_area_mm2": float(regions.sum()) * plan.tissue_mpp**2 / 1e6,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def detect_windowed(
+    read_block, geom, windows: np.ndarray, threshold: float, sigma_px: float, nms_radius_px: float, scale_l0: float
+):
+    """Mitosis detections from a heatmap read window by window, equal to one whole-heatmap call.
+
+    Each window's cells are read with a halo wide enough for the Gaussian (``4 sigma``, scipy's
+    truncation) and the 3x3 maximum filter; peaks are kept only in the window's own cells, all
+    peaks of the slide are ordered as on the whole heatmap (raster), and one greedy NMS runs over
+    them. Memory: one window plus halo, and the peaks.
+
+    Parameters
+    ----------
+    read_block : callable ``(rows: slice, cols: slice) -> ndarray``
+        Reads part of the heatmap (e.g. a Zarr array's ``__getitem__``).
+    geom : HeatmapGeometry
+        Of the mitosis heatmap.
+    windows : ndarray of int, shape (k, 2)
+        Windows that were computed (elsewhere the heatmap is 0 and has no peak above a positive
+        threshold).
+    threshold, sigma_px, nms_radius_px
+        As in :func:`tupac.mitosis.detect.detect_from_heatmap` (input-frame pixels).
+    scale_l0 : float
+        Level-0 pixels per input pixel.
+
+    Returns
+    -------
+    DataFrame
+        ``x, y`` (level 0, float64), ``prob`` (float32), by descending ``prob``.
+    """
+    import pandas as pd
+
+    from tupac.mitosis.detect import detect_from_heatmap, nms
+
+    s, off = float(geom.stride_px), float(geom.offset_px)
+    sigma_cells = sigma_px / s if sigma_px > 0 else 0.0
+    halo = (int(4.0 * sigma_cells + 0.5) if sigma_cells > 0 else 0) + 2
+    H, W = geom.shape
+    rows_all, cols_all, scores = [], [], []
+    for r, c in np.asarray(windows).reshape(-1, 2):
+        core_r, core_c = geom.cells((int(r), int(c)))
+        r0, r1 = max(0, core_r.start - halo), min(H, core_r.stop + halo)
+        c0, c1 = max(0, core_c.start - halo), min(W, core_c.stop + halo)
+        block = np.asarray(read_block(slice(r0, r1), slice(c0, c1)))
+        det = detect_from_heatmap(block, stride_px=1.0, offset_px=0.0, threshold=threshold,
+                                  sigma_px=sigma_cells, nms_radius_px=0.0)
+        ii = np.rint(det["y"].to_numpy()).astype(np.int64) + r0
+        jj = np.rint(det["x"].to_numpy()).astype(np.int64) + c0
+        inside = (ii >= core_r.start) & (ii < core_r.stop) & (jj >= core_c.start) & (jj < core_c.stop)
+        rows_all.append(ii[inside])
+        cols_all.append(jj[inside])
+        scores.append(det["prob"].to_numpy()[inside])
+    if not rows_all or sum(len(a) for a in rows_all) == 0:
+        return pd.DataFrame({"x": np.zeros(0), "y": np.zeros(0), "prob": np.zeros(0, np.float32)})
+    ii, jj, score = np.concatenate(rows_all), np.concatenate(cols_all), np.concatenate(scores)
+    order = np.lexsort((jj, ii))  # raster order, as np.nonzero gives on the whole heatmap
+    ii, jj, score = ii[order], jj[order], score[order]
+    x_in, y_in = off + jj * s, off + ii * s
+    keep = nms(np.stack([x_in, y_in], axis=1), score, nms_radius_px)
+    return pd.DataFrame({"x": scale_l0 * x_in[keep], "y": scale_l0 * y_in[keep], "prob": score[keep].astype(np.float32)})
+
+
+def finalize_slide(
+    slide_id: str,
+    path: str,
+    store_path: str,
+    plan: SlidePlan,
+    cards: Mapping[str, CardInfo],
+    input_fp: Any,
+    mitosis_windows: np.ndarray | None,
+    timings: Mapping[str, float],
+    extra: Mapping[str, Any],
+    detection: Mapping[str, float],
+) -> dict[str, Any]:
+    """Detections CSV (when the mitosis stage ran), then the commit record, last.
+
+    Returns
+    -------
+    dict
+        ``mitoses`` (count or None), ``seconds``.
+    """
+    from tupac.infer.commit import atomic_write_bytes
+    from tupac.infer.store import HeatmapStore
+
+    t0 = time.perf_counter()
+    store = HeatmapStore.open(store_path)
+    outputs = {}
+    n_mitoses = None
+    if "mitosis" in cards and mitosis_windows is not None:
+        g = plan.geoms["mitosis"]
+        arr = store.array("mitosis")
+        det = detect_windowed(
+            lambda rs, cs: arr[rs, cs], g, mitosis_windows, cards["mitosis"].threshold,
+            detection["sigma_px"], detection["nms_radius_px"], g.mpp / g.slide_mpp,
+        )
+        csv_path = Path(store_path).with_name(f"{slide_id}.mitoses.csv")
+        atomic_write_bytes(csv_path, det.to_csv(index=False).encode())
+        outputs["mitoses.csv"] = csv_path
+        n_mitoses = int(len(det))
+    record = store.commit(
+        path, input_fp, {f"{t}:{c.card.name}": c.weights_sha256 for t, c in cards.items()},
+        timings_s={**timings, "finalize_s": time.perf_counter() - t0},
+        outputs=outputs,
+        extra={**extra, "mitoses": n_mitoses},
+    )
+    return {"mitoses": n_mitoses, "seconds": time.perf_counter() - t0, "models_fp": record.models_fp}
+
+
+def detection_params(card) -> dict[str, float]:
+    """Smoothing and NMS of the mitosis detector (card.extra may override; level-0 40x pixels)."""
+    from tupac.mitosis.scoring import TUPAC_RADIUS_PX
+
+    extra = dict(card.extra or {})
+    return {
+        "sigma_px": float(extra.get("sigma_px", 8.0)),
+        "nms_radius_px": float(extra.get("nms_radius_px", TUPAC_RADIUS_PX)),
+    }
