@@ -164,10 +164,14 @@ def mlflow_ui_cmd(
     if not (run / "mlflow.db").is_file():
         fail(FileNotFoundError(f"{run / 'mlflow.db'}: no MLflow store (run `tupac fit` first)"))
     console.print(f"MLflow UI for {run} at http://127.0.0.1:{port}", highlight=False)
-    proc = subprocess.Popen(mlflow_ui_command(run, port))
+    import os
+    import signal
+
+    # its own process group, so that Ctrl-C also stops the server's worker processes
+    proc = subprocess.Popen(mlflow_ui_command(run, port), start_new_session=True)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         code = proc.wait()
     raise typer.Exit(code)

@@ -366,7 +366,10 @@ def load_registered_model(model_uri: str, run_dir: str | Path | None = None, *, 
         try:
             mv = (client.get_model_version_by_alias(m["name"], m["alias"]) if m["alias"]
                   else client.get_model_version(m["name"], m["version"]))
-            location = client.get_logged_model(mv.model_id).artifact_location if mv.model_id else None
+            # over REST the version may carry its logged model only in ``source`` (models:/m-...)
+            src = re.match(r"^models:/(m-[0-9a-f]+)$", mv.source or "")
+            model_id = mv.model_id or (src.group(1) if src else None)
+            location = client.get_logged_model(model_id).artifact_location if model_id else None
             if location is None:
                 location = client.get_run(mv.run_id).info.artifact_uri
         except MlflowException as e:
