@@ -124,3 +124,13 @@ class FeatureFileError(TupacError, OSError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class ReportError(TupacError, OSError):
+    """A report or QuPath export cannot be made from a run folder (no such run, slide not in
+    the run or not committed, slide resolution unknown); ``path`` names the file or folder."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
