@@ -251,8 +251,17 @@ class ModelActor:
         Returns
         -------
         dict
-            ``windows`` done, ``read_s`` and ``model_s`` seconds, ``pid`` of this actor.
+            ``windows`` done, ``read_s`` and ``model_s`` seconds, ``pid`` of this actor; or
+            ``error`` (one line) when the slide cannot be read or stored.
         """
+        try:
+            return self._run(batch)
+        except Exception as e:  # a bad slide fails its slide, not the actor (see call_safely)
+            from tupac.infer.slide_task import error_line
+
+            return {"error": error_line(e, batch.path), "windows": 0, "pid": os.getpid()}
+
+    def _run(self, batch: WindowBatch) -> dict[str, Any]:
         maybe_inject_fault(batch.slide_id, batch.task)
         trained = self.trained[batch.task]
         t0 = time.perf_counter()

@@ -166,6 +166,7 @@ class _Actor:
     handle: Any
     state: str = "starting"  # starting | ready | down
     inflight: int = 0
+    exclusive: bool = False  # running a suspect batch alone
     info: dict | None = None
     since: float = field(default_factory=time.monotonic)
 
@@ -194,7 +195,7 @@ class _Driver:
         import ray
 
         from tupac.infer.actors import ModelActor
-        from tupac.infer.slide_task import detection_params, finalize_slide, prepare_slide, tumor_regions
+        from tupac.infer.slide_task import call_safely, detection_params, finalize_slide, prepare_slide, tumor_regions
 
         self.ray = ray
         self.cfg = config
@@ -203,9 +204,8 @@ class _Driver:
         self.progress = progress
         self.say = say
         opts = {"max_retries": config.task_retries, "retry_exceptions": False}
-        self._prepare = ray.remote(prepare_slide).options(num_cpus=1, **opts)
-        self._regions = ray.remote(tumor_regions).options(num_cpus=1, **opts)
-        self._finalize = ray.remote(finalize_slide).options(num_cpus=1, **opts)
+        self._task = ray.remote(call_safely).options(num_cpus=1, **opts)
+        self._steps = {"prepare": prepare_slide, "regions": tumor_regions, "finalize": finalize_slide}
         self.detection = detection_params(cards["mitosis"].card) if "mitosis" in cards else None
         self.cards_ref = ray.put(cards)
         self.slides: dict[str, _Slide] = {}
@@ -248,9 +248,12 @@ class _Driver:
         self.slides[sid] = s
         self.ledger.mark_running(sid)
         chunks = {"tumor": self.cfg.tumor_chunk, "mitosis": self.cfg.mitosis_chunk}
-        ref = self._prepare.remote(sid, str(entry.path), entry.mpp, s.store, self.cards_ref, chunks,
-                                   self.cfg.tissue_mpp, self.cfg.backend)
-        self.futures[ref] = ("prepare", sid)
+        self._submit("prepare", s, sid, str(entry.path), entry.mpp, s.store, self.cards_ref, chunks,
+                     self.cfg.tissue_mpp, self.cfg.backend)
+
+    def _submit(self, step: str, s: _Slide, *args) -> None:
+        ref = self._task.remote(self._steps[step], str(s.entry.path), *args)
+        self.futures[ref] = (step, s.entry.slide_id)
 
     def fail(self, sid: str, reason: str) -> None:
         s = self.slides.pop(sid, None)
@@ -275,7 +278,8 @@ class _Driver:
         for k, chunk in enumerate(batches):
             wb = WindowBatch(task, s.entry.slide_id, str(s.entry.path), s.entry.mpp, s.store, plan.geoms[task],
                              stats, tuple(chunk), plan.backend, k)
-            heapq.heappush(self.queue, (s.seq, order, k, next(self.tie), s.entry.slide_id, wb, 0))
+            # (slide order, stage, batch, tie, slide, batch, deaths while alone, suspect)
+            heapq.heappush(self.queue, (s.seq, order, k, next(self.tie), s.entry.slide_id, wb, 0, False))
         s.stage, s.left = task, len(batches)
         s.windows[task] = len(wins)
         self.progress.add_tiles(len(wins))
@@ -286,8 +290,7 @@ class _Driver:
         sid = s.entry.slide_id
         if s.stage == "tumor" and "mitosis" in self.cards:
             s.stage = "regions"
-            ref = self._regions.remote(s.store, s.plan, self.cards["tumor"].threshold)
-            self.futures[ref] = ("regions", sid)
+            self._submit("regions", s, s.store, s.plan, self.cards["tumor"].threshold)
             return
         s.stage = "finalize"
         mitosis_windows = s.extra.pop("_mitosis_windows", None) if "mitosis" in self.cards else None
@@ -296,22 +299,38 @@ class _Driver:
         timings = {**s.timings, "prepare_s": s.plan.seconds}
         if "mitosis" in self.cards and mitosis_windows is None:
             mitosis_windows = np.zeros((0, 2), np.int64)
-        ref = self._finalize.remote(sid, str(s.entry.path), s.store, s.plan, self.cards_ref, s.input_fp,
-                                    mitosis_windows, timings, extra, self.detection or {})
-        self.futures[ref] = ("finalize", sid)
+        self._submit("finalize", s, sid, str(s.entry.path), s.store, s.plan, self.cards_ref, s.input_fp,
+                     mitosis_windows, timings, extra, self.detection or {})
 
     # -- dispatch -----------------------------------------------------------------------
     def dispatch(self) -> None:
-        ready = [i for i, a in enumerate(self.actors) if a.state == "ready"]
-        while self.queue and ready:
-            i = min(ready, key=lambda k: self.actors[k].inflight)
-            if self.actors[i].inflight >= self.cfg.inflight_per_actor:
+        """Send queued batches to ready actors, at most ``inflight_per_actor`` each. A *suspect*
+        batch (in flight when an actor died) runs alone on an idle actor, so that a batch that
+        crashes its actor is identified and the others are not blamed."""
+        limit = self.cfg.inflight_per_actor
+        while self.queue:
+            ready = [i for i, a in enumerate(self.actors) if a.state == "ready" and not a.exclusive]
+            if not ready:
                 return
-            seq, order, k, tie, sid, wb, tries = heapq.heappop(self.queue)
-            if sid not in self.slides:
+            item = self.queue[0]
+            if item[4] not in self.slides:
+                heapq.heappop(self.queue)
                 continue
-            self.actors[i].inflight += 1
-            self.futures[self.actors[i].handle.run.remote(wb)] = ("batch", sid, i, (seq, order, k, tie, sid, wb, tries))
+            suspect = item[7]
+            if suspect:
+                idle = [i for i in ready if self.actors[i].inflight == 0]
+                if not idle:
+                    return
+                i = idle[0]
+            else:
+                i = min(ready, key=lambda k: self.actors[k].inflight)
+                if self.actors[i].inflight >= limit:
+                    return
+            heapq.heappop(self.queue)
+            a = self.actors[i]
+            a.inflight += 1
+            a.exclusive = suspect
+            self.futures[a.handle.run.remote(item[5])] = ("batch", item[4], i, item)
 
     # -- results ------------------------------------------------------------------------
     def handle(self, ref) -> None:
@@ -332,7 +351,7 @@ class _Driver:
     def _on_ping(self, i: int, value, err) -> None:
         a = self.actors[i]
         if err is None:
-            a.state, a.info, a.inflight = "ready", value, 0
+            a.state, a.info, a.inflight, a.exclusive = "ready", value, 0, False
             self._write_actors()
         else:
             # Still restarting (or its node is gone): ask again; Ray restarts it when it can.
@@ -341,13 +360,17 @@ class _Driver:
             self._ping(i)
 
     def _on_batch(self, sid: str, i: int, item: tuple, value, err) -> None:
-        ray = self.ray
         a = self.actors[i]
         a.inflight = max(0, a.inflight - 1)
+        alone = a.exclusive
+        a.exclusive = False
         s = self.slides.get(sid)
         if err is None:
             if s is None:
                 return  # the slide failed meanwhile
+            if "error" in value:
+                self.fail(sid, value["error"])
+                return
             s.timings["read_s"] += value["read_s"]
             s.timings["model_s"] += value["model_s"]
             self.progress.tiles(value["windows"])
@@ -355,11 +378,7 @@ class _Driver:
             if s.left == 0:
                 self._stage_done(s)
             return
-        if isinstance(err, ray.exceptions.RayTaskError) and not isinstance(err, ray.exceptions.RayActorError):
-            if s is not None:
-                self.fail(sid, _reason(err, f"{item[5].task} inference", item[5].path))
-            return
-        # The actor died (crash, kill, node lost): it restarts; the batch goes to the live ones.
+        # The actor died (crash, kill, node lost): Ray restarts it; its batches are re-queued.
         if a.state != "down":
             a.state = "down"
             a.inflight = 0
@@ -367,20 +386,25 @@ class _Driver:
             self._ping(i)
         if s is None:
             return
-        seq, order, k, tie, _, wb, tries = item
-        if tries + 1 > self.cfg.batch_retries:
-            self.fail(sid, f"{wb.path}: a model actor died {tries + 1} times on {wb.task} batch {k} "
-                           f"(windows {list(wb.windows)[:3]}...): a crash while reading or predicting")
+        seq, order, k, tie, _, wb, deaths, _suspect = item
+        deaths += alone  # only a batch that ran alone is known to have caused the death
+        if deaths > self.cfg.batch_retries:
+            self.fail(sid, f"{wb.path}: the model actor died {deaths} times while handling {wb.task} batch {k} alone "
+                           f"(windows {list(wb.windows)[:3]}): a crash while reading or predicting this slide")
             return
-        heapq.heappush(self.queue, (seq, order, k, tie, sid, wb, tries + 1))
+        heapq.heappush(self.queue, (seq, order, k, tie, sid, wb, deaths, True))
 
     def _on_task(self, kind: str, sid: str, value, err) -> None:
         s = self.slides.get(sid)
         if s is None:
             return
+        if err is None and value[0] == "error":
+            self.fail(sid, value[1])
+            return
         if err is not None:
             self.fail(sid, _reason(err, kind, s.entry.path))
             return
+        value = value[1]
         if kind == "prepare":
             s.plan = value
             self._enqueue(s, "tumor", value.tumor_windows)

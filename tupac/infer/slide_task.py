@@ -25,7 +25,32 @@ import numpy as np
 
 from tupac.infer.actors import maybe_inject_fault
 
-__all__ = ["SlidePlan", "CardInfo", "prepare_slide", "tumor_regions", "finalize_slide", "detect_windowed"]
+__all__ = ["SlidePlan", "CardInfo", "prepare_slide", "tumor_regions", "finalize_slide", "detect_windowed", "call_safely", "error_line"]
+
+
+def error_line(e: BaseException, path: Any = None) -> str:
+    """One line naming the file and the problem (tupac errors already do; others get the path)."""
+    from tupac.errors import TupacError
+
+    text = (str(e).strip().splitlines() or [""])[0][:500]
+    if isinstance(e, TupacError):
+        return text
+    where = f"{path}: " if path is not None and str(path) not in text else ""
+    return f"{where}{type(e).__name__}: {text}" if text else f"{where}{type(e).__name__}"
+
+
+def call_safely(fn, label: Any, *args, **kwargs) -> tuple[str, Any]:
+    """Run a slide step in a Ray worker and return ``("ok", value)`` or ``("error", one line)``.
+
+    Errors travel as text: tupac's exceptions take ``(path, problem)`` and do not survive Ray's
+    pickling as exceptions, and the driver only needs the message for the ledger. A crash of the
+    process itself (segfault) still surfaces as Ray's ``WorkerCrashedError``. ``label`` (the slide
+    path) prefixes messages of non-tupac errors.
+    """
+    try:
+        return "ok", fn(*args, **kwargs)
+    except Exception as e:  # every failure of one slide is that slide's, reported not raised
+        return "error", error_line(e, label)
 
 
 @dataclass(frozen=True)
@@ -145,6 +170,7 @@ def prepare_slide(
     t0 = time.perf_counter()
     maybe_inject_fault(slide_id, "prepare")
     with open_slide(path, backend=backend, mpp=mpp_override) as reader:
+        tissue = slide_tissue_mask(reader, tissue_mpp)  # decodes the thumbnail: corrupt files fail here
         for task, info in cards.items():
             # A 40x model on a 20x slide would need upsampling: say so now, not mid-slide.
             if info.card.mpp < reader.mpp * (1 - MPP_TOLERANCE):
@@ -152,7 +178,6 @@ def prepare_slide(
                     f"{path}: the {task} model reads at {info.card.mpp:g} um/px but the slide's level 0 is "
                     f"{reader.mpp:g} um/px (a {task} stage needs a finer scan)"
                 )
-        tissue = slide_tissue_mask(reader, tissue_mpp)
         geoms = {t: heatmap_geometry(reader.dimensions, reader.mpp, info.card, chunks[t]) for t, info in cards.items()}
         keep = window_tissue(geoms["tumor"], tissue.mask, tissue.mpp)
         stats: dict[str, dict | None] = {}

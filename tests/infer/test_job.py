@@ -1,0 +1,200 @@
+"""The cohort job in one process: outputs, equality with the sequential reference, resume, bad input.
+
+Ray runs locally with 2 CPUs and a 200 MB object store; cohorts are 2-3 phantom slides of
+1 x 0.8 mm with tiny untrained models (correctness does not need good weights).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_job_support import REAL, local_args, make_cohort, make_models, output_digests, slides_of, write_manifest, infer_cli
+
+
+# -- pure: windowed detection == whole-heatmap detection -----------------------------------
+def test_windowed_detection_equals_whole_heatmap():
+    from tupac.infer.heatmap import HeatmapGeometry
+    from tupac.infer.slide_task import detect_windowed
+    from tupac.mitosis.detect import detect_from_heatmap
+
+    rng = np.random.default_rng(0)
+    geom = HeatmapGeometry((70, 90), 16, 79, 16, 39.0, 0.25, 0.25)
+    heat = np.zeros(geom.shape, np.float32)
+    windows = np.array([(r, c) for r in range(5) for c in range(6) if (r + c) % 3], np.int64)
+    for r, c in windows:
+        rows, cols = geom.cells((int(r), int(c)))
+        heat[rows, cols] = rng.random((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32)
+    whole = detect_from_heatmap(heat, 16, 39.0, 0.6, 24.0, 30.0)
+    win = detect_windowed(lambda rs, cs: heat[rs, cs], geom, windows, 0.6, 24.0, 30.0, 1.0)
+    assert len(whole) > 20
+    pd.testing.assert_frame_equal(whole.reset_index(drop=True), win.reset_index(drop=True))
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    return make_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return make_cohort(tmp_path_factory.mktemp("cohort") / "root", n=2)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _cfg(models: Path, out: Path, **kw):
+    from tupac.infer.job import JobConfig
+
+    return JobConfig(models=models, out=out, actors=1, tumor_chunk=16, mitosis_chunk=32, batch_size=2, **kw)
+
+
+def _quiet(total):
+    from rich.console import Console
+
+    from tupac.infer.progress import CohortProgress
+
+    return CohortProgress(total, console=Console(file=open("/dev/null", "w")), live=False)
+
+
+@pytest.mark.slow
+def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, models, cohort, tmp_path):
+    from tupac.infer import HeatmapStore, Ledger, load_cohort, read_commit
+    from tupac.infer.job import run_job
+    from tupac.infer.models import load_trained
+    from tupac.infer.tumor_map import tumor_map
+
+    entries = load_cohort(data=cohort)
+    run = tmp_path / "run"
+    summary = run_job(entries, _cfg(models, run), progress=_quiet)
+    assert summary["ok"] and sorted(summary["done"]) == [e.slide_id for e in entries]
+    assert summary["skipped_stages"] == {}
+    assert json.loads((run / "summary.json").read_text())["counts"]["DONE"] == 2
+
+    for e in entries:
+        store = HeatmapStore.open(run / "slides" / f"{e.slide_id}.zarr", mode="r")
+        assert set(store.names) == {"tissue", "tumor", "mitosis"}
+        for name in store.names:  # every image is an OME-NGFF multiscale in micrometers
+            ms = dict(store._group[name].attrs)["ome"]["multiscales"][0]
+            assert [a["unit"] for a in ms["axes"]] == ["micrometer", "micrometer"]
+        rec = read_commit(store)
+        assert set(rec.models) == {"tumor:locnet", "mitosis:mitosnet"} and "mitoses.csv" in rec.outputs
+        # The job's tumor heatmap is the single-slide sequential reference's, window for window.
+        ref = tumor_map(e.path, load_trained(models / "tumor"), tmp_path / f"ref-{e.slide_id}.zarr", chunk=16)
+        np.testing.assert_allclose(store.read("tumor"), ref.read("tumor"), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(store.read("tissue"), ref.read("tissue"))
+        tumor = store.read("tumor")
+        assert tumor.max() > 0 and store.read("mitosis").max() > 0
+        # Mitosis windows only where tumor regions are: cells far outside tissue stay 0.
+        det = pd.read_csv(run / "slides" / f"{e.slide_id}.mitoses.csv")
+        assert list(det.columns) == ["x", "y", "prob"] and len(det) == rec.extra["mitoses"]
+        w, h = (int(v) for v in ref.spec("tissue").shape[::-1])
+        assert (det.x >= 0).all() and (det.prob >= 0.5).all()
+
+    # Re-running skips DONE slides: attempts stay 1, files are untouched.
+    mtimes = {p: p.stat().st_mtime_ns for p in (run / "slides").rglob("*") if p.is_file()}
+    again = run_job(entries, _cfg(models, run), progress=_quiet)
+    assert sorted(again["skipped"]) == [e.slide_id for e in entries] and again["ok"]
+    with Ledger.open(run) as led:
+        assert [r.attempts for r in led.records()] == [1, 1]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+    # A changed input (new content) is recomputed; deleting outputs forces recomputation too.
+    shutil.rmtree(run / "slides" / f"{entries[1].slide_id}.zarr")
+    third = run_job(entries, _cfg(models, run), progress=_quiet)
+    assert third["skipped"] == [entries[0].slide_id] and third["ok"]
+    with Ledger.open(run) as led:
+        assert led.get(entries[1].slide_id).attempts == 2
+
+
+@pytest.mark.slow
+def test_mitosis_stage_skipped_without_mitosis_model(local_ray, cohort, tmp_path):
+    from tupac.infer import HeatmapStore, load_cohort
+    from tupac.infer.job import run_job
+
+    models = make_models(tmp_path / "models", mitosis=False)
+    entries = load_cohort(data=cohort)[:1]
+    summary = run_job(entries, _cfg(models, tmp_path / "run"), progress=_quiet)
+    assert summary["ok"] and "mitosis" in summary["skipped_stages"]
+    assert "tupac train mitosis" in summary["skipped_stages"]["mitosis"]
+    store = HeatmapStore.open(tmp_path / "run" / "slides" / f"{entries[0].slide_id}.zarr", mode="r")
+    assert set(store.names) == {"tissue", "tumor"} and store.committed
+    assert not (tmp_path / "run" / "slides" / f"{entries[0].slide_id}.mitoses.csv").exists()
+
+
+def _blank_slide(path: Path) -> Path:
+    """A white (glass only) Aperio slide of 1 x 0.8 mm: no tissue."""
+    from tupac.synth.aperio import write_aperio_svs
+
+    write_aperio_svs(path, (4000, 3200), lambda x0, y0, w, h: np.full((h, w, 3), 243, np.uint8))
+    return path
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_alone_and_a_reader_segfault_does_not_kill_the_job(models, cohort, tmp_path):
+    good = slides_of(cohort)
+    trunc = tmp_path / "truncated.svs"
+    data = good[1].read_bytes()
+    trunc.write_bytes(data[: len(data) // 3])
+    text = tmp_path / "notes.svs"
+    text.write_text("slide_id,comment\nthis is not a slide\n")
+    rows = [
+        ("good", good[0], None),
+        ("crashes", good[1], None),  # the worker reading it segfaults (fault injection)
+        ("truncated", trunc, None),
+        ("unreadable", REAL / "unreadable.svs", None),
+        ("broken", REAL / "broken.svs", None),
+        ("blank", _blank_slide(tmp_path / "blank.svs"), None),
+        ("no-mpp", REAL / "tcga-cr-7395-01a-01-ts1.svs", None),
+        ("missing", tmp_path / "nowhere.svs", None),
+        ("not-a-slide", text, None),
+    ]
+    manifest = write_manifest(tmp_path / "cohort.csv", rows)
+    run = tmp_path / "run"
+    env = {"TUPAC_INFER_FAULT": "segfault:crashes:tumor"}
+    proc = infer_cli(local_args(models, run, manifest=manifest) + ["--max-attempts", "1"], env=env, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout
+    s = json.loads((run / "summary.json").read_text())
+    assert sorted(s["done"]) == ["blank", "good"]
+    reasons = {f["slide_id"]: f["error"] for f in s["failed"]}
+    assert set(reasons) == {"crashes", "truncated", "unreadable", "broken", "no-mpp", "missing", "not-a-slide"}
+    assert "died" in reasons["crashes"] and "crash" in reasons["crashes"], reasons["crashes"]
+    assert "MPP" in reasons["no-mpp"] or "mpp" in reasons["no-mpp"]
+    assert "no such file" in reasons["missing"]
+    for sid in reasons:
+        assert str(dict((r[0], r[1]) for r in rows)[sid].name) in reasons[sid], (sid, reasons[sid])
+        assert len(reasons[sid].splitlines()) == 1
+    # The slide without tissue is DONE with an empty result.
+    from tupac.infer import HeatmapStore
+
+    blank = HeatmapStore.open(run / "slides" / "blank.zarr", mode="r")
+    assert blank.committed and blank.read("tissue").sum() == 0 and blank.read("tumor").max() == 0
+    assert pd.read_csv(run / "slides" / "blank.mitoses.csv").empty
+    # The failures are given up on the next run (max attempts 1): nothing is recomputed.
+    again = infer_cli(local_args(models, run, manifest=manifest) + ["--max-attempts", "1"], timeout=600)
+    assert again.returncode == 1
+    s2 = json.loads((run / "summary.json").read_text())
+    assert sorted(s2["skipped"]) == ["blank", "good"]
+    assert all(f["given_up"] for f in s2["failed"]) and len(s2["failed"]) == 7
+    assert "given up" in again.stdout
+
+
+def test_cli_rejects_bad_usage_in_one_line(tmp_path, cohort):
+    proc = infer_cli(["--data", str(cohort), "--manifest", "x.csv", "--models", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert proc.returncode == 2 and "exactly one of" in proc.stderr and "Traceback" not in proc.stderr
+    proc = infer_cli(["--data", str(cohort), "--models", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    assert proc.returncode == 2 and "tumor" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
