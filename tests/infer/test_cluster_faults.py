@@ -1,0 +1,261 @@
+"""Reliability of the cohort job with real processes: a multi-node Ray (head + 2 workers started
+with ``ray start``, each worker declaring one GPU), device pinning, a model actor killed mid-slide,
+a worker node killed mid-cohort, the driver killed mid-cohort and resumed, and ``ray job submit``.
+
+Every run's heatmaps and detections are compared bitwise with a clean local run (CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_job_support import PY, ROOT, infer_cli, local_args, make_cohort, make_models, output_digests
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(PY).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    return make_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return make_cohort(tmp_path_factory.mktemp("cohort") / "root", n=3, seed=11)
+
+
+@pytest.fixture(scope="module")
+def clean(models, cohort, tmp_path_factory) -> dict:
+    run = tmp_path_factory.mktemp("clean") / "run"
+    proc = infer_cli(local_args(models, run, data=cohort), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return output_digests(run)
+
+
+def _states(run: Path) -> dict[str, tuple[str, int]]:
+    try:
+        with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=5) as c:
+            return {r[0]: (r[1], r[2]) for r in c.execute("SELECT slide_id, state, attempts FROM slides")}
+    except sqlite3.Error:
+        return {}
+
+
+def _wait(pred, timeout: float, what: str, proc=None):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"job ended before {what}: rc={proc.returncode}\n{err[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _mid_slide(run: Path):
+    """A slide that is RUNNING with some heatmap chunks written (mid-slide), else None."""
+    for sid, (state, _) in _states(run).items():
+        chunks = list((run / "slides" / f"{sid}.zarr" / "tumor" / "0").rglob("c*"))
+        if state == "RUNNING" and any(p.is_file() for p in chunks):
+            return sid
+    return None
+
+
+def _spawn(args, env=None) -> subprocess.Popen:
+    e = {**os.environ, **(env or {})}
+    return subprocess.Popen([PY, "-m", "tupac", "infer", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=e, start_new_session=True)
+
+
+def _done(run: Path) -> dict:
+    s = json.loads((run / "summary.json").read_text())
+    return s
+
+
+def test_model_actor_killed_mid_slide(models, cohort, clean, tmp_path):
+    run = tmp_path / "run"
+    proc = _spawn(local_args(models, run, data=cohort))
+    try:
+        _wait(lambda: _mid_slide(run), 600, "a slide mid-way", proc)
+        actors = json.loads((run / "actors.json").read_text())
+        os.kill(actors[0]["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert "died" in err  # the driver noticed and re-queued
+    s = _done(run)
+    assert s["counts"]["DONE"] == 3 and s["ok"]
+    assert output_digests(run) == clean
+
+
+def test_driver_killed_mid_cohort_then_resumed(models, cohort, clean, tmp_path):
+    run = tmp_path / "run"
+    temp = _short_temp()  # the killed driver's local Ray is stopped by this folder afterwards
+    proc = _spawn(local_args(models, run, data=cohort) + ["--local-temp-dir", str(temp)])
+    try:
+        _wait(lambda: sum(st == "DONE" for st, _ in _states(run).values()) >= 1, 600, "a first slide DONE", proc)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_cluster(temp)
+    before = _states(run)
+    done_before = {sid for sid, (st, _) in before.items() if st == "DONE"}
+    assert 1 <= len(done_before) < 3, before
+    mtimes = {p: p.stat().st_mtime_ns for sid in done_before
+              for p in (run / "slides").glob(f"{sid}*") for p in ([p] if p.is_file() else p.rglob("*")) if p.is_file()}
+    time.sleep(0.05)
+    again = infer_cli(local_args(models, run, data=cohort), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = _states(run)
+    for sid, (st, attempts) in after.items():
+        assert st == "DONE"
+        if sid in done_before:
+            assert attempts == 1  # not recomputed
+        else:
+            assert attempts == before.get(sid, ("PENDING", 0))[1] + 1
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert sorted(_done(run)["skipped"]) == sorted(done_before)
+    assert output_digests(run) == clean
+
+
+# -- multi-node ------------------------------------------------------------------------------
+def _stop_cluster(temp: Path) -> None:
+    """Stop the Ray processes of *this* cluster only (their command lines name its temp dir);
+    ``ray stop`` would also stop other people's Ray on a shared machine."""
+    import shutil
+
+    def ours() -> list[int]:
+        pids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if str(temp) in cmd and int(d.name) != os.getpid():
+                    pids.append(int(d.name))
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(2)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _short_temp() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="tr", dir="/tmp"))  # Ray's socket paths must stay short
+
+
+def _ray(*args, env=None, timeout=180):
+    return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (1 CPU, no GPU) + 2 worker nodes (1 CPU, 1 GPU each) on this machine."""
+    port = _free_port()
+    temp = _short_temp()
+    env = {"RAY_object_store_memory": str(200 * 1024**2)}
+    head = _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats", env=env)
+    assert head.returncode == 0, head.stderr[-2000:]
+    address = f"127.0.0.1:{port}"
+    try:
+        for _ in range(2):
+            w = _ray("start", f"--address={address}", "--num-cpus=1", "--num-gpus=1",
+                     "--object-store-memory=200000000", "--disable-usage-stats", env=env)
+            assert w.returncode == 0, w.stderr[-2000:]
+        yield address
+    finally:
+        _stop_cluster(temp)
+
+
+def _cluster_args(models, run, cohort, address):
+    args = local_args(models, run, data=cohort)
+    for opt in ("--local-cpus", "--object-store-mb", "--actors"):
+        i = args.index(opt)
+        del args[i : i + 2]
+    args.remove("--no-dashboard")
+    return [*args, "--address", address, "--num-gpus-per-actor", "1"]
+
+
+def test_multi_node_gpu_pinning_and_a_worker_node_killed(models, cohort, clean, cluster, tmp_path):
+    # Clean multi-node run: two actors, one per worker node, each pinned to exactly one GPU id.
+    run = tmp_path / "run"
+    proc = infer_cli(_cluster_args(models, run, cohort, cluster), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    actors = json.loads((run / "actors.json").read_text())
+    assert len(actors) == 2
+    assert all(len(a["gpu_ids"]) == 1 and a["cuda_visible_devices"] == a["gpu_ids"][0] for a in actors)
+    assert len({(a["node_id"], a["gpu_ids"][0]) for a in actors}) == 2
+    assert len({a["node_id"] for a in actors}) == 2
+    assert output_digests(run) == clean
+
+    # Kill one worker node (its raylet) mid-cohort: the job finishes on the other node.
+    run2 = tmp_path / "run2"
+    proc = subprocess.Popen([PY, "-m", "tupac", "infer", *_cluster_args(models, run2, cohort, cluster)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait(lambda: _mid_slide(run2), 600, "a slide mid-way", proc)
+        victim = json.loads((run2 / "actors.json").read_text())[0]
+        os.kill(victim["raylet_pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert _done(run2)["counts"]["DONE"] == 3
+    assert output_digests(run2) == clean
+
+
+def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
+    port, dash = _free_port(), _free_port()
+    temp = _short_temp()
+    head = _ray("start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+                f"--dashboard-port={dash}", f"--temp-dir={temp}", "--object-store-memory=200000000",
+                "--disable-usage-stats")
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        run = tmp_path / "run"
+        args = _cluster_args(models, run, cohort, "auto")
+        i = args.index("--address")
+        del args[i : i + 2]
+        args[args.index("--num-gpus-per-actor") + 1] = "0"
+        sub = subprocess.run(
+            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+             "--", "python", "jobs/infer_cohort.py", *args, "--actors", "1"],
+            capture_output=True, text=True, timeout=900, cwd=ROOT,
+        )
+        assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-2000:])
+        assert "succeeded" in sub.stdout.lower()
+        assert _done(run)["counts"]["DONE"] == 3
+        assert output_digests(run) == clean
+    finally:
+        _stop_cluster(temp)
