@@ -165,3 +165,69 @@ def test_unmatched_slides_are_reported_and_recorded(tmp_path):
 def test_mlflow_ui_without_a_store_is_a_clear_error(tmp_path):
     res = runner.invoke(app, ["mlflow-ui", "--run", str(tmp_path)])
     assert res.exit_code == 2 and "no MLflow store" in res.output
+
+
+def test_champion_alias_moves_only_to_a_better_version(tmp_path):
+    from mlflow import MlflowClient
+
+    from synthetic import synthetic_cohort
+    from tupac.predict.cohort import build_cohort, validate_feature_table
+    from tupac.predict.fit import FitConfig, fit_cohort, write_outputs
+    from tupac.predict.tracking import local_tracking_uri, log_fit
+
+    X, labels = synthetic_cohort(n=60, n_noise=4, seed=3)
+    cfg = FitConfig(repeats=1, k_features=4, grade_models=("logreg_enet",), rna_models=("elastic_net",),
+                    n_boot=100, importance_repeats=1)
+    result = fit_cohort(build_cohort(validate_feature_table(X), labels), cfg)
+    run = tmp_path / "run"
+    write_outputs(result, run / "predict")
+    best = result.metrics["summary"]["best"]
+    kappa = best["grade"]["kappa_quadratic_mean"]
+    first = log_fit(result, run / "predict", run)
+    best["grade"]["kappa_quadratic_mean"] = kappa - 0.1  # a worse fit: registered, not crowned
+    second = log_fit(result, run / "predict", run)
+    best["grade"]["kappa_quadratic_mean"] = kappa + 0.01  # a better one takes the alias
+    third = log_fit(result, run / "predict", run)
+    assert [t.versions["grade"] for t in (first, second, third)] == ["1", "2", "3"]
+    assert [t.champion["grade"] for t in (first, second, third)] == [True, False, True]
+    client = MlflowClient(local_tracking_uri(run), registry_uri=local_tracking_uri(run))
+    assert str(client.get_model_version_by_alias("tupac-grade-classifier", "champion").version) == "3"
+    assert client.get_run(second.run_id).data.tags["tupac.champion.grade"] == "false"
+
+
+def test_mlflow_ui_serves_the_local_store(fitted_run):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    run, _, _ = fitted_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    proc = subprocess.Popen([sys.executable, "-m", "tupac", "mlflow-ui", "--run", str(run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while body is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/alias"
+                    "?name=tupac-grade-classifier&alias=champion")
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, proc.stdout.read1().decode() if proc.poll() is not None else "no answer"
+        assert body["model_version"]["version"] == "1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

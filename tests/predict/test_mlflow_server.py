@@ -106,7 +106,7 @@ def test_fit_over_http_is_read_back(server, server_fit):
     assert list((root / "artifacts").rglob("roc_grade.png"))
     for task, name in (("grade", "tupac-grade-classifier"), ("rna", "tupac-rna-regressor")):
         mv = client.get_model_version_by_alias(name, "champion")
-        assert mv.version == info["versions"][task] and mv.run_id == info["run_id"]
+        assert str(mv.version) == info["versions"][task] and mv.run_id == info["run_id"]
         assert mv.tags["tupac.task"] == task and len(mv.tags["tupac.model_sha256"]) == 64
         assert mv.source.startswith("models:/m-")
         logged = client.get_logged_model(mv.source.removeprefix("models:/"))
