@@ -72,7 +72,7 @@ def _wait(pred, timeout: float, what: str, proc=None):
 def _mid_slide(run: Path):
     """A slide that is RUNNING with some heatmap chunks written (mid-slide), else None."""
     for sid, (state, _) in _states(run).items():
-        chunks = list((run / "slides" / f"{sid}.zarr" / "tumor" / "0").rglob("c*"))
+        chunks = list((run / "slides" / f"{sid}.zarr" / "tumor" / "0" / "c").rglob("*"))
         if state == "RUNNING" and any(p.is_file() for p in chunks):
             return sid
     return None
