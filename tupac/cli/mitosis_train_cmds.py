@@ -1,0 +1,134 @@
+"""``tupac train mitosis`` and ``tupac detect-mitoses``: train the mitosis detector, run it on 40x fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tupac.cli.app import app, console, err_console, fail, run_guarded
+from tupac.cli.tumor_cmds import train_app
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def _mitosis_config(arch: str, epochs: Optional[int], seed: int, two_stage: bool, config: Optional[Path]):
+    import yaml
+
+    from tupac.errors import ConfigError
+    from tupac.mitosis.training import MitosisTrainConfig
+
+    base: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"{config}: config file does not exist")
+        try:
+            doc = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{config}: not valid YAML ({e})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{config}: expected a mapping of MitosisTrainConfig fields")
+        base = dict(doc.get("mitosis", doc))
+    train = {**MitosisTrainConfig().train, **base.pop("train", {})}
+    if epochs is not None:
+        train["epochs"] = epochs
+    fields = {"arch": arch, "seed": seed, "two_stage": two_stage, **base, "train": train}
+    try:
+        return MitosisTrainConfig(**fields)
+    except TypeError as e:
+        raise ConfigError(f"{config}: {e}") from None
+
+
+def _train_mitosis(data: Path, out: Path, cfg, tracking_uri: Optional[str]):
+    from tupac.mitosis.tracking import tracked_mitosis_training
+
+    return tracked_mitosis_training(data, out / "mitosis", cfg, tracking_uri=tracking_uri,
+                                    say=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+
+
+@train_app.command("mitosis")
+def train_mitosis_cmd(
+    data: Path = typer.Option(..., "--data", help="TUPAC16-layout root with mitoses/mitoses_image_data and _ground_truth."),
+    out: Path = typer.Option(..., "--out", help="Models folder; the model goes to OUT/mitosis/."),
+    arch: str = typer.Option("mitosnet", "--arch", help="Registered network (see `tupac models`)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per stage (default 12)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the sampling and the networks."),
+    two_stage: bool = typer.Option(True, "--two-stage/--one-stage", help="Retrain with stage-1 hard negatives."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with MitosisTrainConfig fields (under `mitosis:`)."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under OUT)."
+    ),
+) -> None:
+    """Train the mitosis detector (two-stage hard-negative mining) and register it in MLflow."""
+    cfg = run_guarded(_mitosis_config, arch, epochs, seed, two_stage, config)
+    result = run_guarded(_train_mitosis, data, out, cfg, tracking_uri)
+    console.print_json(json.dumps({
+        "model_dir": str(result.model_dir), "chosen_stage": result.chosen_stage, "threshold": result.threshold,
+        "seconds": round(result.seconds, 1), "stages": result.stages,
+    }, default=float))
+
+
+def _list_images(images_dir: Path) -> list[Path]:
+    from tupac.errors import DatasetLayoutError
+
+    if not images_dir.is_dir():
+        raise DatasetLayoutError(images_dir, "image folder does not exist")
+    found = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise DatasetLayoutError(images_dir, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder tree")
+    return found
+
+
+def _load_detector(models: Path, threshold: Optional[float]):
+    from tupac.mitosis.inference import MitosisDetector
+
+    model_dir = models / "mitosis" if (models / "mitosis" / "card.json").is_file() else models
+    return MitosisDetector(model_dir, threshold=threshold)
+
+
+@app.command("detect-mitoses")
+def detect_mitoses_cmd(
+    images_dir: Path = typer.Argument(..., help="Folder of 40x images (NN/MM.tif, as the auxiliary set)."),
+    models: Path = typer.Option(..., "--models", help="Models folder (with mitosis/) or a mitosis model folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the detection CSVs (NN/MM.csv: row,col,prob)."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Override the card's detection threshold."
+    ),
+) -> None:
+    """Detect mitoses in every image under IMAGES_DIR; write one TUPAC16 task-3 CSV per image.
+
+    A file that cannot be read is reported on one line and skipped; the exit status is non-zero
+    when any image failed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tupac.errors import TupacError
+    from tupac.mitosis.inference import read_image
+    from tupac.mitosis.io import write_detections_csv
+
+    paths = run_guarded(_list_images, images_dir)
+    detector = run_guarded(_load_detector, models, threshold)
+    failed, n_det = [], 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("detecting mitoses", total=len(paths))
+        for path in paths:
+            rel = path.relative_to(images_dir)
+            try:
+                det = detector(read_image(path))
+                write_detections_csv(det, out / rel.with_suffix(".csv"))
+                n_det += len(det)
+            except (TupacError, OSError, ValueError) as e:
+                failed.append(rel)
+                msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+                err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            bar.advance(task)
+    console.print(
+        f"{len(paths) - len(failed)} of {len(paths)} images, {n_det} detections "
+        f"(threshold {detector.threshold:.3f}) -> {out}",
+        highlight=False,
+    )
+    if failed:
+        fail(RuntimeError(f"{len(failed)} image(s) failed, first {images_dir / failed[0]}"), code=1)

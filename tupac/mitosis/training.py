@@ -1,0 +1,483 @@
+"""Mitosis-detector training on the TUPAC16 auxiliary set, with the paper's two stages.
+
+Stage 1 trains on candidate nuclei (:mod:`tupac.mitosis.sampling`): the candidate at each annotated
+mitosis is a positive (shifted copies of it, so the fully convolutional detector fires on the cells
+around a figure), a seeded random sample of the other nuclei plus a few random tissue/glass points
+are negatives. The stage-1 model then maps every training image; its detections with probability
+above 0.8 that lie more than 30 px from every annotated mitosis are *hard negatives* (at most 200
+per image). They join the negatives and a fresh model is trained (stage 2).
+
+Held-out validation images choose each stage's epoch (the TUPAC16 F1 of the detections on them,
+after every epoch) and the detection threshold (:func:`tupac.mitosis.detect.choose_threshold`); the
+stage with the better validation F1 is kept (stage 2 on ties).
+
+All images are stain-standardized towards one template (the first training image), saved beside the
+model so inference uses the same one. Outputs in ``out_dir`` (``MODELS/mitosis``):
+``model.safetensors`` + ``card.json`` (``detection_threshold``; ``extra``: ``sigma_px``,
+``nms_radius_px``, stages), ``stain_reference.json``, ``training.json``, and ``stage1/``,
+``stage2/`` run folders, each with ``selected/`` (that stage's chosen weights and threshold;
+loadable with :func:`tupac.infer.models.load_trained`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from tupac.errors import ConfigError, DatasetLayoutError
+from tupac.mitosis.detect import choose_threshold, detect_from_heatmap
+from tupac.mitosis.inference import mitosis_heatmap, read_image, standardize_image
+from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negatives, jittered, label_candidates
+from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
+
+STAIN_REFERENCE_FILE = "stain_reference.json"
+
+
+@dataclass(frozen=True)
+class MitosisTrainConfig:
+    """Options of :func:`train_mitosis` (everything that decides the result).
+
+    Parameters
+    ----------
+    arch : str
+        Registered model name (mitosnet, locnet, densenet121, googlenet, googlenet_fcn).
+    model_kwargs : dict
+        Extra constructor options of the network.
+    stain_method : {"wsics", "macenko", "reinhard"}
+    val_fraction : float
+        Share of the images held out for validation (at least one when there are two or more).
+    max_images : int or None
+        Use only the first ``max_images`` images of the set (quick runs).
+    negatives_per_image : int
+        Candidate nuclei sampled as negatives per image (all when fewer).
+    background_per_image : int
+        Further negatives at random points of the image (stroma, glass, between nuclei): the
+        detector runs on every pixel, not only on nuclei.
+    positive_copies : int
+        Shifted copies per positive (:func:`tupac.mitosis.sampling.jittered`).
+    positive_jitter_px : float
+        Largest shift of a copy, pixels per axis.
+    match_radius_px : float
+        Candidate-to-annotation radius and hard-negative exclusion radius (30 px = 7.5 um).
+    hard_min_prob, hard_max_per_image : float, int
+        Stage-2 hard negatives: detections above this probability, at most this many per image.
+    two_stage : bool
+        Run stage 2.
+    sigma_px, nms_radius_px : float
+        Heatmap smoothing and suppression radius of the detector (saved in the card).
+    epoch_selection : {"f1", "patch"}
+        "f1": the validation images' detection F1 after every epoch chooses the epoch (a heatmap of
+        every validation image per epoch: cheap for the FCNs, slow for sliding-window baselines);
+        "patch": the training loop's patch monitor (``train.monitor``) does.
+    seed : int
+    train : dict
+        :class:`tupac.train.TrainConfig` fields.
+    """
+
+    arch: str = "mitosnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    stain_method: str = "wsics"
+    val_fraction: float = 0.2
+    max_images: int | None = None
+    negatives_per_image: int = 120
+    background_per_image: int = 30
+    positive_copies: int = 16
+    positive_jitter_px: float = 8.0
+    match_radius_px: float = TUPAC_RADIUS_PX
+    hard_min_prob: float = 0.8
+    hard_max_per_image: int = 200
+    two_stage: bool = True
+    sigma_px: float = 8.0
+    nms_radius_px: float = 32.0
+    epoch_selection: str = "f1"
+    seed: int = 0
+    train: dict[str, Any] = field(
+        default_factory=lambda: {"epochs": 12, "batch_size": 64, "lr": 2e-3, "monitor": "auroc"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.stain_method not in ("wsics", "macenko", "reinhard"):
+            raise ConfigError(f"stain_method={self.stain_method!r}, expected wsics, macenko or reinhard")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction}, expected in [0, 1)")
+        if self.epoch_selection not in ("f1", "patch"):
+            raise ConfigError(f"epoch_selection={self.epoch_selection!r}, expected 'f1' or 'patch'")
+        if not 0.0 < self.hard_min_prob < 1.0:
+            raise ConfigError(f"hard_min_prob={self.hard_min_prob}, expected in (0, 1)")
+        if self.positive_copies < 1 or self.negatives_per_image < 0 or self.background_per_image < 0:
+            raise ConfigError("positive_copies must be >= 1, negatives/background_per_image >= 0")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"max_images={self.max_images}, expected >= 1 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImageContext:
+    """One auxiliary image with its ground truth and labelled candidates (computed once)."""
+
+    key: str
+    path: Path
+    truth: pd.DataFrame  # x, y
+    positives_xy: np.ndarray
+    negative_pool_xy: np.ndarray
+    n_candidates: int
+
+
+@dataclass(frozen=True)
+class MitosisTrainResult:
+    """Outcome of :func:`train_mitosis`."""
+
+    model_dir: Path
+    chosen_stage: int
+    threshold: float
+    stages: list[dict[str, Any]]
+    train_images: list[str]
+    val_images: list[str]
+    seconds: float
+
+
+def split_images(counts: dict[str, int], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded train/validation split of image keys (``"NN/MM"``), stratified by "has a mitosis".
+
+    Parameters
+    ----------
+    counts : dict of str to int
+        Annotated mitoses per image key.
+
+    Returns
+    -------
+    train, val : list of str
+        Sorted keys. Validation gets about ``val_fraction`` of the images with mitoses (at least one
+        when two or more have some, so F1 is defined) and of those without.
+    """
+    rng = np.random.default_rng([seed, 0x5B17])
+    val: list[str] = []
+    for group in (sorted(k for k, n in counts.items() if n > 0), sorted(k for k, n in counts.items() if n == 0)):
+        n_val = int(round(len(group) * val_fraction))
+        if val_fraction > 0 and len(group) >= 2:
+            n_val = min(max(n_val, 1), len(group) - 1)
+        elif len(group) < 2:
+            n_val = 0
+        if n_val:
+            val += rng.choice(group, size=n_val, replace=False).tolist()
+    return sorted(k for k in counts if k not in set(val)), sorted(val)
+
+
+def _truth_frame(points_rc: np.ndarray) -> pd.DataFrame:
+    rc = np.asarray(points_rc, np.float64).reshape(-1, 2)
+    return pd.DataFrame({"x": rc[:, 1], "y": rc[:, 0]})
+
+
+def prepare_image(entry, reference, config: MitosisTrainConfig) -> tuple[ImageContext, np.ndarray]:
+    """Read, standardize and label one auxiliary image; returns its context and standardized pixels."""
+    rgb = standardize_image(read_image(entry.path), reference, seed=config.seed)
+    truth = _truth_frame(entry.points_rc)
+    labels = label_candidates(candidate_nuclei(rgb), truth, config.match_radius_px)
+    ctx = ImageContext(entry.key, Path(entry.path), truth, labels.positive_xy, labels.negative_pool_xy,
+                       len(labels.negative_pool_xy) + int(labels.from_candidate.sum()))
+    return ctx, rgb
+
+
+def _background_points(shape, truth: pd.DataFrame, n: int, radius: float, rng) -> np.ndarray:
+    if n <= 0:
+        return np.zeros((0, 2))
+    h, w = shape[:2]
+    pts = np.stack([rng.uniform(0, w - 1, 2 * n), rng.uniform(0, h - 1, 2 * n)], axis=1)
+    t = truth[["x", "y"]].to_numpy()
+    if len(t):
+        d = np.hypot(pts[:, None, 0] - t[None, :, 0], pts[:, None, 1] - t[None, :, 1]).min(axis=1)
+        pts = pts[d > 2 * radius]
+    return pts[:n]
+
+
+def image_patches(ctx: ImageContext, rgb: np.ndarray, patch: int, config: MitosisTrainConfig,
+                  rng: np.random.Generator, jitter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled patches of one image: ``(n, patch, patch, 3)`` uint8 and ``(n,)`` int64."""
+    copies = config.positive_copies if jitter else 1
+    pos = jittered(ctx.positives_xy, copies, config.positive_jitter_px, rng)
+    pool = ctx.negative_pool_xy
+    k = min(config.negatives_per_image, len(pool))
+    neg = pool[np.sort(rng.choice(len(pool), size=k, replace=False))] if k else np.zeros((0, 2))
+    bg = _background_points(rgb.shape, ctx.truth, config.background_per_image, config.match_radius_px, rng)
+    centers = np.concatenate([pos, neg, bg])
+    labels = np.r_[np.ones(len(pos), np.int64), np.zeros(len(neg) + len(bg), np.int64)]
+    return extract_patches(rgb, centers, patch), labels
+
+
+def _evaluate(model, images: list[np.ndarray], truths: list[pd.DataFrame], config: MitosisTrainConfig,
+              floor: float = 0.05) -> dict[str, float]:
+    """Validation detection metrics: the F1-best threshold and the counts at it."""
+    dets = []
+    for rgb in images:
+        hm = mitosis_heatmap(model, rgb)
+        dets.append(detect_from_heatmap(hm.prob, hm.stride_px, hm.offset_px, floor, config.sigma_px, config.nms_radius_px))
+    thr, f1 = choose_threshold(dets, truths, config.match_radius_px)
+    if not np.isfinite(thr):  # nothing above the floor: no detections at any threshold
+        thr = 1.0
+    kept = [d[d["prob"] >= thr] for d in dets]
+    pooled, _ = score_images(((str(i), k, t) for i, (k, t) in enumerate(zip(kept, truths))), config.match_radius_px)
+    return {"threshold": float(thr), "f1": float(pooled.f1) if pooled.tp + pooled.fp + pooled.fn else 0.0,
+            "precision": float(pooled.precision), "recall": float(pooled.recall),
+            "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn}
+
+
+class _StageTracker:
+    """Prefixes a stage's params and metrics (``stage1.val_auroc``), so both stages share one run."""
+
+    def __init__(self, tracker, stage: int) -> None:
+        self.tracker, self.prefix = tracker, f"stage{stage}."
+
+    def log_params(self, params):
+        self.tracker.log_params({self.prefix + k: v for k, v in params.items()})
+
+    def log_metrics(self, metrics, step):
+        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.tracker.log_artifact(path, f"{self.prefix.rstrip('.')}/{artifact_path or ''}".rstrip("/"))
+
+
+class _BestF1:
+    """Training callback: validation-image F1 after every epoch; keeps the best epoch's weights."""
+
+    def __init__(self, images, truths, config, tracker) -> None:
+        self.images, self.truths, self.config, self.tracker = images, truths, config, tracker
+        self.best: tuple[float, int, dict] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, state) -> None:
+        m = _evaluate(state.model, self.images, self.truths, self.config)
+        self.history.append({"epoch": state.epoch, **m})
+        if self.tracker is not None:
+            self.tracker.log_metrics({f"val_image_{k}": v for k, v in m.items()}, step=state.epoch)
+        if self.best is None or m["f1"] > self.best[0]:
+            self.best = (m["f1"], state.epoch, copy.deepcopy(state.model.state_dict()))
+        state.model.train()
+
+
+def _train_stage(stage, config, train_ds, val_ds, val_images, val_truths, out, tracker):
+    from tupac.models import create_model
+    from tupac.train import TrainConfig, train
+
+    tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
+    model = create_model(config.arch, task="mitosis", **config.model_kwargs)
+    stage_tracker = _StageTracker(tracker, stage) if tracker is not None else None
+    callbacks = []
+    if config.epoch_selection == "f1" and val_images:
+        callbacks.append(_BestF1(val_images, val_truths, config, stage_tracker))
+    t0 = time.perf_counter()
+    result = train(model, train_ds, val_ds, tcfg, out / f"stage{stage}", tracker=stage_tracker, callbacks=callbacks)
+    train_seconds = time.perf_counter() - t0
+    best_epoch = result.best_epoch
+    if callbacks and callbacks[0].best is not None:
+        _, best_epoch, state = callbacks[0].best
+        model.load_state_dict(state)
+    model.eval()
+    summary: dict[str, Any] = {
+        "stage": stage,
+        "train_patches": len(train_ds),
+        "train_positives": int(np.sum(train_ds.labels)),
+        "best_epoch": int(best_epoch),
+        "epochs": len(result.history),
+        "train_seconds": round(train_seconds, 1),
+    }
+    if val_images:
+        summary.update({f"val_{k}": v for k, v in _evaluate(model, val_images, val_truths, config).items()})
+    return model, summary
+
+
+def _save_stage(model, stage: int, summary: dict, config: MitosisTrainConfig, out: Path) -> Path:
+    """Keep a stage's selected weights with their own threshold (``stageN/selected``), for comparison."""
+    from tupac.models import save_model
+
+    card = model.card.with_metadata(
+        stain_reference=f"../../{STAIN_REFERENCE_FILE}",
+        detection_threshold=min(max(float(summary.get("val_threshold", 0.5)), 0.0), 1.0),
+        extra={**model.card.extra, "sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px, "stage": stage},
+    )
+    return save_model(model, card, out / f"stage{stage}" / "selected")
+
+
+def _patch_set(contexts, rgbs, patch, config, stream, jitter=True, extra_negatives=None):
+    from tupac.train import PatchDataset
+
+    xs, ys = [], []
+    for i, (ctx, rgb) in enumerate(zip(contexts, rgbs)):
+        rng = np.random.default_rng([config.seed, stream, i])
+        x, y = image_patches(ctx, rgb, patch, config, rng, jitter=jitter)
+        xs.append(x)
+        ys.append(y)
+        hard = (extra_negatives or {}).get(ctx.key)
+        if hard is not None and len(hard):
+            xs.append(extract_patches(rgb, hard, patch))
+            ys.append(np.zeros(len(hard), np.int64))
+    if not xs:
+        return None
+    return PatchDataset(np.concatenate(xs), np.concatenate(ys))
+
+
+def train_mitosis(
+    root: str | Path,
+    out_dir: str | Path,
+    config: MitosisTrainConfig = MitosisTrainConfig(),
+    *,
+    stain_reference=None,
+    tracker=None,
+    progress: Callable[[str], None] | None = None,
+) -> MitosisTrainResult:
+    """Train a mitosis detector on the auxiliary set of a TUPAC16-layout dataset (two stages).
+
+    Parameters
+    ----------
+    root : path
+        Dataset root holding ``mitoses/mitoses_image_data`` and ``mitoses/mitoses_ground_truth``.
+    out_dir : path
+        Where the model, card, stain reference and ``training.json`` go (``MODELS/mitosis``).
+    config : MitosisTrainConfig
+    stain_reference : StainReference, optional
+        Template to standardize towards; default: fitted on the first training image.
+    tracker : tupac.train.Tracker, optional
+        Receives params, per-epoch metrics (prefixed ``stage1.``/``stage2.``) and artifacts.
+    progress : callable, optional
+        Called with a short message at each step.
+
+    Returns
+    -------
+    MitosisTrainResult
+    """
+    from tupac.data import Tupac16Dataset
+    from tupac.models import create_model, save_model
+    from tupac.preprocess import stain
+
+    say = progress or (lambda msg: None)
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = list(Tupac16Dataset(Path(root)).mitosis_images)
+    if config.max_images is not None:
+        entries = entries[: config.max_images]
+    if not entries:
+        raise DatasetLayoutError(Path(root) / "mitoses", "no auxiliary mitosis images (mitoses/mitoses_image_data/NN/MM.tif)")
+    by_key = {e.key: e for e in entries}
+    train_keys, val_keys = split_images({k: len(e.points_rc) for k, e in by_key.items()}, config.val_fraction, config.seed)
+    if not any(len(by_key[k].points_rc) for k in train_keys):
+        raise DatasetLayoutError(Path(root) / "mitoses", "no annotated mitosis in the training images")
+    if stain_reference is None:
+        first = by_key[train_keys[0]].path
+        stain_reference = stain.StainReference(stain.fit_image(read_image(first), method=config.stain_method,
+                                                               seed=config.seed, source=str(first)))
+    ref_path = stain_reference.save(out / STAIN_REFERENCE_FILE)
+    if tracker is not None:
+        tracker.log_params({f"mitosis.{k}": v for k, v in _flat(config.to_dict()).items()})
+        tracker.log_params({"mitosis.train_images": len(train_keys), "mitosis.val_images": len(val_keys)})
+
+    say(f"preparing {len(entries)} images (stain standardization, candidate nuclei)")
+    t0 = time.perf_counter()
+    prepared = {k: prepare_image(by_key[k], stain_reference, config) for k in sorted(by_key)}
+    prep_seconds = time.perf_counter() - t0
+    train_ctx = [prepared[k][0] for k in train_keys]
+    train_rgb = [prepared[k][1] for k in train_keys]
+    val_ctx = [prepared[k][0] for k in val_keys]
+    val_rgb = [prepared[k][1] for k in val_keys]
+    val_truths = [c.truth for c in val_ctx]
+    del prepared
+
+    patch = create_model(config.arch, task="mitosis", **config.model_kwargs).card.patch_size
+    train_ds = _patch_set(train_ctx, train_rgb, patch, config, stream=1)
+    val_ds = _patch_set(val_ctx, val_rgb, patch, config, stream=2, jitter=False)
+    say(f"stage 1: training {config.arch} on {len(train_ds)} patches ({int(train_ds.labels.sum())} positive) "
+        f"from {len(train_ctx)} images; {len(val_ctx)} validation images")
+    model, s1 = _train_stage(1, config, train_ds, val_ds, val_rgb, val_truths, out, tracker)
+    s1["prepare_seconds"] = round(prep_seconds, 1)
+    _save_stage(model, 1, s1, config, out)
+    stages, models = [s1], [model]
+
+    if config.two_stage:
+        say("stage 2: mining hard negatives on the training images with the stage-1 model")
+        t0 = time.perf_counter()
+        hard = {}
+        for ctx, rgb in zip(train_ctx, train_rgb):
+            hm = mitosis_heatmap(model, rgb)
+            det = detect_from_heatmap(hm.prob, hm.stride_px, hm.offset_px, config.hard_min_prob,
+                                      config.sigma_px, config.nms_radius_px)
+            hard[ctx.key] = hard_negatives(det, ctx.truth, config.hard_min_prob, config.match_radius_px,
+                                           config.hard_max_per_image)
+        s1["hard_negatives"] = int(sum(len(v) for v in hard.values()))
+        s1["mining_seconds"] = round(time.perf_counter() - t0, 1)
+        train_ds2 = _patch_set(train_ctx, train_rgb, patch, config, stream=1, extra_negatives=hard)
+        say(f"stage 2: {s1['hard_negatives']} hard negatives; retraining on {len(train_ds2)} patches")
+        model2, s2 = _train_stage(2, config, train_ds2, val_ds, val_rgb, val_truths, out, tracker)
+        _save_stage(model2, 2, s2, config, out)
+        stages.append(s2)
+        models.append(model2)
+
+    chosen = _choose_stage(stages)
+    final, summary = models[chosen - 1], stages[chosen - 1]
+    threshold = float(summary.get("val_threshold", 0.5))
+    seconds = time.perf_counter() - t_start
+    final.update_card(
+        training_data_hash=_hash_keys(train_keys, root),
+        stain_reference=STAIN_REFERENCE_FILE,
+        stain_method=stain_reference.method,
+        detection_threshold=min(max(threshold, 0.0), 1.0),
+        seed=config.seed,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        extra={"sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px,
+               "match_radius_px": config.match_radius_px, "stage": chosen, "stages": stages},
+    )
+    save_model(final, final.card, out)
+    record = {"config": config.to_dict(), "train_images": train_keys, "val_images": val_keys,
+              "stages": stages, "chosen_stage": chosen, "threshold": threshold, "seconds": round(seconds, 1)}
+    (out / "training.json").write_text(json.dumps(record, indent=2, default=float))
+    if tracker is not None:
+        tracker.log_metrics({f"stage{s['stage']}.final_{k}": float(v) for s in stages for k, v in s.items()
+                             if _is_num(v)}, step=0)
+        tracker.log_metrics({"seconds": seconds, "detection_threshold": threshold}, step=0)
+        tracker.log_artifact(out / "training.json")
+        tracker.log_artifact(ref_path)
+    say(f"done in {seconds:.0f} s: stage {chosen} chosen, threshold {threshold:.3f}, "
+        f"validation F1 {summary.get('val_f1', float('nan')):.3f}; model in {out}")
+    return MitosisTrainResult(out, chosen, threshold, stages, train_keys, val_keys, seconds)
+
+
+def _choose_stage(stages: list[dict[str, Any]]) -> int:
+    """The stage with the best validation F1; the later stage on ties (it saw the hard negatives)."""
+    scored = [(s.get("val_f1", float("nan")), s["stage"]) for s in stages]
+    valid = [(f, st) for f, st in scored if np.isfinite(f)]
+    if not valid:
+        return stages[-1]["stage"]
+    best = max(f for f, _ in valid)
+    return max(st for f, st in valid if f == best)
+
+
+def _hash_keys(keys: list[str], root) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in keys:
+        h.update(k.encode())
+    h.update(str(Path(root).resolve()).encode())
+    return h.hexdigest()[:16]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
