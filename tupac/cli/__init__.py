@@ -14,6 +14,7 @@ import tupac.cli.stain_cmds  # noqa: E402,F401  (stain fit, stain apply)
 import tupac.cli.predict_cmds  # noqa: E402,F401  (fit, predict, mlflow-ui)
 import tupac.cli.tumor_cmds  # noqa: E402,F401  (train tumor, tumor-map)
 import tupac.cli.models_cmds  # noqa: E402,F401  (models)
+import tupac.cli.mitosis_train_cmds  # noqa: E402,F401  (train mitosis, detect-mitoses)
 import tupac.cli.infer_cmds  # noqa: E402,F401  (infer)
 
 
