@@ -88,3 +88,45 @@ def write_summary(run: Path, done: list[str], failed: list[tuple[str, str]], thr
         "throughput": throughput or {},
     }
     (run / "summary.json").write_text(json.dumps(doc))
+
+
+def phantom_run(cohort: Path, run: Path, seed: int = 0, commit_ids: list[str] | None = None) -> dict[str, Path]:
+    """A run folder over a phantom cohort whose heatmaps are its truth, slightly blurred.
+
+    Per slide: ``tissue`` (uint8, the truth mask at 4 µm/px, centre of cell 0 at 2 µm), ``tumor``
+    (float32 probability at 8 µm/px: 2 x 2 means of the truth mask, Gaussian-smoothed; cell 0
+    centred at 4 µm), and detections at the true mitoses (jittered by a few pixels, probabilities
+    drawn from a seeded generator). Stage timings are drawn too (they only have to look like
+    timings). Slides not in ``commit_ids`` (default: all) are left uncommitted.
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    slides = sorted((cohort / "training_image_data").glob("*.svs"))
+    out = {}
+    for slide in slides:
+        sid = slide.stem
+        truth = cohort / "truth" / sid
+        tissue = np.asarray(Image.open(truth / "tissue.png")) > 0
+        tumor4 = (np.asarray(Image.open(truth / "tumor.png")) > 0).astype(np.float32)
+        h, w = (tumor4.shape[0] // 2) * 2, (tumor4.shape[1] // 2) * 2
+        tumor8 = tumor4[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        tumor8 = np.clip(ndimage.gaussian_filter(tumor8, 1.5) * 0.95 + 0.02, 0, 1).astype(np.float32)
+        mit = pd.read_csv(truth / "mitoses.csv")
+        det = pd.DataFrame({
+            "x": mit["x"].to_numpy(float) + rng.normal(0, 3, len(mit)),
+            "y": mit["y"].to_numpy(float) + rng.normal(0, 3, len(mit)),
+            "prob": rng.uniform(0.55, 0.99, len(mit)),
+        })
+        timings = {"prepare_s": rng.uniform(1, 2), "read_s": rng.uniform(5, 9), "model_s": rng.uniform(20, 40),
+                   "regions_s": rng.uniform(0.1, 0.3), "finalize_s": rng.uniform(0.2, 0.6)}
+        extra = {"tumor_threshold": 0.5, "mitoses": len(det),
+                 "tumor_area_mm2": float((tumor4 > 0).sum()) * 16 / 1e6}
+        out[sid] = write_store(
+            run, sid, slide,
+            {"tissue": (tissue, 4.0, (2.0, 2.0)), "tumor": (tumor8, 8.0, (4.0, 4.0))},
+            chunk=64, detections=det, timings=timings, extra=extra,
+            commit=commit_ids is None or sid in commit_ids,
+        )
+    return out
