@@ -47,7 +47,7 @@ def weights_hash(model_dir: str | Path) -> str:
     """SHA-256 of a model folder's ``model.safetensors`` (streamed)."""
     path = Path(model_dir) / "model.safetensors"
     if not path.is_file():
-        raise ModelFileError(f"{path}: no model weights (expected model.safetensors from `tupac train`)")
+        raise ModelFileError(path, "no model weights (expected model.safetensors from `tupac train`)")
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -69,7 +69,7 @@ def load_trained(model_dir: str | Path, device: str = "cpu") -> TrainedModel:
     if card.stain_reference:
         ref_path = model_dir / card.stain_reference
         if not ref_path.is_file():
-            raise ModelFileError(f"{ref_path}: the card names this stain reference but the file is missing")
+            raise ModelFileError(ref_path, "the card names this stain reference but the file is missing")
         reference = StainReference.load(ref_path)
     if card.detection_threshold is not None:
         threshold = float(card.detection_threshold)

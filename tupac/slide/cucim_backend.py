@@ -12,7 +12,10 @@ Three cuCIM behaviours are handled here so that callers never see them:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -27,10 +30,34 @@ from tupac.slide.tiles import TileChecker
 _import_lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def _silenced_c_output():
+    """Send the process's stdout/stderr file descriptors to /dev/null for the duration.
+
+    On a machine without a CUDA driver, importing cuCIM prints "dlopen error libcuda.so.1 ...
+    cuFile initialization failed" from C code, straight to the descriptors; it is harmless (cuCIM
+    decodes on the CPU) but would land in every command's output.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _cuimage_class():
     with _import_lock:
         try:
-            from cucim import CuImage
+            with _silenced_c_output():
+                from cucim import CuImage
         except ImportError as e:
             raise ImportError(f"cuCIM is not installed ({e})") from None
     return CuImage
