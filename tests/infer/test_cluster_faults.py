@@ -22,6 +22,9 @@ from test_job_support import PY, ROOT, infer_cli, local_args, make_cohort, make_
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(PY).with_name("ray"))
+# Loopback-only test clusters: no token authentication (Ray >= 2.5x enables it on `ray start --head`,
+# and a worker node or driver started from another shell would need the token propagated).
+NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 
 def _free_port() -> int:
@@ -174,7 +177,8 @@ def _short_temp() -> Path:
 
 
 def _ray(*args, env=None, timeout=180):
-    return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **NO_AUTH, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +213,7 @@ def _cluster_args(models, run, cohort, address):
 def test_multi_node_gpu_pinning_and_a_worker_node_killed(models, cohort, clean, cluster, tmp_path):
     # Clean multi-node run: two actors, one per worker node, each pinned to exactly one GPU id.
     run = tmp_path / "run"
-    proc = infer_cli(_cluster_args(models, run, cohort, cluster), timeout=900)
+    proc = infer_cli(_cluster_args(models, run, cohort, cluster), env=NO_AUTH, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     actors = json.loads((run / "actors.json").read_text())
     assert len(actors) == 2
@@ -221,7 +225,8 @@ def test_multi_node_gpu_pinning_and_a_worker_node_killed(models, cohort, clean, 
     # Kill one worker node (its raylet) mid-cohort: the job finishes on the other node.
     run2 = tmp_path / "run2"
     proc = subprocess.Popen([PY, "-m", "tupac", "infer", *_cluster_args(models, run2, cohort, cluster)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **NO_AUTH})
     try:
         _wait(lambda: _mid_slide(run2), 600, "a slide mid-way", proc)
         victim = json.loads((run2 / "actors.json").read_text())[0]
@@ -251,7 +256,7 @@ def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
         sub = subprocess.run(
             [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
              "--", "python", "jobs/infer_cohort.py", *args, "--actors", "1"],
-            capture_output=True, text=True, timeout=900, cwd=ROOT,
+            capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, **NO_AUTH},
         )
         assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-2000:])
         assert "succeeded" in sub.stdout.lower()

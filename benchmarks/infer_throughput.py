@@ -1,0 +1,330 @@
+"""Cohort-job throughput: the Ray job vs naive baselines, 1 vs 2 local nodes, peak RSS vs slide size.
+
+Slide: a phantom 40x slide of ``--size-um`` (default 3000 x 2500 um = 12000 x 10000 px). Model: a
+LocNet tumor model at the default width (seeded, untrained: speed does not depend on the weights)
+with a Reinhard stain reference; the mitosis stage is left out (MODELS has only ``tumor/``), so
+"tiles" are tumor windows of ``--chunk`` cells (16 cells = 335 x 335 px at 10x).
+
+- ``job``: ``run_job`` on a local Ray (``--cpus`` CPUs, one actor with all its threads), end to
+  end (prepare, windows, store, commit), tiles/s = tumor windows / wall time.
+- ``naive_tile``: the same windows, one OpenSlide ``read_region`` + resize + stain transform +
+  one model call per window, sequential, stitched into a numpy array; output compared with the
+  job's heatmap.
+- ``naive_patch``: the classical sliding window: one ``read_region`` and one model call per
+  heatmap cell (140 x 140 px patch), on the first ``--patch-windows`` windows only (cells/s
+  extrapolated), compared cell by cell.
+- ``nodes``: the job on a Ray cluster of 1 node (1 CPU) vs 2 nodes (1 CPU each, started with
+  ``ray start``), 1 actor per node.
+- ``memory``: peak RSS (sum over the driver and the Ray processes of the run, sampled every
+  0.2 s) for the slide and for one 4x larger (2x each side).
+
+Writes ``benchmarks/results/infer_throughput.json``. The machine is shared: the load average is
+recorded with every figure.
+
+Usage: ``.venv/bin/python benchmarks/infer_throughput.py [--size-um 3000 2500] [--skip-memory]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _models(out: Path) -> Path:
+    import torch
+    from PIL import Image
+
+    from tupac.models import create_model, save_model
+    from tupac.preprocess import stain
+
+    template = np.asarray(Image.open(ROOT / "tests/fixtures/real/he-tumor-target.png").convert("RGB"))[:400, :400]
+    torch.manual_seed(0)
+    model = create_model("locnet", task="tumor")
+    d = out / "tumor"
+    d.mkdir(parents=True, exist_ok=True)
+    stain.fit(template, method="reinhard").save(d / "stain_reference.json")
+    model.update_card(stain_reference="stain_reference.json", stain_method="reinhard", extra={"threshold": 0.5})
+    save_model(model, model.card, d)
+    return out
+
+
+def _slide(root: Path, size_um) -> Path:
+    from tupac.synth import generate_cohort
+
+    if not (root / "training_image_data").is_dir():
+        generate_cohort(root, n_slides=1, seed=5, size_um=tuple(size_um), mitosis_images=0, workers=1)
+    return sorted((root / "training_image_data").glob("*.svs"))[0]
+
+
+class RssSampler:
+    """Peak of the summed RSS of this process and every process whose command line names ``tag``."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag, self.peak, self._stop = tag, 0, threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if int(d.name) != os.getpid() and self.tag not in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    continue
+                for line in (d / "status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except (OSError, ValueError):
+                continue
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _cfg(models: Path, out: Path, chunk: int, **kw):
+    from tupac.infer.job import JobConfig
+
+    return JobConfig(models=models, out=out, tumor_chunk=chunk, batch_size=8, **kw)
+
+
+def _quiet(total):
+    from rich.console import Console
+
+    from tupac.infer.progress import CohortProgress
+
+    return CohortProgress(total, console=Console(file=open(os.devnull, "w")), live=False)
+
+
+def run_job_local(slide: Path, models: Path, out: Path, chunk: int, cpus: int) -> dict:
+    import ray
+
+    from tupac.infer import ManifestEntry
+    from tupac.infer.job import run_job
+
+    temp = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp"))
+    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=200 * 1024**2, _temp_dir=str(temp),
+             log_to_driver=False)
+    try:
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        with RssSampler(str(temp)) as rss:
+            s = run_job([ManifestEntry(slide.stem, slide)], _cfg(models, out, chunk, actors=1, cpus_per_actor=cpus),
+                        progress=_quiet)
+        wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert s["ok"], s
+    tiles = s["throughput"]["tiles"]
+    return {"tiles": tiles, "wall_s": wall, "tiles_per_s": tiles / wall, "peak_rss_mb": rss.peak / 2**20,
+            "load_avg": os.getloadavg()}
+
+
+def naive_tile(slide: Path, models: Path, chunk: int) -> tuple[dict, np.ndarray]:
+    """OpenSlide read_region per window, one model call per window, stitched in numpy."""
+    import openslide
+    import torch
+
+    from tupac.infer.heatmap import heatmap_geometry, window_tissue
+    from tupac.infer.models import load_trained
+    from tupac.preprocess import stain
+    from tupac.preprocess.tissue import slide_tissue_mask
+    from tupac.slide import open_slide
+    from tupac.slide.base import composite_on_white
+    from tupac.slide.resample import plan_level, resize_window, source_window
+
+    torch.set_num_threads(2)
+    trained = load_trained(models / "tumor")
+    t0 = time.perf_counter()
+    with open_slide(slide, backend="openslide") as reader:  # tissue + stain statistics, as the job
+        tissue = slide_tissue_mask(reader, 8.0)
+        stats = stain.fit_slide(reader, tissue, method=trained.reference.method)
+        geom = heatmap_geometry(reader.dimensions, reader.mpp, trained.card, chunk)
+        levels, slide_mpp = reader.level_downsamples, reader.mpp
+    keep = window_tissue(geom, tissue.mask, tissue.mpp)
+    osr = openslide.OpenSlide(str(slide))
+    plan = plan_level(slide_mpp, levels, geom.mpp, False, source=str(slide))
+    out = np.zeros(geom.shape, np.float32)
+    n = geom.window_px
+    for r, c in np.argwhere(keep):
+        x0, y0 = geom.window_origin_l0((int(r), int(c)))
+        ds = levels[plan.level]
+        if plan.resample:
+            sx, lw, fx = source_window(x0 / ds, n, plan.scale)
+            sy, lh, fy = source_window(y0 / ds, n, plan.scale)
+        else:
+            sx, lw, fx, sy, lh, fy = int(np.floor(x0 / ds)), n, 0.0, int(np.floor(y0 / ds)), n, 0.0
+        region = composite_on_white(np.asarray(osr.read_region((int(sx * ds), int(sy * ds)), plan.level, (lw, lh))))
+        window = resize_window(region, (fx, fy), (n, n), plan.scale) if plan.resample else region
+        window = stain.transform(window, stats, trained.reference)
+        x = torch.from_numpy(window[None]).permute(0, 3, 1, 2).float().div(255.0)
+        with torch.inference_mode():
+            p = trained.model.heatmap(x)[0, 1].numpy()
+        rows, cols = geom.cells((int(r), int(c)))
+        out[rows, cols] = p[: rows.stop - rows.start, : cols.stop - cols.start]
+    wall = time.perf_counter() - t0
+    k = int(keep.sum())
+    return {"tiles": k, "wall_s": wall, "tiles_per_s": k / wall, "load_avg": os.getloadavg()}, out
+
+
+def naive_patch(slide: Path, models: Path, chunk: int, n_windows: int, job_tumor: np.ndarray) -> dict:
+    """One read_region and one model call per heatmap cell (the sliding-window classifier)."""
+    import openslide
+    import torch
+
+    from tupac.infer.heatmap import heatmap_geometry
+    from tupac.infer.models import load_trained
+    from tupac.preprocess import stain
+    from tupac.preprocess.tissue import slide_tissue_mask
+    from tupac.slide import open_slide
+    from tupac.slide.base import composite_on_white
+
+    torch.set_num_threads(2)
+    trained = load_trained(models / "tumor")
+    with open_slide(slide, backend="openslide") as reader:
+        tissue = slide_tissue_mask(reader, 8.0)
+        stats = stain.fit_slide(reader, tissue, method=trained.reference.method)
+        geom = heatmap_geometry(reader.dimensions, reader.mpp, trained.card, chunk)
+        level = int(np.argmin([abs(reader.mpp * d - geom.mpp) for d in reader.level_downsamples]))
+        ds = reader.level_downsamples[level]
+        assert abs(reader.mpp * ds - geom.mpp) < 1e-3, "needs a pyramid level at the model's mpp"
+    osr = openslide.OpenSlide(str(slide))
+    nz = np.argwhere(job_tumor != 0)
+    cells = nz[: n_windows * chunk * chunk]
+    p, s = geom.patch_px, geom.stride_px
+    diffs = []
+    t0 = time.perf_counter()
+    for i, j in cells:
+        x0, y0 = int(j * s * ds), int(i * s * ds)
+        patch = composite_on_white(np.asarray(osr.read_region((x0, y0), level, (p, p))))
+        patch = stain.transform(patch, stats, trained.reference)
+        x = torch.from_numpy(patch[None]).permute(0, 3, 1, 2).float().div(255.0)
+        with torch.inference_mode():
+            prob = trained.model(x)[0, 1].item()
+        diffs.append(abs(prob - float(job_tumor[i, j])))
+    wall = time.perf_counter() - t0
+    return {"cells": int(len(cells)), "wall_s": wall, "cells_per_s": len(cells) / wall,
+            "max_abs_diff_vs_job": float(max(diffs)), "load_avg": os.getloadavg()}
+
+
+def _stop(temp: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) != os.getpid():
+                try:
+                    if str(temp) in (d / "cmdline").read_bytes().decode(errors="replace"):
+                        os.kill(int(d.name), sig)
+                except OSError:
+                    pass
+        time.sleep(2)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def run_nodes(slide: Path, models: Path, out: Path, chunk: int, nodes: int) -> dict:
+    """The job via `tupac infer --address` on a cluster of ``nodes`` nodes of 1 CPU each."""
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="tn", dir="/tmp"))
+    common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000", "--disable-usage-stats"]
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *common],
+                       check=True, capture_output=True)
+        for _ in range(nodes - 1):
+            subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True)
+        shutil.rmtree(out, ignore_errors=True)
+        manifest = out.parent / "nodes.csv"
+        manifest.write_text(f"slide_id,path\n{slide.stem},{slide}\n")
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "tupac", "infer", "--manifest", str(manifest), "--models", str(models),
+                               "--out", str(out), "--address", f"127.0.0.1:{port}", "--actors", str(nodes),
+                               "--tumor-chunk", str(chunk), "--num-gpus-per-actor", "0"], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        tiles = json.loads((out / "summary.json").read_text())["throughput"]["tiles"]
+        return {"nodes": nodes, "tiles": tiles, "wall_s": wall, "tiles_per_s": tiles / wall, "load_avg": os.getloadavg()}
+    finally:
+        _stop(temp)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-um", type=float, nargs=2, default=(3000.0, 2500.0))
+    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--patch-windows", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tupac-infer-bench")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-nodes", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/infer_throughput.json")
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    models = _models(a.work / "models")
+    slide = _slide(a.work / f"slide-{int(a.size_um[0])}x{int(a.size_um[1])}", a.size_um)
+    import openslide
+
+    dims = openslide.OpenSlide(str(slide)).dimensions
+    res: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
+                 "slide": {"path": str(slide), "dimensions_px": dims, "size_um": list(a.size_um)}, "chunk_cells": a.chunk}
+    print("slide", dims, flush=True)
+    res["job"] = run_job_local(slide, models, a.work / "run-job", a.chunk, a.cpus)
+    print("job", res["job"], flush=True)
+    from tupac.infer import HeatmapStore
+
+    job_tumor = HeatmapStore.open(a.work / "run-job" / "slides" / f"{slide.stem}.zarr", mode="r").read("tumor")
+    res["naive_tile"], naive = naive_tile(slide, models, a.chunk)
+    res["naive_tile"]["max_abs_diff_vs_job"] = float(np.abs(naive - job_tumor).max())
+    res["naive_tile"]["identical_to_job"] = bool(np.array_equal(naive, job_tumor))
+    res["speedup_vs_naive_tile"] = res["job"]["tiles_per_s"] / res["naive_tile"]["tiles_per_s"]
+    print("naive_tile", res["naive_tile"], flush=True)
+    res["naive_patch"] = naive_patch(slide, models, a.chunk, a.patch_windows, job_tumor)
+    cells_per_tile = a.chunk * a.chunk
+    res["speedup_vs_naive_patch"] = res["job"]["tiles_per_s"] * cells_per_tile / res["naive_patch"]["cells_per_s"]
+    print("naive_patch", res["naive_patch"], flush=True)
+    if not a.skip_nodes:
+        one = run_nodes(slide, models, a.work / "run-n1", a.chunk, 1)
+        two = run_nodes(slide, models, a.work / "run-n2", a.chunk, 2)
+        res["nodes"] = {"one": one, "two": two, "ratio": two["tiles_per_s"] / one["tiles_per_s"]}
+        print("nodes", res["nodes"], flush=True)
+    if not a.skip_memory:
+        big = _slide(a.work / f"slide-{int(2 * a.size_um[0])}x{int(2 * a.size_um[1])}", (2 * a.size_um[0], 2 * a.size_um[1]))
+        res["memory"] = {"small": res["job"]["peak_rss_mb"]}
+        res["memory"]["large"] = run_job_local(big, models, a.work / "run-big", a.chunk, a.cpus)["peak_rss_mb"]
+        res["memory"]["growth"] = res["memory"]["large"] / res["memory"]["small"] - 1
+        print("memory", res["memory"], flush=True)
+    res["machine"]["load_avg_end"] = os.getloadavg()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2, default=float))
+    print(json.dumps(res, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
