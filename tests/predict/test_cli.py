@@ -226,8 +226,8 @@ def test_mlflow_ui_serves_the_local_store(fitted_run):
         assert body is not None, proc.stdout.read1().decode() if proc.poll() is not None else "no answer"
         assert body["model_version"]["version"] == "1"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)  # the command forwards it to the server's own group
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -167,11 +167,20 @@ def mlflow_ui_cmd(
     import os
     import signal
 
-    # its own process group, so that Ctrl-C also stops the server's worker processes
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # The server runs in its own process group (it starts uvicorn workers); Ctrl-C or a SIGTERM
+    # to this command stops that whole group, so no worker outlives the command.
+    signal.signal(signal.SIGTERM, _interrupt)
     proc = subprocess.Popen(mlflow_ui_command(run, port), start_new_session=True)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGTERM)
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
     raise typer.Exit(code)
