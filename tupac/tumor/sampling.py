@@ -106,9 +106,12 @@ def sample_patch_centers(
     annotated = roi_mask(rois_l0, tissue.shape, mask_mpp, slide_mpp) & tissue
     extra = np.zeros_like(tissue) if extra_positive is None else (np.asarray(extra_positive, bool) & tissue & ~annotated)
     positive_any = annotated | extra
-    margin_px = int(np.ceil(negative_margin_um / mask_mpp))
-    near_positive = ndi.binary_dilation(positive_any, iterations=margin_px) if margin_px and positive_any.any() else positive_any
-    negative_pool = tissue & ~near_positive
+    if positive_any.any():
+        # Euclidean distance (in um) from each pixel to the nearest positive pixel.
+        far = ndi.distance_transform_edt(~positive_any) * mask_mpp >= max(negative_margin_um, mask_mpp)
+    else:
+        far = np.ones_like(tissue)
+    negative_pool = tissue & far
 
     n_extra = n_positive // 2 if (extra.any() and annotated.any()) else (n_positive if extra.any() else 0)
     pos_rc = np.concatenate([_sample_pixels(annotated, n_positive - n_extra, rng), _sample_pixels(extra, n_extra, rng)])

@@ -222,6 +222,23 @@ def _validation_scores(model, val_ds) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(probs) if probs else np.zeros(0)), np.asarray(val_ds.labels)
 
 
+class StageTracker:
+    """Forwards to a tracker with metric names prefixed by the stage (``stage1.train_loss``), so the
+    two stages' per-epoch curves stay apart in one MLflow run."""
+
+    def __init__(self, tracker, stage: int) -> None:
+        self.tracker, self.prefix = tracker, f"stage{stage}."
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.tracker.log_params({self.prefix + k: v for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(path, artifact_path)
+
+
 def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir: Path, tracker, stain_ref_path: Path):
     from tupac.models import create_model
     from tupac.train import TrainConfig, binary_metrics, train
@@ -231,7 +248,8 @@ def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir
         tcfg = tcfg.replace(monitor="loss")
     model = create_model(config.arch, task="tumor", **config.model_kwargs)
     t0 = time.perf_counter()
-    result = train(model, train_ds, val_ds, tcfg, out_dir / f"stage{stage}", tracker=tracker)
+    stage_tracker = StageTracker(tracker, stage) if tracker is not None else None
+    result = train(model, train_ds, val_ds, tcfg, out_dir / f"stage{stage}", tracker=stage_tracker)
     seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
         "stage": stage,
