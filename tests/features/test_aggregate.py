@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from feature_stores import write_heatmaps
 from features_drawing import disk, he_patch
 
 from tupac.errors import FeatureError, FeatureFileError
@@ -23,25 +24,20 @@ TUMOR_MPP, TISSUE_MPP, MIT_MPP = 16.0, 64.0, 4.0
 RADIUS_PX = 60  # tumor disk radius at 16 µm/px: 0.96 mm
 
 
-def _ngff(name, scale):
-    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")]
-    return {"name": name, "axes": axes,
-            "datasets": [{"path": name, "coordinateTransformations": [{"type": "scale", "scale": [scale, scale]}]}]}
-
-
-def write_store(path, *, tumor_on=True, chunks=64, seed=0):
-    """A 3.2 x 4.8 mm slide: tumor disk, tissue rectangle, random mitosis heatmap; OME-NGFF scales."""
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+def write_store(path, *, tumor_on=True, chunks=64, seed=0, offsets=None):
+    """A 3.2 x 4.8 mm slide: tumor disk, tissue rectangle, random mitosis heatmap, as a HeatmapStore."""
     tumor = np.zeros((200, 300), np.float32)
     if tumor_on:
         tumor[disk(tumor.shape, (100, 150), RADIUS_PX)] = 0.9
     tissue = np.zeros((50, 75), bool)
     tissue[5:45, 5:70] = True
     mit = np.random.default_rng(seed).random((800, 1200)).astype(np.float32)
-    g.create_array("tumor", data=tumor, chunks=(chunks, chunks))
-    g.create_array("tissue", data=tissue, chunks=(32, 32))
-    g.create_array("mitosis", data=mit, chunks=(4 * chunks, 4 * chunks))
-    g.attrs["ome"] = {"version": "0.5", "multiscales": [_ngff("tumor", TUMOR_MPP), _ngff("tissue", TISSUE_MPP), _ngff("mitosis", MIT_MPP)]}
+    off = offsets or {}
+    write_heatmaps(path, "s", {
+        "tumor": (tumor, TUMOR_MPP, off.get("tumor"), chunks),
+        "tissue": (tissue, TISSUE_MPP, off.get("tissue"), 32),
+        "mitosis": (mit, MIT_MPP, off.get("mitosis"), 4 * chunks),
+    })
     return path
 
 
@@ -68,7 +64,7 @@ def test_features_from_a_store_agree_with_the_drawing(tmp_path):
     # Heatmap statistics computed chunk by chunk equal the in-memory computation.
     tumor_np = np.zeros((200, 300), bool)
     tumor_np[disk((200, 300), (100, 150), RADIUS_PX)] = True
-    mit = np.asarray(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["mitosis"][:])
+    mit = np.asarray(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["mitosis/0"][:])
     mask = resample_nearest(tumor_np, TUMOR_MPP, MIT_MPP, mit.shape)
     expected = heatmap_features(heatmap_moments(mit, mask))
     for k, v in expected.items():
@@ -183,32 +179,42 @@ def test_biological_and_deep_groups_and_new_slide_independence(tmp_path, rng):
 def test_store_errors_name_the_file(tmp_path):
     with pytest.raises(FeatureFileError, match="nope.zarr"):
         open_heatmaps(tmp_path / "nope.zarr")
-    g = zarr.open_group(str(tmp_path / "no_tumor.zarr"), mode="w", zarr_format=3)
-    g.create_array("tissue", data=np.ones((4, 4), bool))
-    with pytest.raises(FeatureFileError, match="no 'tumor' array"):
+    g = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=3)
+    g.create_array("tumor", data=np.ones((4, 4), np.float32))  # the old guessed layout: not a heatmap store
+    with pytest.raises(FeatureFileError, match="plain.zarr.*not a readable heatmap store"):
+        open_heatmaps(tmp_path / "plain.zarr")
+    write_heatmaps(tmp_path / "no_tumor.zarr", "s", {"tissue": (np.ones((4, 4), bool), 8.0, None, 4)})
+    with pytest.raises(FeatureFileError, match="no_tumor.zarr.*no 'tumor' heatmap"):
         open_heatmaps(tmp_path / "no_tumor.zarr")
-    g = zarr.open_group(str(tmp_path / "no_mpp.zarr"), mode="w", zarr_format=3)
-    g.create_array("tumor", data=np.ones((4, 4), np.float32))
-    with pytest.raises(FeatureFileError, match="no µm/px"):
-        open_heatmaps(tmp_path / "no_mpp.zarr")
-    assert open_heatmaps(tmp_path / "no_mpp.zarr", mpp={"tumor": 8.0}).tumor_mpp == 8.0
-    g["tumor"].attrs["mpp"] = 4.0
-    assert open_heatmaps(tmp_path / "no_mpp.zarr").tumor_mpp == 4.0
 
 
-def test_ngff_scale_on_the_array_itself_and_in_millimeters(tmp_path):
-    g = zarr.open_group(str(tmp_path / "own.zarr"), mode="w", zarr_format=3)
-    t = g.create_array("tumor", data=np.ones((4, 4), np.float32))
-    entry = _ngff("tumor", 0.016)
-    for ax in entry["axes"]:
-        ax["unit"] = "millimeter"
-    entry["datasets"][0]["path"] = "0"
-    t.attrs["multiscales"] = [entry]
-    assert open_heatmaps(tmp_path / "own.zarr").tumor_mpp == pytest.approx(16.0)
-    entry["datasets"][0]["coordinateTransformations"][0]["scale"] = [16.0, 8.0]
-    t.attrs["multiscales"] = [entry]
-    with pytest.raises(FeatureFileError, match="anisotropic"):
-        open_heatmaps(tmp_path / "own.zarr")
+def test_reads_the_ngff_image_groups_with_their_mpp_and_offset(tmp_path):
+    path = write_store(tmp_path / "s.zarr", offsets={"tumor": (3.0, 5.0), "mitosis": (0.0, 0.0)})
+    hm = open_heatmaps(path)
+    assert hm.tumor_offset_um == (3.0, 5.0) and hm.tissue_offset_um == (TISSUE_MPP / 2,) * 2
+    np.testing.assert_array_equal(hm.origin_um("tumor"), [3.0 - TUMOR_MPP / 2, 5.0 - TUMOR_MPP / 2])
+    g = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(hm.tumor.compute(), g["tumor/0"][:])
+    assert hm.tumor.chunks == ((64, 64, 64, 8), (64, 64, 64, 64, 44))
+
+
+def test_offset_moves_the_tumor_and_the_patches_with_it(tmp_path):
+    """The same tumor heatmap stored 40 µm further right and down (a model's cell offset) is a tumor
+    40 µm further right and down: detections shifted with it keep every count, fringe patches move along."""
+    base = open_heatmaps(write_store(tmp_path / "a.zarr"))
+    d = 40.0
+    shifted = open_heatmaps(write_store(tmp_path / "b.zarr", offsets={
+        "tumor": (TUMOR_MPP / 2 + d, TUMOR_MPP / 2 + d), "tissue": (TISSUE_MPP / 2 + d, TISSUE_MPP / 2 + d),
+        "mitosis": (MIT_MPP / 2 + d, MIT_MPP / 2 + d)}))
+    det = detections(80)
+    moved = det.assign(x=det.x + d / SLIDE_MPP, y=det.y + d / SLIDE_MPP)
+    a = slide_features(base, det, SLIDE_MPP, n_patches=5)
+    b = slide_features(shifted, moved, SLIDE_MPP, n_patches=5)
+    for k in ("tumor_area_mm2", "arch_n_in_tumor", "arch_hotspot_1hpf_count", "arch_grid_n_tiles", "arch_heat_mean"):
+        assert b.features[k] == pytest.approx(a.features[k]), k
+    np.testing.assert_array_equal(b.fringe_origins_l0, a.fringe_origins_l0 + int(d / SLIDE_MPP))
+    # Without honouring the offset, detections near the edge of the disk would fall out of the tumor.
+    assert slide_features(base, moved, SLIDE_MPP, n_patches=5).features["arch_n_in_tumor"] != a.features["arch_n_in_tumor"]
 
 
 @pytest.mark.slow

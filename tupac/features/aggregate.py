@@ -1,7 +1,10 @@
 """Per-slide and cohort feature tables, with Dask doing the heatmap reductions.
 
-A slide's heatmaps are read lazily, one Dask task per stored Zarr chunk (``dask.array.from_array`` over a
-picklable chunk reader, see :class:`ZarrReader` for why not ``from_zarr``). Two small graphs per slide:
+A slide's heatmaps come from its store (:class:`tupac.infer.store.HeatmapStore`: each heatmap an
+OME-NGFF image group, read at dataset ``0``, with its µm/px and the offset of its pixel (0, 0)) and are
+read lazily, one Dask task per stored Zarr chunk (``dask.array.from_array`` over a picklable chunk
+reader, see :class:`ZarrReader` for why not ``from_zarr``). Rasters of different resolutions and
+offsets, and the level-0 detections, are aligned in the tumor raster's frame. Two small graphs per slide:
 
 1. the tumor heatmap (block-averaged by an integer factor when it exceeds ``max_pixels``, so memory
    stays bounded whatever the slide size) and the tissue mask are brought to numpy, and the tumor
@@ -21,7 +24,7 @@ dictionary) and holds no NaN or Inf; the caller writes it to parquet.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +38,20 @@ from tupac.features.dictionary import check_finite
 from tupac.features.fringe import fringe_patches, fringe_summary
 from tupac.features.mitosis_arch import HEAT_BINS, arch_features, heatmap_moments
 from tupac.features.mitosis_bio import detections_in_patch, patch_bio_features, slide_bio_features
-from tupac.features.tumor import resample_nearest, tumor_features
+from tupac.features.tumor import tumor_features
+from tupac.geometry import MPP_40X
 
 __all__ = ["SlideHeatmaps", "SlideInput", "SlideFeatures", "open_heatmaps", "slide_features", "cohort_features"]
 
-_UNIT_TO_UM = {"micrometer": 1.0, "micron": 1.0, "nanometer": 1e-3, "millimeter": 1e3}
-
-
 @dataclass(frozen=True)
 class SlideHeatmaps:
-    """Lazy heatmaps of one slide (``dask.array`` 2-D, axes y, x) and their resolutions in µm/px."""
+    """Lazy heatmaps of one slide (``dask.array`` 2-D, axes y, x), their resolutions in µm/px and the
+    position of their pixel (0, 0).
+
+    ``*_offset_um`` is ``(y, x)`` in µm from the slide's level-0 origin to the *centre* of heatmap
+    pixel (0, 0), as the store records it (``ArraySpec.offset_um``); None means ``mpp / 2``: pixel
+    (0, 0) covers ``[0, mpp)`` from the origin, the convention of the pure feature modules.
+    """
 
     tumor: Any
     tumor_mpp: float
@@ -52,6 +59,9 @@ class SlideHeatmaps:
     tissue_mpp: float | None = None
     mitosis: Any = None
     mitosis_mpp: float | None = None
+    tumor_offset_um: tuple[float, float] | None = None
+    tissue_offset_um: tuple[float, float] | None = None
+    mitosis_offset_um: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("tumor", "tissue", "mitosis"):
@@ -62,52 +72,27 @@ class SlideHeatmaps:
                 raise FeatureError(f"{name} heatmap must be 2-D (y, x), got shape {arr.shape}")
             if mpp is None or not (math.isfinite(mpp) and mpp > 0):
                 raise FeatureError(f"{name} heatmap needs a positive µm/px, got {mpp!r}")
+            off = getattr(self, f"{name}_offset_um")
+            if off is not None and (len(off) != 2 or not all(math.isfinite(float(v)) for v in off)):
+                raise FeatureError(f"{name} heatmap offset must be two finite µm values (y, x), got {off!r}")
 
-
-def _dataset_scale(entry: dict, ds: dict) -> float | None:
-    """µm/px of one OME-NGFF dataset (its ``scale`` transformation on y, x, in the axes' unit)."""
-    unit = next((a.get("unit") for a in entry.get("axes", []) if a.get("type") == "space" and a.get("unit")), "micrometer")
-    for t in ds.get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            sy, sx = (float(v) for v in t["scale"][-2:])
-            if not math.isclose(sy, sx, rel_tol=1e-6):
-                raise ValueError(f"anisotropic scale {sy} x {sx} is not supported")
-            return sx * _UNIT_TO_UM.get(str(unit).lower(), 1.0)
-    return None
-
-
-def _multiscales(attrs: dict) -> list:
-    return attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales") or []
-
-
-def _array_mpp(group, name: str) -> float | None:
-    """µm/px of array ``name``: its ``mpp`` attribute, its own OME-NGFF ``multiscales`` (full
-    resolution = first dataset), or the group's ``multiscales`` entry whose dataset path or name is ``name``."""
-    own = dict(group[name].attrs)
-    for key in ("mpp", "um_per_px"):
-        if key in own:
-            return float(own[key])
-    for entry in _multiscales(own):
-        if entry.get("datasets"):
-            return _dataset_scale(entry, entry["datasets"][0])
-    for entry in _multiscales(dict(group.attrs)):
-        datasets = entry.get("datasets", [])
-        match = [d for d in datasets if d.get("path") == name]
-        if not match and entry.get("name") == name and datasets:
-            match = datasets[:1]
-        if match:
-            return _dataset_scale(entry, match[0])
-    return None
+    def origin_um(self, name: str) -> np.ndarray:
+        """``(y, x)`` µm from the slide origin to the top-left corner of heatmap ``name``'s pixel (0, 0)."""
+        mpp, off = getattr(self, f"{name}_mpp"), getattr(self, f"{name}_offset_um")
+        if off is None:
+            return np.zeros(2)
+        return np.asarray(off, dtype=np.float64) - mpp / 2.0
 
 
 class ZarrReader:
     """A picklable, lazily opened view of one Zarr array, for ``dask.array.from_array``.
 
-    Why not hand the ``zarr.Array`` itself to Dask (``da.from_zarr``)? Dask-on-Ray rebuilds every
-    dataclass it finds in a task by calling its constructor with all of its fields, and zarr 3's
-    metadata dataclass has a field its constructor does not take, so such graphs fail on Ray. This
-    reader is a plain object holding the store path and array name; each worker opens the array on
-    first use, and the graph carries a few strings instead of the array's metadata.
+    Why not hand the ``zarr.Array`` itself to Dask (``da.from_zarr``, as ``HeatmapStore.as_dask``
+    does)? Dask-on-Ray rebuilds every dataclass it finds in a task by calling its constructor with all
+    of its fields, and zarr 3's metadata dataclass has a field its constructor does not take, so such
+    graphs fail on Ray. This reader is a plain object holding the store path and the array's path in
+    it (``tumor/0``: dataset 0 of the ``tumor`` image group); each worker opens the array on first
+    use, and the graph carries a few strings instead of the array's metadata.
     """
 
     def __init__(self, store: str, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]):
@@ -130,12 +115,13 @@ class ZarrReader:
         return np.asarray(self._array[key])
 
 
-def _lazy(path: Path, group, name: str):
+def _lazy(path: Path, z, name: str):
+    """Dask array over the zarr array ``z`` found at ``name`` inside the store ``path``: one task per chunk."""
     import dask.array as da
 
-    z = group[name]
     reader = ZarrReader(str(path), name, z.shape, z.dtype, z.chunks)
-    return da.from_array(reader, chunks=z.chunks, name=f"zarr-{name}-{dask_token(path, name, z.shape, z.chunks)}",
+    token = dask_token(path, name, z.shape, z.chunks)
+    return da.from_array(reader, chunks=z.chunks, name=f"zarr-{name.replace('/', '-')}-{token}",
                          asarray=False, fancy=False, meta=np.empty((0,) * z.ndim, dtype=z.dtype))
 
 
@@ -145,47 +131,48 @@ def dask_token(*parts) -> str:
     return tokenize(*(str(p) for p in parts))
 
 
-def open_heatmaps(store_path: str | Path, *, mpp: Mapping[str, float] | None = None) -> SlideHeatmaps:
-    """Open a slide's Zarr v3 heatmap group lazily.
+def open_heatmaps(store_path: str | Path) -> SlideHeatmaps:
+    """Open a slide's heatmap store (:class:`tupac.infer.store.HeatmapStore`) lazily.
 
     Parameters
     ----------
     store_path : path
-        ``RUN/slides/<slide_id>.zarr``, a group holding 2-D arrays ``tumor`` (required), ``tissue`` and
-        ``mitosis`` (optional).
-    mpp : mapping of array name -> µm/px, optional
-        Overrides; otherwise read from the array's ``mpp`` attribute or OME-NGFF ``multiscales`` scale
-        (the array's own, or the group's entry naming the array).
+        ``RUN/slides/<slide_id>.zarr``: a Zarr v3 group whose heatmaps are OME-NGFF image groups
+        ``tumor`` (required), ``tissue`` and ``mitosis`` (optional), each read at full resolution
+        (dataset ``0``), with µm/px from ``store.mpp(name)`` and the centre of pixel (0, 0) from
+        ``store.spec(name).offset_um``. The commit record is not checked here (the caller decides).
 
     Returns
     -------
     SlideHeatmaps
-        Dask arrays chunked as stored, one read task per stored chunk (see :class:`ZarrReader`).
+        Dask arrays chunked as stored (one chunk per tile), one read task per chunk (see :class:`ZarrReader`).
+
+    Raises
+    ------
+    FeatureFileError
+        Not a tupac heatmap store, or no ``tumor`` heatmap; the message names the store.
     """
-    import zarr
+    from tupac.errors import HeatmapStoreError
+    from tupac.infer.store import HeatmapStore
 
     path = Path(store_path)
     try:
-        group = zarr.open_group(str(path), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, OSError) as e:
-        raise FeatureFileError(path, f"not a readable Zarr group: {e}") from e
-    names = set(group.array_keys())
-    if "tumor" not in names:
-        raise FeatureFileError(path, f"has no 'tumor' array (arrays: {sorted(names)})")
+        store = HeatmapStore.open(path, mode="r")
+    except HeatmapStoreError as e:
+        raise FeatureFileError(path, f"not a readable heatmap store: {e.problem}") from None
+    if "tumor" not in store.names:
+        raise FeatureFileError(path, f"has no 'tumor' heatmap (heatmaps: {', '.join(store.names) or 'none'})")
     out: dict[str, Any] = {}
     for name in ("tumor", "tissue", "mitosis"):
-        if name not in names:
+        if name not in store.names:
             continue
         try:
-            res = (mpp or {}).get(name) or _array_mpp(group, name)
-        except (ValueError, TypeError, KeyError) as e:
-            raise FeatureFileError(path / name, f"bad multiscales metadata: {e}") from e
-        if res is None:
-            raise FeatureFileError(path / name, "no µm/px: expected an 'mpp' attribute or OME-NGFF multiscales scale")
-        arr = _lazy(path, group, name)
-        if arr.ndim == 3 and arr.shape[0] == 1:  # a (c=1, y, x) layout
-            arr = arr[0]
-        out[name], out[f"{name}_mpp"] = arr, float(res)
+            z = store.array(name, 0)
+        except (HeatmapStoreError, KeyError) as e:
+            raise FeatureFileError(path / name, f"heatmap dataset 0 is unreadable: {e}") from None
+        out[name] = _lazy(path, z, f"{name}/0")
+        out[f"{name}_mpp"] = store.mpp(name, 0)
+        out[f"{name}_offset_um"] = tuple(store.spec(name).offset_um)
     return SlideHeatmaps(**out)
 
 
@@ -193,7 +180,11 @@ def open_heatmaps(store_path: str | Path, *, mpp: Mapping[str, float] | None = N
 
 
 def _bounded(arr, mpp: float, max_pixels: int, reduce: str):
-    """Block-average (or majority-vote a mask) ``arr`` by the smallest integer factor that brings it under ``max_pixels``."""
+    """Block-average (or majority-vote a mask) ``arr`` by the smallest integer factor that brings it under ``max_pixels``.
+
+    The block-averaged raster keeps its top-left corner where the source's was (cell 0 covers source
+    pixels ``0..f-1``), so :meth:`SlideHeatmaps.origin_um` holds for it too.
+    """
     import dask.array as da
 
     n = arr.shape[0] * arr.shape[1]
@@ -209,11 +200,40 @@ def _bounded(arr, mpp: float, max_pixels: int, reduce: str):
     return da.coarsen(np.mean, arr.astype(np.float32), {0: f, 1: f}) >= 0.5, mpp * f
 
 
-def _moment_block(block, tumor, tumor_mpp, heat_mpp, block_info=None):
+def _index_on(n: int, start: int, mpp: float, origin_um: float, to_mpp: float, to_origin_um: float, size: int) -> np.ndarray:
+    """Indices into a raster (``to_mpp``, top-left at ``to_origin_um``, ``size`` pixels) of the centres of
+    pixels ``start .. start + n - 1`` of another (``mpp``, top-left at ``origin_um``); clipped to the edge."""
+    centre_um = origin_um + (np.arange(start, start + n) + 0.5) * mpp
+    return np.clip(np.floor((centre_um - to_origin_um) / to_mpp).astype(np.int64), 0, size - 1)
+
+
+def resample_onto(src: np.ndarray, src_mpp: float, src_origin_um, shape: tuple[int, int], mpp: float, origin_um) -> np.ndarray:
+    """Nearest-neighbour resampling of ``src`` onto the grid ``(shape, mpp, origin_um)``, both placed on the slide.
+
+    Parameters
+    ----------
+    src : ndarray, shape (h, w)
+    src_mpp, mpp : float
+        µm/px of the source and of the target grid.
+    src_origin_um, origin_um : (y, x) µm
+        Top-left corner of pixel (0, 0) of each raster, from the slide origin.
+    shape : (rows, cols)
+
+    Returns
+    -------
+    ndarray, shape ``shape``, dtype of ``src``
+        Target pixels whose centre falls outside the source take the nearest edge value.
+    """
+    rows = _index_on(shape[0], 0, mpp, float(origin_um[0]), src_mpp, float(src_origin_um[0]), src.shape[0])
+    cols = _index_on(shape[1], 0, mpp, float(origin_um[1]), src_mpp, float(src_origin_um[1]), src.shape[1])
+    return src[np.ix_(rows, cols)]
+
+
+def _moment_block(block, tumor, tumor_mpp, tumor_origin, heat_mpp, heat_origin, block_info=None):
     """Heatmap moments of one chunk, inside the tumor (nearest tumor pixel by chunk pixel centre)."""
     (r0, r1), (c0, c1) = block_info[0]["array-location"]
-    rows = np.clip(((np.arange(r0, r1) + 0.5) * heat_mpp / tumor_mpp).astype(np.int64), 0, tumor.shape[0] - 1)
-    cols = np.clip(((np.arange(c0, c1) + 0.5) * heat_mpp / tumor_mpp).astype(np.int64), 0, tumor.shape[1] - 1)
+    rows = _index_on(r1 - r0, r0, heat_mpp, heat_origin[0], tumor_mpp, tumor_origin[0], tumor.shape[0])
+    cols = _index_on(c1 - c0, c0, heat_mpp, heat_origin[1], tumor_mpp, tumor_origin[1], tumor.shape[1])
     inside = tumor[np.ix_(rows, cols)]
     return heatmap_moments(block, inside)[None, None, :]
 
@@ -329,10 +349,15 @@ def slide_features(
     n_tasks = _n_tasks(*coll)
     computed = dask.compute(*coll, scheduler=scheduler)
     prob_np = np.asarray(computed[0], dtype=np.float32)
-    tissue_np = np.asarray(computed[1], dtype=bool) if tissue_d is not None else None
+    # Every raster and point below is placed in the tumor raster's frame (its pixel (0, 0) at the
+    # frame origin), which is what the pure feature modules assume; results go back to level 0 at the end.
+    t_origin = heatmaps.origin_um("tumor")
+    tissue_np = None
+    if tissue_d is not None:
+        tissue_np = resample_onto(np.asarray(computed[1], dtype=bool), tissue_mpp, heatmaps.origin_um("tissue"),
+                                  prob_np.shape, tumor_mpp, t_origin)
     tum, tumor_np, tissue_on_tumor = tumor_features(
-        prob_np, tumor_mpp, tissue_np, tissue_mpp if tissue_np is not None else None,
-        threshold=threshold, min_region_mm2=min_region_mm2, return_mask=True,
+        prob_np, tumor_mpp, tissue_np, None, threshold=threshold, min_region_mm2=min_region_mm2, return_mask=True,
     )
     features = dict(tum)
     groups = ["tumor", "fringe", "mitosis_arch"]
@@ -342,25 +367,31 @@ def slide_features(
     if heatmaps.mitosis is not None and tumor_np.any():
         tumor_key = dask.delayed(tumor_np, pure=True)
         blocks = heatmaps.mitosis.map_blocks(
-            _moment_block, tumor_key, tumor_mpp, heatmaps.mitosis_mpp,
+            _moment_block, tumor_key, tumor_mpp, tuple(t_origin), heatmaps.mitosis_mpp,
+            tuple(heatmaps.origin_um("mitosis")),
             chunks=(1, 1, 5 + HEAT_BINS), new_axis=[2], dtype=np.float64, meta=np.empty((0, 0, 0)),
         )
         total = blocks.sum(axis=(0, 1))
         n_tasks += _n_tasks(total)
         (heat,) = dask.compute(total, scheduler=scheduler)
 
+    shift_l0 = t_origin[::-1] / slide_mpp  # (x, y) level-0 px of the frame origin
     tissue_area = features["tissue_area_mm2"]
     extent = (tumor_np.shape[1] * tumor_mpp, tumor_np.shape[0] * tumor_mpp)
     if slide_dimensions_l0 is not None:
-        extent = (slide_dimensions_l0[0] * slide_mpp, slide_dimensions_l0[1] * slide_mpp)
+        extent = (slide_dimensions_l0[0] * slide_mpp - t_origin[1], slide_dimensions_l0[1] * slide_mpp - t_origin[0])
     features.update(
-        arch_features(xy, slide_mpp, tumor_np, tumor_mpp, prob=prob, tissue_area_mm2=tissue_area,
+        arch_features(xy - shift_l0, slide_mpp, tumor_np, tumor_mpp, prob=prob, tissue_area_mm2=tissue_area,
                       heat_moments=heat, slide_extent_um=extent)
     )
 
-    origins = fringe_patches(tumor_np, tumor_mpp, slide_mpp, tissue=tissue_on_tumor, n=n_patches, seed=seed,
-                             slide_dimensions_l0=slide_dimensions_l0)
-    features.update(fringe_summary(origins, tumor_np, tumor_mpp, slide_mpp))
+    in_frame = fringe_patches(tumor_np, tumor_mpp, slide_mpp, tissue=tissue_on_tumor, n=n_patches, seed=seed)
+    features.update(fringe_summary(in_frame, tumor_np, tumor_mpp, slide_mpp))
+    origins = np.round(in_frame + shift_l0)
+    if slide_dimensions_l0 is not None:
+        hi = np.asarray(slide_dimensions_l0, dtype=np.float64) - 1000 * MPP_40X / slide_mpp
+        origins = np.clip(origins, 0, np.maximum(hi, 0))
+    origins = origins.astype(np.int64).reshape(-1, 2)
 
     if read_patch is not None:
         groups.append("mitosis_bio")
