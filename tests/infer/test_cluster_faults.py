@@ -253,11 +253,15 @@ def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
         i = args.index("--address")
         del args[i : i + 2]
         args[args.index("--num-gpus-per-actor") + 1] = "0"
-        sub = subprocess.run(
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-             "--", "python", "jobs/infer_cohort.py", *args, "--actors", "1"],
-            capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, **NO_AUTH},
-        )
+        for _ in range(12):  # the head's dashboard agent takes a while to accept jobs
+            sub = subprocess.run(
+                [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+                 "--", "python", "jobs/infer_cohort.py", *args, "--actors", "1"],
+                capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, **NO_AUTH},
+            )
+            if "No available agent" not in sub.stderr + sub.stdout:
+                break
+            time.sleep(10)
         assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-2000:])
         assert "succeeded" in sub.stdout.lower()
         assert _done(run)["counts"]["DONE"] == 3

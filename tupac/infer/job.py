@@ -102,6 +102,8 @@ class JobConfig:
         Object store size of a local Ray (None: Ray's default).
     include_dashboard : bool or None
         Dashboard of a local Ray (None: Ray's default).
+    local_temp_dir : str or None
+        Temp/session folder of a local Ray (keep it short: socket paths are limited to ~100 chars).
     actor_timeout_s : float
         Give up when no model actor is alive for this long.
     """
@@ -125,6 +127,7 @@ class JobConfig:
     local_cpus: int | None = None
     object_store_mb: int | None = None
     include_dashboard: bool | None = None
+    local_temp_dir: str | None = None
     actor_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
@@ -435,6 +438,7 @@ class _Driver:
             self.dispatch()
             self._check_actors(pending)
             if not self.futures:
+                time.sleep(0.05)  # nothing in flight (all work waits on actors): do not spin
                 continue
             done, _ = self.ray.wait(list(self.futures), num_returns=1, timeout=1.0)
             if done:
@@ -487,6 +491,8 @@ def _init_ray(cfg: JobConfig):
             kwargs["object_store_memory"] = int(cfg.object_store_mb) * 1024**2
         if cfg.include_dashboard is not None:
             kwargs["include_dashboard"] = cfg.include_dashboard
+        if cfg.local_temp_dir:
+            kwargs["_temp_dir"] = str(cfg.local_temp_dir)
         ctx = ray.init(**kwargs)
     url = getattr(ctx, "dashboard_url", None) or _dashboard_url()
     return True, url
