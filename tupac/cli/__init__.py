@@ -17,6 +17,7 @@ import tupac.cli.models_cmds  # noqa: E402,F401  (models)
 import tupac.cli.mitosis_train_cmds  # noqa: E402,F401  (train mitosis, detect-mitoses)
 import tupac.cli.infer_cmds  # noqa: E402,F401  (infer)
 import tupac.cli.report_cmds  # noqa: E402,F401  (report, export-qupath)
+import tupac.cli.features_cmds  # noqa: E402,F401  (features)
 
 
 def main() -> None:

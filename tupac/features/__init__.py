@@ -16,6 +16,9 @@ none imports ray or mlflow):
   Voronoi, and second-order statistics of the mitosis heatmap.
 - ``deep_hist`` (:mod:`.deep_hist`): 200-bin histogram of k-means words of the mitosis network's
   penultimate features, fitted on training slides only and saved without pickle.
+- ``general`` (:mod:`.general`): the paper's two-network model: a frozen tumor or mitosis network's
+  feature volumes feed a small grade network; its 1,024 pooled units and 3 grade probabilities,
+  out-of-fold for training slides (cross-fitting), from the all-training fit for new slides.
 - ``flags``: ``*_missing`` columns, 1 where a group's values were filled because they are undefined
   (no tumor, no mitoses, ...). The table never holds NaN or Inf.
 
@@ -44,13 +47,14 @@ __all__ = [
     "open_heatmaps",
 ]
 
-GROUPS = ("tumor", "fringe", "mitosis_arch", "mitosis_bio", "deep_hist")
+GROUPS = ("tumor", "fringe", "mitosis_arch", "mitosis_bio", "deep_hist", "general")
 
 
 def feature_list(groups: Iterable[str] = GROUPS, n_clusters: int = 200) -> tuple[Feature, ...]:
     """Every slide-level feature of ``groups``, each group followed by its flags, in table order."""
     from tupac.features.deep_hist import deep_hist_dictionary
     from tupac.features.fringe import FRINGE_FEATURES
+    from tupac.features.general import general_dictionary
     from tupac.features.mitosis_arch import ARCH_FEATURES, ARCH_FLAGS
     from tupac.features.mitosis_bio import BIO_FLAGS, BIO_SLIDE_FEATURES
     from tupac.features.tumor import TUMOR_FEATURES, TUMOR_FLAGS
@@ -61,6 +65,7 @@ def feature_list(groups: Iterable[str] = GROUPS, n_clusters: int = 200) -> tuple
         "mitosis_arch": ARCH_FEATURES + ARCH_FLAGS,
         "mitosis_bio": BIO_SLIDE_FEATURES + BIO_FLAGS,
         "deep_hist": deep_hist_dictionary(n_clusters),
+        "general": general_dictionary(),
     }
     groups = tuple(groups)
     unknown = [g for g in groups if g not in by_group]

@@ -1,0 +1,109 @@
+"""`tupac features` on phantom runs whose heatmaps and detections are the ground truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from phantom_runs import make_cohort, random_models, truth_run
+from scipy.stats import spearmanr
+from typer.testing import CliRunner
+
+from tupac.cli import app
+
+pytestmark = pytest.mark.slow
+N_TRAIN = 6  # slides 7 and 8 are new (not in the labels file)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    meta = make_cohort(root / "data")
+    lines = (root / "data" / "training_ground_truth.csv").read_text().splitlines()
+    (root / "labels6.csv").write_text("\n".join(lines[:N_TRAIN]) + "\n")
+    models = random_models(root / "models")
+    return root, meta, models
+
+
+def _run(run, labels, models, *extra):
+    args = ["features", "--run", str(run), "--models", str(models), "--patches", "3", "--clusters", "8",
+            "--folds", "2", "--min-prob", "0.5", "--general-epochs", "5", *extra]
+    if labels is not None:
+        args += ["--labels", str(labels)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_features_agree_with_ground_truth_and_new_slides_do_not_leak(phantom, tmp_path):
+    root, meta, models = phantom
+    run = tmp_path / "run"
+    truth_run(root / "data", run)
+    # An uncommitted store (an interrupted slide) is skipped and said so.
+    (run / "slides" / "TUPAC-TR-008.zarr" / "commit.json").rename(tmp_path / "commit.json")
+    res = _run(run, root / "labels6.csv", models)
+    assert "skipped TUPAC-TR-008: not committed" in " ".join(res.output.split())
+    (tmp_path / "commit.json").rename(run / "slides" / "TUPAC-TR-008.zarr" / "commit.json")
+    _run(run, root / "labels6.csv", models)
+    t = pd.read_parquet(run / "features.parquet").set_index("slide_id")
+    assert list(t.index) == sorted(meta["slides"])
+    assert np.isfinite(t.to_numpy()).all()
+    d = pd.read_csv(run / "features" / "dictionary.csv")
+    assert list(d.columns) == ["name", "group", "unit", "description"] and list(d["name"]) == list(t.columns)
+    assert {"tumor", "fringe", "mitosis_arch", "mitosis_bio", "deep_hist", "general", "flags"} == set(d["group"])
+    assert (d["group"] == "general").sum() == 1024 + 3
+
+    true_in = np.array([meta["slides"][s]["n_mitoses_in_tumor"] for s in t.index])
+    rho = spearmanr(t["arch_n_in_tumor"], true_in).statistic
+    assert rho >= 0.9, (rho, t["arch_n_in_tumor"].tolist(), true_in.tolist())
+    # Spurious low-probability points (prob < 0.3) are filtered by --min-prob 0.5.
+    np.testing.assert_array_equal(t["arch_n_mitoses"], [meta["slides"][s]["n_mitoses"] for s in t.index])
+    area = np.array([meta["slides"][s]["tumor_area_mm2"] for s in t.index])
+    np.testing.assert_allclose(t["tumor_area_mm2"], area, rtol=0.10)
+    probs = t[["general_prob_grade1", "general_prob_grade2", "general_prob_grade3"]].sum(axis=1)
+    np.testing.assert_allclose(probs, 1.0, rtol=1e-6)
+
+    summary = json.loads((run / "features" / "summary.json").read_text())
+    assert summary["training"] == [f"TUPAC-TR-{i:03d}" for i in range(1, N_TRAIN + 1)]
+    assert summary["new"] == ["TUPAC-TR-007", "TUPAC-TR-008"]
+    fringe = pd.read_csv(run / "features" / "fringe" / "TUPAC-TR-002.csv")
+    assert list(fringe.columns) == ["x", "y", "width", "height"] and len(fringe) == t.loc["TUPAC-TR-002", "fringe_n_patches"]
+    assert (run / "features" / "deep_hist.safetensors").is_file() and (run / "features" / "general" / "general.safetensors").is_file()
+
+    # No leakage: removing the other new slide leaves TUPAC-TR-007's row unchanged, with or without labels
+    # (a run without labels reuses the saved fits).
+    shutil.rmtree(run / "slides" / "TUPAC-TR-008.zarr")
+    _run(run, root / "labels6.csv", models)
+    t2 = pd.read_parquet(run / "features.parquet").set_index("slide_id")
+    assert "TUPAC-TR-008" not in t2.index
+    pd.testing.assert_series_equal(t2.loc["TUPAC-TR-007"], t.loc["TUPAC-TR-007"], rtol=1e-6)
+    _run(run, None, models)
+    t3 = pd.read_parquet(run / "features.parquet").set_index("slide_id")
+    pd.testing.assert_series_equal(t3.loc["TUPAC-TR-007"], t.loc["TUPAC-TR-007"], rtol=1e-6)
+    # Training slides keep their out-of-fold rows.
+    pd.testing.assert_series_equal(t3.loc["TUPAC-TR-002"], t.loc["TUPAC-TR-002"], rtol=1e-6)
+
+
+def test_slides_without_tumor_or_mitoses_get_defined_values(phantom, tmp_path):
+    root, meta, models = phantom
+    run = tmp_path / "run"
+    no_mitoses = [s for s in sorted(meta["slides"]) if meta["slides"][s]["n_mitoses"] == 0][:1]
+    ids = ["TUPAC-TR-002", "TUPAC-TR-003", "TUPAC-TR-005"] + no_mitoses
+    truth_run(root / "data", run, ids, no_tumor=("TUPAC-TR-005",))
+    res = _run(run, None, models, "--no-general")
+    t = pd.read_parquet(run / "features.parquet").set_index("slide_id")
+    assert np.isfinite(t.to_numpy()).all() and "general_0000" not in t.columns
+    z = t.loc["TUPAC-TR-005"]
+    assert z["tumor_missing"] == 1 and z["tumor_area_mm2"] == 0 and z["arch_n_mitoses"] == 0
+    assert z["fringe_n_patches"] == 0 and z["bio_missing"] == 1
+    if no_mitoses:
+        m = t.loc[no_mitoses[0]]
+        assert m["tumor_missing"] == 0 and m["arch_n_mitoses"] == 0 and m["arch_nn_missing"] == 1
+    # No labels and no saved fit: the deep histogram is not computed, and the output says why.
+    assert "deep_hist" in res.output and not any(c.startswith("deep_hist") for c in t.columns)
+    tasks = json.loads((run / "features" / "summary.json").read_text())["dask_tasks"]
+    print("dask tasks per slide:", tasks)
+    assert all(0 < n <= 60 for n in tasks.values())

@@ -1,0 +1,552 @@
+"""Features of a run: every committed slide of ``RUN/slides`` becomes one row of ``RUN/features.parquet``.
+
+What is read, per slide: the heatmap store ``RUN/slides/<id>.zarr`` (only when committed: the commit
+record is written last, so a store without one is an unfinished slide and is skipped, and said so),
+its detections ``RUN/slides/<id>.mitoses.csv`` (``x,y,prob``, level-0 px), and the slide file (the
+commit record's input path, or ``slides=`` a dataset root, slide folder or manifest) for the pixel
+features. What is written::
+
+    RUN/features.parquet                 slide_id + named columns, one row per slide, no NaN/Inf
+    RUN/features/dictionary.csv          name, group, unit, description of every column
+    RUN/features/fringe/<id>.csv         x,y,width,height (level-0 px) of the slide's fringe patches
+    RUN/features/deep_hist.safetensors   scaler + k-means of the deep-feature histogram (+ deep_hist.json)
+    RUN/features/general/                grade network (general.safetensors + general.json) and the
+                                         out-of-fold rows of the training slides (oof.parquet)
+    RUN/features/summary.json            slides done / skipped (why), training / new, Dask tasks per slide
+
+No leakage: the fits that see several slides (deep-histogram scaler and k-means; the grade network)
+are fitted on the labelled training slides only, and saved; a run without labels reuses them. New
+slides get features from those fits alone, so adding or removing other new slides changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tupac.errors import FeatureError, FeatureFileError
+from tupac.geometry import MPP_40X
+
+__all__ = ["FeatureRunConfig", "RunSlide", "RunFeatures", "discover_slides", "read_detections", "run_features"]
+
+DEEP_PATCH_PX = 63
+
+
+@dataclass(frozen=True)
+class FeatureRunConfig:
+    """Settings of :func:`run_features`.
+
+    Attributes
+    ----------
+    seed : int
+        Seeds fringe choice, deep projection and k-means, the general network and its folds.
+    n_patches : int
+        Fringe patches per slide (50 in the paper).
+    threshold : float
+        Tumor probability threshold.
+    min_prob : float
+        Detections with a lower probability are ignored.
+    n_clusters : int
+        Deep-histogram bins wanted; fewer when the training slides hold fewer mitoses (recorded).
+    max_deep_per_slide : int
+        Most detections per slide (highest probability first) whose deep vectors are computed.
+    pixels : bool
+        Read the slides for the biological, deep and general features.
+    general : bool or None
+        General features; None: when labels and a network are given (or a saved fit exists).
+    general_model : str
+        ``mitosis`` or ``tumor``: the frozen network of the general features.
+    general_patches, general_px : int
+        Patches per slide (centred on its first fringe patches) and their side at the network's mpp.
+    n_splits : int
+        Cross-fitting folds (the predictive models' CV folds).
+    general_epochs : int
+    """
+
+    seed: int = 0
+    n_patches: int = 50
+    threshold: float = 0.5
+    min_prob: float = 0.0
+    n_clusters: int = 200
+    max_deep_per_slide: int = 2000
+    pixels: bool = True
+    general: bool | None = None
+    general_model: str = "mitosis"
+    general_patches: int = 8
+    general_px: int = 256
+    n_splits: int = 5
+    general_epochs: int = 60
+
+    def __post_init__(self) -> None:
+        if self.general_model not in ("mitosis", "tumor"):
+            raise FeatureError(f"general_model must be 'mitosis' or 'tumor', got {self.general_model!r}")
+        if min(self.n_patches, self.n_clusters, self.max_deep_per_slide, self.general_patches, self.n_splits) < 1:
+            raise FeatureError("n_patches, n_clusters, max_deep_per_slide, general_patches, n_splits must be >= 1")
+        if self.n_splits < 2:
+            raise FeatureError(f"cross-fitting needs at least 2 folds, got n_splits={self.n_splits}")
+
+
+@dataclass(frozen=True)
+class RunSlide:
+    """A committed slide of a run: its store, detections table, slide file and optional µm/px override."""
+
+    slide_id: str
+    store: Path
+    detections_csv: Path
+    slide_path: Path
+    mpp: float | None = None
+
+
+@dataclass(frozen=True)
+class RunFeatures:
+    """What :func:`run_features` wrote and measured."""
+
+    table: pd.DataFrame
+    dictionary: pd.DataFrame
+    skipped: list[tuple[str, str]]
+    training: list[str]
+    new: list[str]
+    n_tasks: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def slide_sources(source: str | Path) -> dict[str, tuple[Path, float | None]]:
+    """Slide id -> (file, µm/px override) from a manifest CSV, a TUPAC16 dataset root or a slide folder."""
+    from tupac.data.layout import SLIDE_SUFFIXES, SLIDES_DIR
+    from tupac.infer.manifest import from_dataset, read_manifest
+
+    p = Path(source).expanduser()
+    if p.is_file():
+        entries = read_manifest(p)
+    elif (p / SLIDES_DIR).is_dir():
+        entries = from_dataset(p)
+    elif p.is_dir():
+        return {f.stem: (f.resolve(), None) for f in sorted(p.iterdir()) if f.suffix.lower() in SLIDE_SUFFIXES}
+    else:
+        raise FeatureFileError(p, "no such slide source (expected a manifest CSV, a dataset root or a slide folder)")
+    return {e.slide_id: (e.path, e.mpp) for e in entries}
+
+
+def discover_slides(run: str | Path, slides: str | Path | None = None) -> tuple[list[RunSlide], list[tuple[str, str]]]:
+    """The committed slides of ``RUN/slides`` (ID order) and the skipped ones with the reason.
+
+    Raises
+    ------
+    FeatureFileError
+        ``RUN/slides`` is missing.
+    """
+    from tupac.errors import HeatmapStoreError
+    from tupac.infer.commit import read_commit
+
+    folder = Path(run) / "slides"
+    if not folder.is_dir():
+        raise FeatureFileError(folder, "no slides folder in the run (expected RUN/slides/<id>.zarr from `tupac infer`)")
+    sources = slide_sources(slides) if slides is not None else None
+    found, skipped = [], []
+    for store in sorted(folder.glob("*.zarr")):
+        sid = store.name[: -len(".zarr")]
+        try:
+            record = read_commit(store)
+        except HeatmapStoreError as e:
+            skipped.append((sid, e.problem))
+            continue
+        csv = store.with_name(f"{sid}.mitoses.csv")
+        if not csv.is_file():
+            skipped.append((sid, f"no detections table {csv.name}"))
+            continue
+        if sources is None:
+            path, mpp = Path(record.input_path), None
+        elif sid in sources:
+            path, mpp = sources[sid]
+        else:
+            skipped.append((sid, f"not in the slide source {slides}"))
+            continue
+        found.append(RunSlide(sid, store, csv, path, mpp))
+    return found, skipped
+
+
+def read_detections(path: str | Path, min_prob: float = 0.0) -> pd.DataFrame:
+    """``x, y, prob`` (float64, level-0 px) of a detections CSV with a header, rows below ``min_prob`` dropped."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise FeatureFileError(path, "empty file (expected a header x,y,prob)") from None
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise FeatureFileError(path, f"not a readable CSV: {e}") from None
+    missing = {"x", "y", "prob"} - set(df.columns)
+    if missing:
+        raise FeatureFileError(path, f"lacks column(s) {sorted(missing)} (expected x,y,prob in level-0 px)")
+    try:
+        df = df[["x", "y", "prob"]].astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise FeatureFileError(path, f"non-numeric detections: {e}") from None
+    if not np.isfinite(df.to_numpy()).all():
+        raise FeatureFileError(path, "detections hold NaN or Inf")
+    return df[df["prob"] >= min_prob].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- models and pixels
+
+
+@dataclass
+class _Networks:
+    mitosis: Any = None  # TrainedModel
+    general: Any = None  # TrainedModel of the general features' frozen network
+
+
+def _load_networks(models: Path | None, cfg: FeatureRunConfig, want_general: bool) -> _Networks:
+    from tupac.infer.models import load_trained
+
+    if models is None:
+        return _Networks()
+    nets = _Networks(mitosis=load_trained(Path(models) / "mitosis"))
+    if want_general:
+        nets.general = nets.mitosis if cfg.general_model == "mitosis" else load_trained(Path(models) / "tumor")
+    return nets
+
+
+class _SlidePixels:
+    """An open slide with its stain standardization towards a model's template (slide statistics, fitted once)."""
+
+    def __init__(self, slide: RunSlide, tissue: tuple[np.ndarray, float] | None, seed: int) -> None:
+        from tupac.slide import open_slide
+
+        self.reader = open_slide(slide.slide_path, mpp=slide.mpp)
+        self.mpp = float(self.reader.mpp)
+        self.dimensions = tuple(int(v) for v in self.reader.dimensions)
+        self._tissue, self._seed, self._stats = tissue, seed, {}
+
+    def standardize(self, rgb: np.ndarray, reference) -> np.ndarray:
+        if reference is None:
+            return rgb
+        from types import SimpleNamespace
+
+        from tupac.preprocess.stain import fit_slide, transform
+
+        key = reference.key
+        if key not in self._stats:
+            mask, mpp = self._tissue if self._tissue is not None else (np.ones((8, 8), bool), self.mpp * max(self.dimensions) / 8)
+            self._stats[key] = fit_slide(self.reader, SimpleNamespace(mask=mask, mpp=mpp), method=reference.method,
+                                         seed=self._seed)
+        return transform(rgb, self._stats[key], reference)
+
+    def read(self, origin_l0, size_px: int, mpp: float, reference) -> np.ndarray:
+        rgb = self.reader.read_region_mpp((float(origin_l0[0]), float(origin_l0[1])), (size_px, size_px), mpp)
+        return self.standardize(rgb, reference)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _deep_vectors(px: _SlidePixels, det: pd.DataFrame, trained, limit: int) -> np.ndarray:
+    """Raw penultimate vectors ``(n, width)`` of the mitosis network on 63 x 63 patches at 40x around detections."""
+    from tupac.features.deep_hist import _classifier_layer, penultimate_features
+
+    layer = _classifier_layer(trained.model)
+    width = int(getattr(layer, "in_channels", None) or layer.in_features)
+    if len(det) == 0:
+        return np.zeros((0, width), np.float32)
+    top = det.sort_values("prob", ascending=False, kind="stable").iloc[:limit]
+    half_l0 = DEEP_PATCH_PX / 2 * MPP_40X / px.mpp
+    patches = np.stack([px.read((x - half_l0, y - half_l0), DEEP_PATCH_PX, MPP_40X, trained.reference)
+                        for x, y in top[["x", "y"]].to_numpy()])
+    return penultimate_features(trained.model, patches, out_dim=width)
+
+
+def _general_volumes(px: _SlidePixels, origins: np.ndarray, tissue_centre_l0, trained, cfg: FeatureRunConfig) -> np.ndarray:
+    """Frozen-network feature volumes of patches centred on the first fringe patches (or the tissue centre)."""
+    from tupac.features.general import feature_volumes
+
+    card = trained.card
+    size = max(cfg.general_px, int(card.patch_size)) if card.fully_convolutional else int(card.patch_size)
+    centres = origins[: cfg.general_patches] + 1000 * MPP_40X / px.mpp / 2
+    if len(centres) == 0:
+        centres = np.asarray([tissue_centre_l0], dtype=np.float64)
+    half_l0 = size / 2 * card.mpp / px.mpp
+    patches = np.stack([px.read(c - half_l0, size, card.mpp, trained.reference) for c in centres])
+    return feature_volumes(trained.model, patches)
+
+
+# ---------------------------------------------------------------- per slide
+
+
+@dataclass
+class _SlideResult:
+    features: dict[str, float]
+    groups: tuple[str, ...]
+    origins: np.ndarray
+    n_tasks: int
+    slide_mpp: float
+    deep: np.ndarray | None = None
+    volumes: np.ndarray | None = None
+
+
+def _tissue_of(store_path: Path) -> tuple[np.ndarray, float] | None:
+    from tupac.infer.store import HeatmapStore
+
+    store = HeatmapStore.open(store_path, mode="r")
+    if "tissue" not in store.names:
+        return None
+    return store.read("tissue").astype(bool), store.mpp("tissue")
+
+
+def _one_slide(slide: RunSlide, cfg: FeatureRunConfig, nets: _Networks, want_general: bool, scheduler) -> _SlideResult:
+    from tupac.features.aggregate import open_heatmaps, slide_features
+
+    det = read_detections(slide.detections_csv, cfg.min_prob)
+    hm = open_heatmaps(slide.store)
+    kw = dict(threshold=cfg.threshold, n_patches=cfg.n_patches, seed=cfg.seed, scheduler=scheduler)
+    if not cfg.pixels:
+        if slide.mpp is None:
+            raise FeatureError(f"{slide.slide_id}: without reading the slide its µm/px must come from a manifest")
+        r = slide_features(hm, det, slide.mpp, **kw)
+        return _SlideResult(r.features, r.groups, r.fringe_origins_l0, r.n_tasks, slide.mpp)
+    if not slide.slide_path.is_file():
+        raise FeatureFileError(slide.slide_path, f"slide file of {slide.slide_id} not found (pass --slides, or --no-pixels)")
+    tissue = _tissue_of(slide.store)
+    px = _SlidePixels(slide, tissue, cfg.seed)
+    try:
+        ref = nets.mitosis.reference if nets.mitosis is not None else None
+        r = slide_features(hm, det, px.mpp, read_patch=lambda o: px.read(o, 1000, MPP_40X, ref),
+                           slide_dimensions_l0=px.dimensions, **kw)
+        res = _SlideResult(r.features, r.groups, r.fringe_origins_l0, r.n_tasks, px.mpp)
+        if nets.mitosis is not None:
+            res.deep = _deep_vectors(px, det, nets.mitosis, cfg.max_deep_per_slide)
+        if want_general and nets.general is not None:
+            centre = _tissue_centre_l0(tissue, px)
+            res.volumes = _general_volumes(px, r.fringe_origins_l0, centre, nets.general, cfg)
+    finally:
+        px.close()
+    return res
+
+
+def _tissue_centre_l0(tissue: tuple[np.ndarray, float] | None, px: _SlidePixels) -> np.ndarray:
+    if tissue is not None and tissue[0].any():
+        rc = np.argwhere(tissue[0]).mean(axis=0)
+        return (rc[::-1] + 0.5) * tissue[1] / px.mpp
+    return np.asarray(px.dimensions, dtype=np.float64) / 2
+
+
+# ---------------------------------------------------------------- fits shared by slides
+
+
+def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Path, nets: _Networks,
+              cfg: FeatureRunConfig, notes: list[str]):
+    """Fit (training slides) or load the deep histogram; None when there is no mitosis network."""
+    from tupac.features.deep_hist import DEEP_DIM, DeepHistogram, fit_deep_histogram, random_projection
+
+    if nets.mitosis is None or not cfg.pixels:
+        notes.append("deep_hist: not computed (needs --models with a mitosis network and the slide pixels)")
+        return None, None
+    width = next(iter(results.values())).deep.shape[1]
+    projection = random_projection(width, DEEP_DIM, cfg.seed)
+    if training:
+        vecs = {s: results[s].deep @ projection for s in training}
+        n_vec = sum(len(v) for v in vecs.values())
+        k = min(cfg.n_clusters, n_vec)
+        if k < 2:
+            raise FeatureError(f"the training slides hold {n_vec} detected mitoses; the deep histogram needs at least 2")
+        if k < cfg.n_clusters:
+            notes.append(f"deep_hist: {n_vec} training vectors, so {k} clusters instead of {cfg.n_clusters}")
+        fit = fit_deep_histogram(vecs, n_clusters=k, seed=cfg.seed)
+        fit = DeepHistogram(fit.mean, fit.scale, fit.centers,
+                            dict(fit.meta, model_sha256=nets.mitosis.weights_sha256, projection_seed=cfg.seed))
+        fit.save(out)
+        return fit, projection
+    if not (out / "deep_hist.json").is_file():
+        notes.append(f"deep_hist: not computed (no --labels to fit it on, and no saved fit in {out})")
+        return None, None
+    fit = DeepHistogram.load(out)
+    if fit.meta.get("model_sha256") != nets.mitosis.weights_sha256:
+        raise FeatureFileError(out / "deep_hist.json", "was fitted with another mitosis network; rerun with --labels")
+    seed = int(fit.meta.get("projection_seed", cfg.seed))
+    notes.append(f"deep_hist: reused the fit of {fit.meta.get('n_train_slides')} training slides")
+    return fit, random_projection(width, DEEP_DIM, seed)
+
+
+def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grades: np.ndarray, out: Path,
+                  nets: _Networks, cfg: FeatureRunConfig, notes: list[str]) -> dict[str, np.ndarray]:
+    from tupac.features.general import GeneralConfig, cross_fit, ids_hash, load_grade_net, save_grade_net
+    from tupac.features.general import general_features
+
+    gcfg = GeneralConfig(epochs=cfg.general_epochs, seed=cfg.seed)
+    new = [s for s in results if s not in set(training)]
+    if training:
+        cf = cross_fit([results[s].volumes for s in training], grades, [results[s].volumes for s in new],
+                       n_splits=cfg.n_splits, config=gcfg)
+        meta = {"model": cfg.general_model, "model_sha256": nets.general.weights_sha256, "seed": cfg.seed,
+                "n_splits": cfg.n_splits, "epochs": gcfg.epochs, "train_ids": training,
+                "train_ids_sha256": ids_hash(training), "folds": cf.folds.tolist(),
+                "general_px": cfg.general_px, "general_patches": cfg.general_patches}
+        save_grade_net(cf.net, out, meta)
+        oof = pd.DataFrame(cf.train, index=pd.Index(training, name="slide_id"))
+        oof.columns = [str(c) for c in oof.columns]
+        oof.to_parquet(out / "oof.parquet")
+        rows = dict(zip(training, cf.train))
+        rows.update(zip(new, cf.new))
+        notes.append(f"general: grade network cross-fitted on {len(training)} training slides ({cfg.n_splits} folds)")
+        return rows
+    net, meta = load_grade_net(out)
+    if meta.get("model_sha256") != nets.general.weights_sha256:
+        raise FeatureFileError(out / "general.json", "was fitted on another frozen network; rerun with --labels")
+    oof = pd.read_parquet(out / "oof.parquet")
+    rows = {s: oof.loc[s].to_numpy(np.float64) for s in results if s in oof.index}
+    fresh = [s for s in results if s not in rows]
+    if fresh:
+        rows.update(zip(fresh, general_features(net, [results[s].volumes for s in fresh])))
+    notes.append(f"general: reused the grade network of {len(meta.get('train_ids', []))} training slides "
+                 f"(their out-of-fold rows for {len(results) - len(fresh)} of them)")
+    return rows
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _labels(path: Path | None, ids: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """Training slides (label-file order, with a store) and their grades; labelled slides without a store."""
+    if path is None:
+        return [], np.zeros(0, np.int64), []
+    from tupac.data.readers import read_ground_truth
+
+    lab = read_ground_truth(path)
+    have = set(ids)
+    keep = lab[lab["slide_id"].isin(have)]
+    absent = [s for s in lab["slide_id"] if s not in have]
+    return keep["slide_id"].tolist(), keep["mitosis_score"].to_numpy(np.int64), absent
+
+
+def _atomic_parquet(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_fringe(folder: Path, results: Mapping[str, _SlideResult]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for sid, r in results.items():
+        side = 1000 * MPP_40X / r.slide_mpp
+        df = pd.DataFrame(r.origins.reshape(-1, 2), columns=["x", "y"]).assign(width=side, height=side)
+        df.to_csv(folder / f"{sid}.csv", index=False)
+
+
+def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clusters: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from tupac.features import check_finite, feature_dictionary
+
+    dictionary = feature_dictionary(groups, n_clusters=n_clusters)
+    names = dictionary["name"].tolist()
+    for sid, r in results.items():
+        if set(r.features) != set(names):
+            extra, missing = set(r.features) - set(names), set(names) - set(r.features)
+            raise FeatureError(f"slide {sid}: columns differ from the dictionary (extra {sorted(extra)[:5]}, "
+                               f"missing {sorted(missing)[:5]})")
+    table = pd.DataFrame([[r.features[n] for n in names] for r in results.values()], columns=names, dtype=np.float64)
+    table.insert(0, "slide_id", pd.Series(list(results), dtype=object))
+    check_finite(table, "cohort feature table")
+    return table, dictionary
+
+
+def run_features(
+    run: str | Path,
+    *,
+    labels: str | Path | None = None,
+    slides: str | Path | None = None,
+    models: str | Path | None = None,
+    config: FeatureRunConfig = FeatureRunConfig(),
+    scheduler: Any = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> RunFeatures:
+    """Compute and write the feature table of a run (see the module docstring for the files).
+
+    Parameters
+    ----------
+    run : path
+        The run folder (``RUN/slides/<id>.zarr`` + ``<id>.mitoses.csv``).
+    labels : path, optional
+        ``training_ground_truth.csv``: its slides are the training slides (fits see only them).
+    slides : path, optional
+        Where the slide files are (manifest CSV, dataset root or slide folder); default the commit records' paths.
+    models : path, optional
+        ``MODELS`` with ``mitosis`` (and ``tumor`` for ``general_model="tumor"``): stain template of the
+        patches, deep and general features.
+    config : FeatureRunConfig
+    scheduler : optional
+        Dask scheduler of the per-slide heatmap graphs (``ray.util.dask.ray_dask_get`` for Dask-on-Ray).
+    progress : callable(slide_id, stage), optional
+        Called with ``(slide_id, "done")`` after each slide, then ``("", stage)`` for the cohort fits.
+
+    Returns
+    -------
+    RunFeatures
+    """
+    run = Path(run)
+    tick = progress or (lambda _s, _m: None)
+    found, skipped = discover_slides(run, slides)
+    if not found:
+        why = "; ".join(f"{s}: {w}" for s, w in skipped[:3]) or "no stores"
+        raise FeatureFileError(run / "slides", f"no committed slide with detections ({why})")
+    ids = [s.slide_id for s in found]
+    training, grades, absent = _labels(Path(labels) if labels else None, ids)
+    if labels and not training:
+        raise FeatureError(f"{labels}: none of its slides has a committed store in {run / 'slides'}")
+    out = run / "features"
+    notes = [f"labelled but not in the run: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"] if absent else []
+    general_dir = out / "general"
+    want_general = config.general
+    if want_general is None:
+        want_general = models is not None and config.pixels and (bool(training) or (general_dir / "general.json").is_file())
+    if want_general and (models is None or not config.pixels):
+        raise FeatureError("general features need --models (the frozen network) and the slide pixels")
+    nets = _load_networks(Path(models) if models else None, config, want_general)
+
+    results: dict[str, _SlideResult] = {}
+    for s in found:
+        results[s.slide_id] = _one_slide(s, config, nets, want_general, scheduler)
+        tick(s.slide_id, "done")
+    out.mkdir(parents=True, exist_ok=True)
+    groups = next(iter(results.values())).groups
+    fit, projection = _deep_fit(results, training, out, nets, config, notes)
+    n_clusters = config.n_clusters
+    if fit is not None:
+        tick("", "deep-feature histograms")
+        groups += ("deep_hist",)
+        n_clusters = fit.n_clusters
+        for r in results.values():
+            r.features.update(fit.features(r.deep @ projection))
+    if want_general:
+        tick("", "general features (grade network)")
+        from tupac.features.general import general_dictionary
+
+        rows = _general_rows(results, training, grades, general_dir, nets, config, notes)
+        names = [f.name for f in general_dictionary()]
+        for sid, r in results.items():
+            r.features.update(zip(names, rows[sid].tolist()))
+        groups += ("general",)
+    table, dictionary = _table(results, groups, n_clusters)
+    _atomic_parquet(table, run / "features.parquet")
+    dictionary.to_csv(out / "dictionary.csv", index=False)
+    _write_fringe(out / "fringe", results)
+    n_tasks = {sid: r.n_tasks for sid, r in results.items()}
+    new = [s for s in ids if s not in set(training)]
+    summary = {"slides": ids, "skipped": [{"slide_id": s, "reason": w} for s, w in skipped], "training": training,
+               "new": new, "groups": list(groups), "n_clusters": n_clusters if fit is not None else None,
+               "dask_tasks": n_tasks, "notes": notes, "config": config.__dict__}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return RunFeatures(table, dictionary, skipped, training, new, n_tasks, notes,
+                       {"table": run / "features.parquet", "dictionary": out / "dictionary.csv", "folder": out})
+

@@ -1,0 +1,344 @@
+"""General features: the paper's two-network model, a frozen patch network feeding a small grade network.
+
+1. A few patches of each slide (centred on its fringe patches) go through the frozen tumor or mitosis
+   network; :func:`feature_volumes` keeps its penultimate convolutional feature volume (the input of
+   its classifier layer, ``(C, h, w)`` per patch; MitosNet: 200 channels).
+2. :class:`GradeNet`, the second network, standardizes the channels (mean/std of the training
+   volumes), reduces them with a 1x1 convolution + ReLU, pools over the positions and patches of the
+   slide (global average), maps the pooled vector to a 1,024-unit layer (ReLU) and that to three
+   grade logits. It is trained (full batch, Adam, seeded) on the training slides' grades only.
+3. Per slide the 1,024 pooled units and the 3 softmax probabilities are its general features.
+
+Leakage: the network sees grades, so :func:`cross_fit` gives each training slide features from a
+network fitted without it (out-of-fold, the folds of the predictive models' cross-validation:
+:func:`tupac.predict.cv.outer_splitter` over the training slides in label-file order), and gives new
+slides features from a network fitted on all training slides. A new slide's features depend on that
+slide and the frozen fit alone, never on other new slides.
+
+Saved without pickle (:func:`save_grade_net`, :func:`load_grade_net`): weights in safetensors, the
+settings in JSON. This module imports torch lazily and opens only the files it is handed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tupac.errors import FeatureError, FeatureFileError
+from tupac.features.dictionary import Feature
+
+__all__ = [
+    "GeneralConfig",
+    "general_dictionary",
+    "feature_volumes",
+    "fit_grade_net",
+    "general_features",
+    "cross_fit",
+    "save_grade_net",
+    "load_grade_net",
+]
+
+GENERAL_DIM = 1024
+GRADES = (1, 2, 3)
+WEIGHTS_FILE = "general.safetensors"
+META_FILE = "general.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    """Settings of the grade network and its training.
+
+    Attributes
+    ----------
+    width : int
+        Channels after the 1x1 convolution.
+    dim : int
+        Units of the pooled feature layer (1,024 in the paper).
+    epochs : int
+        Full-batch training epochs (slides are few, so each epoch is one step).
+    lr, weight_decay : float
+        Adam settings.
+    seed : int
+        Seed of the initialization (training is deterministic on CPU given it).
+    """
+
+    width: int = 64
+    dim: int = GENERAL_DIM
+    epochs: int = 60
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.dim, self.epochs) < 1 or not self.lr > 0 or self.weight_decay < 0:
+            raise FeatureError(f"invalid GeneralConfig {self!r}: sizes and epochs >= 1, lr > 0, weight_decay >= 0")
+
+
+def general_dictionary(dim: int = GENERAL_DIM) -> tuple[Feature, ...]:
+    """Dictionary entries of ``general_0000`` .. ``general_{dim-1}`` and ``general_prob_grade1..3``."""
+    units = tuple(
+        Feature(f"general_{i:04d}", "general", "1",
+                f"Unit {i} of the {dim}-unit pooled layer of the grade network on frozen-network feature volumes "
+                "(out-of-fold for training slides, network fitted on all training slides for new ones).")
+        for i in range(dim)
+    )
+    probs = tuple(
+        Feature(f"general_prob_grade{g}", "general", "probability",
+                f"Grade network probability of mitotic score {g} (out-of-fold for training slides).")
+        for g in GRADES
+    )
+    return units + probs
+
+
+def feature_volumes(model, patches: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Penultimate convolutional feature volumes of a frozen tupac network.
+
+    Parameters
+    ----------
+    model : TupacModel
+        Tumor or mitosis network (``card``, ``logits``; fully convolutional ones also ``dense_logits``).
+    patches : ndarray of uint8, shape (N, H, W, 3)
+        RGB at ``model.card.mpp``; H, W >= the card's patch size (exactly it for sliding-window models).
+    batch_size : int
+        Patches per forward pass.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, C, h, w)
+        The input of the network's classifier layer (a vector input becomes ``(C, 1, 1)``).
+    """
+    import torch
+
+    from tupac.features.deep_hist import _classifier_layer
+    from tupac.models import to_input
+
+    patches = np.asarray(patches)
+    if patches.ndim != 4 or patches.shape[-1] != 3 or patches.dtype != np.uint8:
+        raise FeatureError(f"patches must be (N, H, W, 3) uint8, got {patches.dtype} {patches.shape}")
+    layer = _classifier_layer(model)
+    run = model.dense_logits if getattr(model, "dense_logits", None) else model.logits
+    captured: list = []
+
+    def hook(_module, inputs):
+        a = inputs[0].detach().float().cpu()
+        captured.append(a if a.ndim == 4 else a.flatten(1)[:, :, None, None])
+
+    handle = layer.register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for i in range(0, len(patches), batch_size):
+                run(to_input(patches[i : i + batch_size]).to(device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not captured:
+        raise FeatureError("no patches: every slide needs at least one patch for the general features")
+    return torch.cat(captured).numpy().astype(np.float32)
+
+
+def _net_class():
+    import torch
+    from torch import nn
+
+    class GradeNet(nn.Module):
+        """Channel standardization, 1x1 conv + ReLU, global average pool, dim-unit layer + ReLU, 3-way head."""
+
+        def __init__(self, in_channels: int, width: int, dim: int) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(in_channels))
+            self.register_buffer("std", torch.ones(in_channels))
+            self.reduce = nn.Conv2d(in_channels, width, 1)
+            self.fc = nn.Linear(width, dim)
+            self.head = nn.Linear(dim, len(GRADES))
+
+        def embed(self, volumes: Sequence) -> torch.Tensor:
+            pooled = []
+            for v in volumes:  # one slide: (n_patches, C, h, w)
+                z = (v - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+                pooled.append(torch.relu(self.reduce(z)).mean(dim=(0, 2, 3)))
+            return torch.relu(self.fc(torch.stack(pooled)))
+
+        def forward(self, volumes: Sequence) -> torch.Tensor:
+            return self.head(self.embed(volumes))
+
+    return GradeNet
+
+
+def _tensors(volumes: Sequence[np.ndarray]) -> list:
+    import torch
+
+    out = []
+    for v in volumes:
+        v = np.asarray(v, dtype=np.float32)
+        if v.ndim != 4 or len(v) == 0:
+            raise FeatureError(f"each slide's feature volumes must be (n >= 1, C, h, w), got {v.shape}")
+        out.append(torch.from_numpy(v))
+    if len({t.shape[1] for t in out}) != 1:
+        raise FeatureError(f"feature volumes have different channel counts {sorted({t.shape[1] for t in out})}")
+    return out
+
+
+def fit_grade_net(volumes: Sequence[np.ndarray], grades: Sequence[int], config: GeneralConfig = GeneralConfig()):
+    """Train the grade network on training slides.
+
+    Parameters
+    ----------
+    volumes : sequence of ndarray (n_i, C, h, w) float32
+        Each training slide's frozen-network feature volumes.
+    grades : sequence of int in {1, 2, 3}
+        Their mitotic scores.
+    config : GeneralConfig
+
+    Returns
+    -------
+    torch.nn.Module
+        The fitted ``GradeNet`` in eval mode (its channel mean/std are the training volumes').
+    """
+    import torch
+
+    x = _tensors(volumes)
+    y = np.asarray(grades, dtype=np.int64)
+    if len(y) != len(x) or len(x) == 0 or not np.isin(y, GRADES).all():
+        raise FeatureError(f"need one grade in {GRADES} per training slide, got {len(y)} grades for {len(x)} slides")
+    flat = torch.cat([v.permute(1, 0, 2, 3).reshape(v.shape[1], -1) for v in x], dim=1)
+    torch.manual_seed(config.seed)
+    net = _net_class()(x[0].shape[1], config.width, config.dim)
+    net.mean.copy_(flat.mean(dim=1))
+    net.std.copy_(flat.std(dim=1, unbiased=False).clamp_min(1e-6))
+    target = torch.from_numpy(y - 1)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    net.train()
+    for _ in range(config.epochs):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), target)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def general_features(net, volumes: Sequence[np.ndarray]) -> np.ndarray:
+    """``(S, dim + 3)`` float64: each slide's pooled units, then its grade probabilities (finite)."""
+    import torch
+
+    x = _tensors(volumes)
+    with torch.no_grad():
+        emb = net.embed(x)
+        prob = torch.softmax(net.head(emb), dim=1)
+    out = torch.cat([emb, prob], dim=1).double().numpy()
+    if not np.isfinite(out).all():
+        raise FeatureError("grade network produced non-finite features")
+    return out
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Result of :func:`cross_fit`: out-of-fold rows for training slides, rows for new slides, the final net."""
+
+    train: np.ndarray
+    new: np.ndarray
+    folds: np.ndarray
+    net: object
+
+
+def cross_fit(
+    train_volumes: Sequence[np.ndarray],
+    grades: Sequence[int],
+    new_volumes: Sequence[np.ndarray],
+    *,
+    n_splits: int = 5,
+    config: GeneralConfig = GeneralConfig(),
+) -> CrossFit:
+    """General features without leakage.
+
+    Parameters
+    ----------
+    train_volumes, grades
+        Training slides in label-file order (the order the predictive CV uses) and their grades.
+    new_volumes
+        Slides without labels.
+    n_splits : int
+        Folds of ``outer_splitter("grade", n_splits, config.seed)`` (StratifiedKFold, shuffled, seeded),
+        the split :mod:`tupac.predict.cv` makes of the same slides.
+
+    Returns
+    -------
+    CrossFit
+        ``train``: ``(n_train, dim + 3)`` out-of-fold; ``new``: ``(n_new, dim + 3)`` from the network fitted
+        on every training slide; ``folds``: each training slide's fold (int64); ``net``: that network.
+    """
+    import warnings
+
+    from tupac.predict.cv import outer_splitter
+
+    y = np.asarray(grades, dtype=np.int64)
+    if len(y) < n_splits:
+        raise FeatureError(f"{len(y)} training slides cannot make {n_splits} folds for the general features")
+    oof = np.zeros((len(y), config.dim + len(GRADES)))
+    folds = np.full(len(y), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        # A grade with fewer slides than folds is allowed (sklearn warns); the predictive CV checks sizes itself.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(outer_splitter("grade", n_splits, config.seed).split(np.zeros(len(y)), y))
+    for k, (tr, te) in enumerate(splits):
+        net = fit_grade_net([train_volumes[i] for i in tr], y[tr], config)
+        oof[te] = general_features(net, [train_volumes[i] for i in te])
+        folds[te] = k
+    final = fit_grade_net(train_volumes, y, config)
+    new = general_features(final, new_volumes) if len(new_volumes) else np.zeros((0, oof.shape[1]))
+    return CrossFit(oof, new, folds, final)
+
+
+def save_grade_net(net, directory: str | Path, meta: dict) -> Path:
+    """Write ``general.safetensors`` (weights and channel statistics) and ``general.json`` (shape, settings, ``meta``)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(d / WEIGHTS_FILE))
+    shape = {"in_channels": int(net.reduce.in_channels), "width": int(net.reduce.out_channels),
+             "dim": int(net.fc.out_features)}
+    doc = dict(meta, format_version=FORMAT_VERSION, **shape)
+    (d / META_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    return d
+
+
+def load_grade_net(directory: str | Path):
+    """Read a network written by :func:`save_grade_net`: ``(net, meta)``; FeatureFileError names a bad file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    wpath, mpath = d / WEIGHTS_FILE, d / META_FILE
+    for p in (wpath, mpath):
+        if not p.is_file():
+            raise FeatureFileError(p, "missing (expected a grade network saved by `tupac features --labels ...`)")
+    try:
+        meta = json.loads(mpath.read_text())
+        net = _net_class()(int(meta["in_channels"]), int(meta["width"]), int(meta["dim"]))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise FeatureFileError(mpath, f"not a grade-network description: {e}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FeatureFileError(mpath, f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    try:
+        net.load_state_dict(load_file(str(wpath)))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise FeatureFileError(wpath, f"weights do not fit the description in {META_FILE}: {e}") from None
+    return net.eval(), meta
+
+
+def ids_hash(ids: Sequence[str]) -> str:
+    """SHA-256 of the newline-joined slide ids (provenance of a fit)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def config_dict(config: GeneralConfig) -> dict:
+    return asdict(config)
