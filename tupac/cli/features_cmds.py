@@ -27,6 +27,8 @@ def features_cmd(
     n_clusters: int = typer.Option(200, "--clusters", min=2, help="Deep-histogram bins (k-means clusters)."),
     min_prob: float = typer.Option(0.0, "--min-prob", min=0.0, max=1.0, help="Ignore detections below this probability."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Tumor probability threshold."),
+    min_region_mm2: float = typer.Option(0.01, "--min-region-mm2", min=0.0,
+                                         help="Tumor regions smaller than this (mm²) are dropped as speckle."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-fitting folds (as the predictive CV)."),
     epochs: int = typer.Option(60, "--general-epochs", min=1, help="Training epochs of the grade network."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice and fit."),
@@ -40,6 +42,7 @@ def features_cmd(
     if scheduler not in ("local", "ray"):
         fail(ConfigError(f"--scheduler {scheduler!r}: expected 'local' or 'ray'"))
     cfg = run_guarded(FeatureRunConfig, seed=seed, n_patches=n_patches, threshold=threshold, min_prob=min_prob,
+                      min_region_mm2=min_region_mm2,
                       n_clusters=n_clusters, pixels=pixels, general=general, general_model=general_model,
                       n_splits=folds, general_epochs=epochs)
     found, _ = run_guarded(discover_slides, run, slides)

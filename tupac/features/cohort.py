@@ -52,6 +52,8 @@ class FeatureRunConfig:
         Fringe patches per slide (50 in the paper).
     threshold : float
         Tumor probability threshold.
+    min_region_mm2 : float
+        Tumor regions smaller than this are speckle and dropped.
     min_prob : float
         Detections with a lower probability are ignored.
     n_clusters : int
@@ -74,6 +76,7 @@ class FeatureRunConfig:
     seed: int = 0
     n_patches: int = 50
     threshold: float = 0.5
+    min_region_mm2: float = 0.01
     min_prob: float = 0.0
     n_clusters: int = 200
     max_deep_per_slide: int = 2000
@@ -308,7 +311,7 @@ def _one_slide(slide: RunSlide, cfg: FeatureRunConfig, nets: _Networks, want_gen
 
     det = read_detections(slide.detections_csv, cfg.min_prob)
     hm = open_heatmaps(slide.store)
-    kw = dict(threshold=cfg.threshold, n_patches=cfg.n_patches, seed=cfg.seed, scheduler=scheduler)
+    kw = dict(threshold=cfg.threshold, min_region_mm2=cfg.min_region_mm2, n_patches=cfg.n_patches, seed=cfg.seed, scheduler=scheduler)
     if not cfg.pixels:
         if slide.mpp is None:
             raise FeatureError(f"{slide.slide_id}: without reading the slide its µm/px must come from a manifest")

@@ -230,10 +230,14 @@ def general_features(net, volumes: Sequence[np.ndarray]) -> np.ndarray:
     import torch
 
     x = _tensors(volumes)
+    rows = []
     with torch.no_grad():
-        emb = net.embed(x)
-        prob = torch.softmax(net.head(emb), dim=1)
-    out = torch.cat([emb, prob], dim=1).double().numpy()
+        # One slide per forward pass: a batched matmul may round differently with the batch's size, and a
+        # slide's features must not depend, even in the last bit, on which other slides were computed with it.
+        for v in x:
+            emb = net.embed([v])
+            rows.append(torch.cat([emb, torch.softmax(net.head(emb), dim=1)], dim=1))
+    out = torch.cat(rows).double().numpy()
     if not np.isfinite(out).all():
         raise FeatureError("grade network produced non-finite features")
     return out
