@@ -8,7 +8,8 @@ Submit to a running cluster from the repository root::
 Inside a Ray job ``RAY_ADDRESS`` is set, so ``ray.init()`` joins the cluster; resources (GPUs and
 CPUs per model actor, number of actors) are chosen by the options here, where the work is
 scheduled, never inside the model code. Paths (MODELS, RUN, slides) must be visible to every node
-(shared storage).
+(shared storage), and ``python`` on the head must be the environment with tupac installed (the
+cluster image's; on a laptop, start ``ray start --head`` from the activated virtualenv).
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ RAY = str(Path(PY).with_name("ray"))
 # Loopback-only test clusters: no token authentication (Ray >= 2.5x enables it on `ray start --head`,
 # and a worker node or driver started from another shell would need the token propagated).
 NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
+# A job's entrypoint (`python jobs/...`) runs with the head's PATH: put this environment's python first,
+# as a cluster image does.
+VENV_PATH = {"PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def _free_port() -> int:
@@ -178,7 +181,7 @@ def _short_temp() -> Path:
 
 def _ray(*args, env=None, timeout=180):
     return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **NO_AUTH, **(env or {})})
+                          env={**os.environ, **NO_AUTH, **VENV_PATH, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +247,8 @@ def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
     port, dash = _free_port(), _free_port()
     temp = _short_temp()
     head = _ray("start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
-                f"--dashboard-port={dash}", f"--temp-dir={temp}", "--object-store-memory=200000000",
+                f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp}",
+                "--object-store-memory=200000000",
                 "--disable-usage-stats")
     assert head.returncode == 0, head.stderr[-2000:]
     try:
@@ -262,7 +266,7 @@ def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
             if "No available agent" not in sub.stderr + sub.stdout:
                 break
             time.sleep(10)
-        assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-2000:])
+        assert sub.returncode == 0, (sub.stdout[-6000:], sub.stderr[-2000:])
         assert "succeeded" in sub.stdout.lower()
         assert _done(run)["counts"]["DONE"] == 3
         assert output_digests(run) == clean
