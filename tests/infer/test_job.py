@@ -198,3 +198,21 @@ def test_cli_rejects_bad_usage_in_one_line(tmp_path, cohort):
     proc = infer_cli(["--data", str(cohort), "--models", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     assert proc.returncode == 2 and "tumor" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_job_config_and_model_folders_are_validated(tmp_path):
+    from tupac.errors import ConfigError, ModelError
+    from tupac.infer.actors import model_dirs
+    from tupac.infer.job import JobConfig
+    from tupac.infer.slide_task import CardInfo
+
+    for bad in ({"batch_size": 0}, {"max_attempts": 0}, {"actors": 0}, {"num_gpus_per_actor": -1.0}):
+        with pytest.raises(ConfigError):
+            JobConfig(models=tmp_path, out=tmp_path / "run", **bad)
+    models = make_models(tmp_path / "m", mitosis=False)
+    found, skipped = model_dirs(models)
+    assert set(found) == {"tumor"} and "mitosis" in skipped
+    info = CardInfo.from_dir("tumor", found["tumor"])
+    assert info.stain_method == "reinhard" and info.threshold == 0.5 and len(info.weights_sha256) == 64
+    with pytest.raises(ModelError, match="expected a mitosis model"):
+        CardInfo.from_dir("mitosis", found["tumor"])

@@ -194,7 +194,8 @@ def _reason(err: BaseException, stage: str, path: Any) -> str:
 class _Driver:
     """The event loop of one run (see the module docstring)."""
 
-    def __init__(self, config: JobConfig, cards: dict, ledger, progress, say: Callable[[str], None]) -> None:
+    def __init__(self, config: JobConfig, cards: dict, model_dirs: dict, ledger, progress,
+                 say: Callable[[str], None]) -> None:
         import ray
 
         from tupac.infer.actors import ModelActor
@@ -203,6 +204,7 @@ class _Driver:
         self.ray = ray
         self.cfg = config
         self.cards = cards
+        self.model_dirs = dict(model_dirs)
         self.ledger = ledger
         self.progress = progress
         self.say = say
@@ -545,7 +547,7 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
         ``MODELS/tumor`` is missing or unreadable.
     """
     from tupac.infer.actors import model_dirs
-    from tupac.infer.commit import atomic_write_bytes, models_fingerprint, read_commit
+    from tupac.infer.commit import InputFingerprint, atomic_write_bytes, models_fingerprint, read_commit
     from tupac.infer.ledger import Ledger
     from tupac.infer.progress import CohortProgress
     from tupac.infer.slide_task import CardInfo
@@ -580,8 +582,6 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
                 ledger.mark_running(sid)
                 ledger.mark_failed(sid, f"{e.path}: no such file (or not readable)")
             else:
-                from tupac.infer.commit import InputFingerprint
-
                 _, sha, size = fps[sid].split(":")
                 todo.append((e, InputFingerprint(int(size), sha)))
         progress = (progress or CohortProgress)(len(todo))
@@ -610,8 +610,7 @@ def _run_on_ray(cfg, cards, found, ledger, todo, progress, say) -> dict:
             say(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
         n, per = _actor_plan(cfg)
         say(f"{n} model actor(s), {per:g} GPU and {cfg.cpus_per_actor:g} CPU each, batches of {cfg.batch_size} windows")
-        driver = _Driver(cfg, cards, ledger, progress, say)
-        driver.model_dirs = found
+        driver = _Driver(cfg, cards, found, ledger, progress, say)
         driver.start_actors(n, per)
         with progress:
             driver.run(todo)
