@@ -1,4 +1,4 @@
-"""``tupac synth`` (phantom TUPAC16 cohorts) and ``tupac demo``."""
+"""``tupac synth``: phantom TUPAC16 cohorts (``tupac demo`` lives in :mod:`tupac.cli.pipeline_cmds`)."""
 
 from __future__ import annotations
 
@@ -41,16 +41,3 @@ def synth(
 ) -> None:
     """Generate a phantom TUPAC16 cohort with exact ground truth."""
     _generate(out, slides, seed, _parse_size(size_um), mitosis_images)
-
-
-@app.command("demo")
-def demo(
-    out: Path = typer.Option(Path("tupac-demo"), "--out", help="Folder for the demo cohort."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the phantom cohort."),
-) -> None:
-    """Generate a small phantom cohort (6 slides of 2 x 1.6 mm, 10 mitosis images) and summarize it."""
-    _generate(out, 6, seed, (2000.0, 1600.0), 10)
-    console.print(
-        "demo: this step generates the phantom cohort only; the full pipeline (tissue, tumor, mitoses, "
-        "features, grade prediction, report) will run on it here as those stages land."
-    )

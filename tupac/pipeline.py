@@ -1,0 +1,376 @@
+"""The whole pipeline as one resumable job: composition only (``tupac run``, ``tupac demo``).
+
+Stages, each a call into the package and each recorded in ``RUN/pipeline/<stage>.json`` with a
+*key* (a hash of its configuration and of its inputs' fingerprints):
+
+1. ``train_tumor``  -> ``MODELS/tumor``   (two-stage active learning; skipped when models are given)
+2. ``train_mitosis`` -> ``MODELS/mitosis`` (two-stage hard negatives)
+3. ``infer``        -> ``RUN/slides/*.zarr`` + detections, ledger, summary (Ray)
+4. ``features``     -> ``RUN/features.parquet`` (Dask)
+5. ``fit``          -> ``RUN/predict/`` + MLflow run and registered models
+6. ``report``       -> ``RUN/report/index.html`` and ``RUN/qupath/*.geojson``
+
+A stage is skipped when its record exists, its key is unchanged and its outputs are still there, so
+running the same command twice does no work the second time. ``infer`` also checks every slide's
+commit record: delete one slide's outputs and only that slide is recomputed (the ledger skips the
+others), after which the stages downstream see a changed input and run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tupac.errors import ConfigError
+
+STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Options of every stage, as in the YAML config (``tupac run --print-config`` shows the defaults).
+
+    Each section holds the fields of one stage's own config class: ``tumor`` ->
+    :class:`tupac.tumor.training.TumorTrainConfig`, ``mitosis`` ->
+    :class:`tupac.mitosis.training.MitosisTrainConfig`, ``infer`` -> :class:`tupac.infer.job.JobConfig`
+    (without ``models``/``out``), ``features`` -> :class:`tupac.features.cohort.FeatureRunConfig`,
+    ``fit`` -> :class:`tupac.predict.fit.FitConfig`; ``report`` takes ``max_side`` and ``n_boot``.
+    """
+
+    seed: int = 0
+    tumor: dict[str, Any] = field(default_factory=dict)
+    mitosis: dict[str, Any] = field(default_factory=dict)
+    infer: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("tumor", "mitosis", "infer", "features", "fit", "report"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"config section {name!r} must be a mapping, got {type(getattr(self, name)).__name__}")
+        # Build each stage's config once so a typo fails before hours of work, naming the field.
+        self.tumor_config(), self.mitosis_config(), self.features_config(), self.fit_config()
+        unknown = set(self.report) - {"max_side", "n_boot"}
+        if unknown:
+            raise ConfigError(f"report: unknown options {sorted(unknown)}; known: max_side, n_boot")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
+        unknown = set(doc) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
+        return cls(**doc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def effective(self) -> dict[str, Any]:
+        """Every option of every stage with the value that will be used (defaults filled in)."""
+        sections = {
+            "tumor": self.tumor_config(), "mitosis": self.mitosis_config(), "features": self.features_config(),
+            "fit": self.fit_config(), "infer": self.job_config(Path("MODELS"), Path("RUN")),
+        }
+        out: dict[str, Any] = {"seed": self.seed}
+        for name, cfg in sections.items():
+            values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "models", "out")}
+            out[name] = json.loads(json.dumps(values, default=str))
+        out["report"] = {"max_side": 640, "n_boot": 2000, **self.report}
+        return out
+
+    def to_yaml(self) -> str:
+        """The effective config as YAML, each option preceded by its documentation as a comment."""
+        classes = {"tumor": "tupac.tumor.training.TumorTrainConfig", "mitosis": "tupac.mitosis.training.MitosisTrainConfig",
+                   "infer": "tupac.infer.job.JobConfig", "features": "tupac.features.cohort.FeatureRunConfig",
+                   "fit": "tupac.predict.fit.FitConfig"}
+        lines = ["# tupac run configuration: every option with the value in effect.",
+                 "# Sections map onto each stage's config class; omit what you do not change.",
+                 "seed: " + str(self.seed) + "  # seeds every stage"]
+        for section, values in self.effective().items():
+            if section == "seed":
+                continue
+            docs = _field_docs(classes[section]) if section in classes else {}
+            lines.append("")
+            lines.append(f"{section}:" + (f"  # {classes[section]}" if section in classes else ""))
+            for key, value in values.items():
+                for doc_line in docs.get(key, []):
+                    lines.append(f"  # {doc_line}")
+                dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()
+                lines.append("  " + dumped[1:-1] if dumped.startswith("{") else "  " + dumped)
+        return "\n".join(lines) + "\n"
+
+    def _build(self, cls, section: str, **extra):
+        values = {**extra, **getattr(self, section)}
+        for key, value in values.items():  # YAML has lists where the dataclasses want tuples
+            if isinstance(value, list) and key.endswith("_models"):
+                values[key] = tuple(value)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ConfigError(f"{section}: unknown options {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**values)
+
+    def tumor_config(self):
+        from tupac.tumor.training import TumorTrainConfig
+
+        return self._build(TumorTrainConfig, "tumor", seed=self.seed)
+
+    def mitosis_config(self):
+        from tupac.mitosis.training import MitosisTrainConfig
+
+        return self._build(MitosisTrainConfig, "mitosis", seed=self.seed)
+
+    def features_config(self):
+        from tupac.features.cohort import FeatureRunConfig
+
+        return self._build(FeatureRunConfig, "features", seed=self.seed)
+
+    def fit_config(self):
+        from tupac.predict.fit import FitConfig
+
+        return self._build(FitConfig, "fit", seed=self.seed)
+
+    def job_config(self, models: Path, out: Path):
+        from tupac.infer.job import JobConfig
+
+        return self._build(JobConfig, "infer", models=models, out=out)
+
+
+DEMO_CONFIG = PipelineConfig(
+    tumor={
+        "model_kwargs": {"widths": [8, 16, 24, 32, 64], "fc_width": 64},
+        "positives_per_slide": 120,
+        "negatives_per_slide": 120,
+        "train": {"epochs": 6, "batch_size": 32, "lr": 0.003, "monitor": "loss", "lr_schedule": "cosine"},
+    },
+    mitosis={"train": {"epochs": 6}},
+    features={"n_patches": 6, "n_clusters": 8, "general_patches": 2, "general_epochs": 15, "n_splits": 3},
+    fit={"repeats": 1, "n_boot": 200, "n_splits": 3, "inner_splits": 2, "k_features": 20,
+         "grade_models": ["logreg_enet", "random_forest"], "rna_models": ["elastic_net", "random_forest"]},
+    report={"n_boot": 200},
+)
+"""The demo's settings: a narrow LocNet, short training, few fringe patches, light CV. Enough to
+exercise every stage on a laptop in minutes; the defaults (``PipelineConfig()``) are the full size."""
+
+
+def _field_docs(dotted: str) -> dict[str, list[str]]:
+    """Field descriptions from a numpydoc ``Parameters``/``Attributes`` section of a class docstring."""
+    import importlib
+    import inspect
+    import re
+
+    module, name = dotted.rsplit(".", 1)
+    doc = inspect.getdoc(getattr(importlib.import_module(module), name)) or ""
+    docs: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in doc.splitlines():
+        m = re.match(r"^([A-Za-z_][\w, ]*?)\s*:\s*(.*)$", line)
+        if m and not line.startswith(" "):
+            current = []
+            for field_name in (n.strip() for n in m.group(1).split(",")):
+                docs[field_name] = current
+        elif line.startswith("    ") and line.strip():
+            current.append(line.strip())
+    return docs
+
+
+# --- stage records -------------------------------------------------------------------------------
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def dataset_fingerprint(root: Path) -> str:
+    """Names, sizes and modification times of the dataset's files (cheap; content hashes are the
+    commit records' job)."""
+    rows = []
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file() and "truth" not in p.relative_to(root).parts:
+            st = p.stat()
+            rows.append((str(p.relative_to(root)), st.st_size, int(st.st_mtime)))
+    return _digest(rows)
+
+
+def _files_fingerprint(paths: list[Path]) -> str:
+    return _digest([(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in paths if p.exists()])
+
+
+@dataclass
+class StageRecord:
+    name: str
+    key: str
+    outputs: list[str]
+    seconds: float
+    finished: str
+
+    @classmethod
+    def load(cls, path: Path) -> StageRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+class Pipeline:
+    """Runs the stages in order, skipping those whose record still holds (see the module docstring)."""
+
+    def __init__(self, data: Path, out: Path, config: PipelineConfig, models: Path | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.data, self.out, self.config = Path(data), Path(out), config
+        self.models = Path(models) if models is not None else self.out / "models"
+        self.given_models = models is not None
+        self.say = say or (lambda msg: None)
+        self.records = self.out / "pipeline"
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    # each stage: (key, outputs, run)
+    def _stage(self, name: str, key_parts: Any, outputs: list[Path], run: Callable[[], None]) -> str:
+        key = _digest(key_parts)
+        path = self.records / f"{name}.json"
+        rec = StageRecord.load(path)
+        if rec is not None and rec.key == key and all(Path(o).exists() for o in rec.outputs):
+            self.skipped.append(name)
+            self.say(f"[{name}] up to date, skipped")
+            return key
+        self.say(f"[{name}] running")
+        t0 = time.perf_counter()
+        run()
+        self.records.mkdir(parents=True, exist_ok=True)
+        record = StageRecord(name, key, [str(o) for o in outputs], round(time.perf_counter() - t0, 1),
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(record), indent=1))
+        tmp.replace(path)
+        self.ran.append(name)
+        self.say(f"[{name}] done in {record.seconds:.0f} s")
+        return key
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        data_fp = dataset_fingerprint(self.data)
+        k_tumor = self._train("tumor", data_fp)
+        k_mitosis = self._train("mitosis", data_fp)
+        k_infer = self._infer(data_fp, k_tumor, k_mitosis)
+        k_features = self._features(k_infer)
+        k_fit = self._fit(k_features)
+        self._report(k_fit)
+        summary = {"ran": self.ran, "skipped": self.skipped, "run": str(self.out),
+                   "report": str(self.out / "report" / "index.html")}
+        (self.out / "pipeline" / "last.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def _train(self, task: str, data_fp: str) -> str:
+        model_dir = self.models / task
+        if self.given_models:
+            if not (model_dir / "card.json").is_file():
+                raise ConfigError(f"{model_dir}: --models was given but has no trained {task} model (card.json)")
+            from tupac.infer.models import weights_hash
+
+            return weights_hash(model_dir)
+        cfg = self.config.tumor_config() if task == "tumor" else self.config.mitosis_config()
+
+        def run() -> None:
+            if task == "tumor":
+                from tupac.tumor.tracking import tracked_tumor_training as tracked
+            else:
+                from tupac.mitosis.tracking import tracked_mitosis_training as tracked
+            tracked(self.data, model_dir, cfg, say=self.say)
+
+        return self._stage(f"train_{task}", [data_fp, cfg.to_dict()],
+                           [model_dir / "model.safetensors", model_dir / "card.json"], run)
+
+    def _infer(self, data_fp: str, k_tumor: str, k_mitosis: str) -> str:
+        from tupac.infer.commit import is_committed
+        from tupac.infer.manifest import load_cohort
+        from tupac.infer.store import store_path
+
+        entries = load_cohort(data=self.data)
+        stores = [store_path(self.out, e.slide_id) for e in entries]
+        job = self.config.job_config(self.models, self.out)
+
+        def run() -> None:
+            from tupac.infer.job import run_job
+
+            summary = run_job(entries, job, say=self.say)
+            if summary.get("failed"):
+                self.say(f"[infer] {len(summary['failed'])} slide(s) failed; see RUN/summary.json")
+
+        complete = all(is_committed(s) for s in stores)
+        key_parts = [data_fp, k_tumor, k_mitosis, {k: str(v) for k, v in self.config.infer.items()}]
+        if not complete:
+            key_parts.append(time.time())  # force: some slide is not done
+        self._stage("infer", key_parts, [self.out / "summary.json"], run)
+        commits = sorted(s / "commit.json" for s in stores if is_committed(s))
+        return _files_fingerprint(commits)
+
+    def _features(self, k_infer: str) -> str:
+        from tupac.features.cohort import run_features
+
+        labels = self.data / "training_ground_truth.csv"
+        cfg = self.config.features_config()
+        table = self.out / "features.parquet"
+
+        def run() -> None:
+            run_features(self.out, labels=labels if labels.is_file() else None, slides=self.data,
+                         models=self.models, config=cfg)
+
+        self._stage("features", [k_infer, dataclasses.asdict(cfg)], [table], run)
+        return _files_fingerprint([table])
+
+    def _fit(self, k_features: str) -> str:
+        labels = self.data / "training_ground_truth.csv"
+        cfg = self.config.fit_config()
+        out = self.out / "predict"
+
+        def run() -> None:
+            from tupac.data import read_ground_truth
+            from tupac.predict.cohort import build_cohort, read_feature_table
+            from tupac.predict.fit import fit_cohort, write_outputs
+            from tupac.predict.tracking import log_fit
+
+            cohort = build_cohort(read_feature_table(self.out / "features.parquet"), read_ground_truth(labels),
+                                  strict=cfg.strict, labels_source=str(labels))
+            result = fit_cohort(cohort, cfg, progress=lambda msg: None)
+            write_outputs(result, out)
+            log_fit(result, out, self.out, run_name="tupac run")
+
+        if not labels.is_file():
+            self.say("[fit] no training_ground_truth.csv: predictive models skipped")
+            return k_features
+        self._stage("fit", [k_features, dataclasses.asdict(cfg), _files_fingerprint([labels])],
+                    [out / "metrics.json"], run)
+        return _files_fingerprint([out / "metrics.json"])
+
+    def _report(self, k_fit: str) -> None:
+        def run() -> None:
+            from tupac.report.html import build_report
+            from tupac.report.qupath import export_run
+
+            export_run(self.out)
+            build_report(self.out, **self.config.report)
+
+        self._stage("report", [k_fit, self.config.report, _files_fingerprint([self.out / "summary.json"])],
+                    [self.out / "report" / "index.html"], run)
+
+
+def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig = PipelineConfig(),
+                 models: str | Path | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole pipeline on a TUPAC16-layout dataset; see the module docstring."""
+    return Pipeline(Path(data), Path(out), config, Path(models) if models else None, say).run()
