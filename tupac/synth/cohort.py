@@ -121,8 +121,13 @@ def _write_masks(scene: Scene, out_dir: Path) -> None:
     T.write_mask_png(out_dir / "tumor.png", tumor, MASK_MPP)
 
 
-def _roi_boxes(scene: Scene, rng: np.random.Generator, n_max: int = 2) -> list[tuple[int, int, int, int]]:
-    """Square boxes (x, y, w, h in level-0 px) lying wholly inside tumor, covering only part of it."""
+def _roi_boxes(scene: Scene, rng: np.random.Generator, n_max: int = 4) -> list[tuple[int, int, int, int]]:
+    """Square boxes (x, y, w, h in level-0 px) lying wholly inside tumor, covering only part of it.
+
+    Up to four boxes of at most 1.2 mm: TUPAC16's ROIs are about ten high-power fields each, larger
+    than a whole tumor region of a small phantom slide, so here the largest inscribed squares of the
+    biggest regions stand in for them (still leaving each region's rim and the small regions out).
+    """
     rows, cols = mask_shape(scene.size_px)
     f = 4  # work at 16 um/px: enough to place boxes, light for whole-slide scenes
     _, tumor = region_masks(scene, 0, 0, cols, rows)
@@ -137,7 +142,7 @@ def _roi_boxes(scene: Scene, rng: np.random.Generator, n_max: int = 2) -> list[t
         if r < 4:
             break
         cy, cx = divmod(i, dist.shape[1])
-        half_um = min(0.68 * r * f * MASK_MPP, 400.0) * rng.uniform(0.6, 1.0)
+        half_um = min(0.68 * r * f * MASK_MPP, 600.0) * rng.uniform(0.75, 1.0)
         half = int(half_um / MPP)
         x0, y0 = int((cx + 0.5) * f * MASK_STEP) - half, int((cy + 0.5) * f * MASK_STEP) - half
         # Verify against the full-resolution mask; shrink until wholly inside tumor.

@@ -157,13 +157,17 @@ def slide_patches(
     """Sample and read one slide's labelled patches: ``(n, P, P, 3)`` uint8 and ``(n,)`` int64 labels."""
     from tupac.slide import open_slide
 
+    annotated = len(ctx.rois) > 0
+    # A slide without ROI annotations says nothing about where tumor is *not* (TUPAC16 annotates
+    # only some slides, and only part of their tumor), so it gives no negatives; in stage 2 it
+    # still gives the positives the stage-1 model is confident about.
     centers = sample_patch_centers(
         ctx.tissue.mask,
         ctx.tissue.mpp,
         ctx.slide_mpp,
         ctx.rois,
-        config.positives_per_slide if (len(ctx.rois) or extra_positive is not None) else 0,
-        config.negatives_per_slide,
+        config.positives_per_slide if (annotated or extra_positive is not None) else 0,
+        config.negatives_per_slide if annotated else 0,
         rng,
         extra_positive=extra_positive,
     )
@@ -241,7 +245,7 @@ class StageTracker:
 
 def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir: Path, tracker, stain_ref_path: Path):
     from tupac.models import create_model
-    from tupac.train import TrainConfig, binary_metrics, train
+    from tupac.train import TrainConfig, train
 
     tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
     if val_ds is None and tcfg.monitor != "loss":
@@ -258,13 +262,19 @@ def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir
         "best_epoch": result.best_epoch,
         "seconds": round(seconds, 1),
     }
-    if val_ds is not None and len(val_ds):
-        prob, y = _validation_scores(model, val_ds)
-        thr, f1 = best_threshold(prob, y)
-        summary.update({"threshold": thr, "val_f1_at_threshold": f1, **{f"val_{k}": v for k, v in binary_metrics(y, prob, thr).items()}})
-    else:
-        summary.update({"threshold": 0.5})
+    summary.update(validation_summary(model, val_ds))
     return model, summary
+
+
+def validation_summary(model, val_ds) -> dict[str, Any]:
+    """Threshold (best F1 on the validation patches) and the validation metrics at it."""
+    from tupac.train import binary_metrics
+
+    if val_ds is None or not len(val_ds):
+        return {"threshold": 0.5}
+    prob, y = _validation_scores(model, val_ds)
+    thr, f1 = best_threshold(prob, y)
+    return {"threshold": thr, "val_f1_at_threshold": f1, **{f"val_{k}": v for k, v in binary_metrics(y, prob, thr).items()}}
 
 
 def train_tumor(
@@ -330,14 +340,20 @@ def train_tumor(
     stages, models = [s1], [model]
 
     if config.two_stage:
-        say("stage 2: mapping training slides with the stage-1 model")
-        extra = {c.slide_id: confident_tumor(c, model, stain_reference, config.confident) for c in train_ctx}
+        say("stage 2: mapping training and validation slides with the stage-1 model")
+        extra = {c.slide_id: confident_tumor(c, model, stain_reference, config.confident) for c in train_ctx + val_ctx}
         s1["confident_area_mm2"] = float(
             sum(m.sum() for m in extra.values()) * (config.tissue_mpp / 1000.0) ** 2
         )
         train_ds2 = build_patch_set(train_ctx, stain_reference, card, config, seed_stream=3, extra=extra)
+        # The validation slides get the same treatment: their confidently-tumor regions are no
+        # longer drawn as negatives. Unannotated tumor among the negatives would otherwise reward
+        # the model that misses it, and push the chosen threshold up.
+        val_ds2 = build_patch_set(val_ctx, stain_reference, card, config, seed_stream=4, extra=extra) if val_ctx else None
         say(f"stage 2: retraining on {len(train_ds2)} patches")
-        model2, s2 = _train_stage(2, config, train_ds2, val_ds, out, tracker, ref_path)
+        model2, s2 = _train_stage(2, config, train_ds2, val_ds2, out, tracker, ref_path)
+        # Both stages are compared, and thresholded, on the refined validation set.
+        s1.update(validation_summary(model, val_ds2))
         stages.append(s2)
         models.append(model2)
 
