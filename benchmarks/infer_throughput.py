@@ -5,16 +5,18 @@ LocNet tumor model at the default width (seeded, untrained: speed does not depen
 with a Reinhard stain reference; the mitosis stage is left out (MODELS has only ``tumor/``), so
 "tiles" are tumor windows of ``--chunk`` cells (16 cells = 335 x 335 px at 10x).
 
-- ``job``: ``run_job`` on a local Ray (``--cpus`` CPUs, one actor with all its threads), end to
-  end (prepare, windows, store, commit), tiles/s = tumor windows / wall time.
+- ``job``: ``run_job`` on a local Ray (``--cpus`` CPUs: one actor with ``cpus - 1`` torch threads,
+  one CPU for the slide tasks), end to end (prepare, windows, store, commit), tiles/s = tumor
+  windows / wall time.
 - ``naive_tile``: the same windows, one OpenSlide ``read_region`` + resize + stain transform +
   one model call per window, sequential, stitched into a numpy array; output compared with the
   job's heatmap.
 - ``naive_patch``: the classical sliding window: one ``read_region`` and one model call per
   heatmap cell (140 x 140 px patch), on the first ``--patch-windows`` windows only (cells/s
   extrapolated), compared cell by cell.
-- ``nodes``: the job on a Ray cluster of 1 node (1 CPU) vs 2 nodes (1 CPU each, started with
-  ``ray start``), 1 actor per node.
+- ``nodes``: the job on a Ray cluster of 1 node vs 2 nodes (2 logical CPUs each, started with
+  ``ray start`` on this machine), 1 actor (1 CPU) per node. Both nodes share the same 2 physical
+  cores, so this measures the multi-node overhead and placement, not added compute.
 - ``memory``: peak RSS (sum over the driver and the Ray processes of the run, sampled every
   0.2 s) for the slide and for one 4x larger (2x each side).
 
@@ -134,7 +136,7 @@ def run_job_local(slide: Path, models: Path, out: Path, chunk: int, cpus: int) -
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         with RssSampler(str(temp)) as rss:
-            s = run_job([ManifestEntry(slide.stem, slide)], _cfg(models, out, chunk, actors=1, cpus_per_actor=cpus),
+            s = run_job([ManifestEntry(slide.stem, slide)], _cfg(models, out, chunk, actors=1, cpus_per_actor=cpus - 1),
                         progress=_quiet)
         wall = time.perf_counter() - t0
     finally:
@@ -247,26 +249,28 @@ def _stop(temp: Path) -> None:
 
 
 def run_nodes(slide: Path, models: Path, out: Path, chunk: int, nodes: int) -> dict:
-    """The job via `tupac infer --address` on a cluster of ``nodes`` nodes of 1 CPU each."""
+    """The job via `tupac infer --address` on ``nodes`` local nodes of 2 logical CPUs, one actor each."""
     import socket
 
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
     temp = Path(tempfile.mkdtemp(prefix="tn", dir="/tmp"))
-    common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000", "--disable-usage-stats"]
+    common = ["--num-cpus=2", "--num-gpus=0", "--object-store-memory=200000000", "--disable-usage-stats"]
     try:
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback-only cluster
         subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *common],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
         for _ in range(nodes - 1):
-            subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True)
+            subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True, env=env)
         shutil.rmtree(out, ignore_errors=True)
         manifest = out.parent / "nodes.csv"
         manifest.write_text(f"slide_id,path\n{slide.stem},{slide}\n")
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "tupac", "infer", "--manifest", str(manifest), "--models", str(models),
                                "--out", str(out), "--address", f"127.0.0.1:{port}", "--actors", str(nodes),
-                               "--tumor-chunk", str(chunk), "--num-gpus-per-actor", "0"], capture_output=True, text=True)
+                               "--tumor-chunk", str(chunk), "--num-gpus-per-actor", "0"], capture_output=True, text=True,
+                              env={**os.environ, "RAY_AUTH_MODE": "disabled"})
         wall = time.perf_counter() - t0
         assert proc.returncode == 0, proc.stderr[-2000:]
         tiles = json.loads((out / "summary.json").read_text())["throughput"]["tiles"]

@@ -515,11 +515,14 @@ def _actor_plan(cfg: JobConfig) -> tuple[int, float]:
     res = ray.cluster_resources()
     gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
     per = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
-    if cfg.actors is not None:
-        return cfg.actors, per
-    if per > 0:
-        return max(1, int(gpus // per)), per
-    return max(1, int(cpus // (2 * cfg.cpus_per_actor))), per
+    n = cfg.actors if cfg.actors is not None else (
+        max(1, int(gpus // per)) if per > 0 else max(1, int(cpus // (2 * cfg.cpus_per_actor))))
+    if cpus - n * cfg.cpus_per_actor < 1:
+        raise ConfigError(
+            f"{n} actor(s) x {cfg.cpus_per_actor:g} CPU reserve all {cpus:g} CPUs of the cluster; the per-slide tasks "
+            "need at least 1 CPU left (lower --actors or --cpus-per-actor)"
+        )
+    return n, per
 
 
 def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable[[str], None] | None = None) -> dict:
