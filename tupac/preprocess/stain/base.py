@@ -20,15 +20,17 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from tupac.errors import StainError
 
 SCHEMA_VERSION = 1
 
 Params = Mapping[str, np.ndarray]
+FitResult = Optional[tuple[dict[str, np.ndarray], int]]  # (params, n_pixels), or None: too little tissue
 
 
 def _freeze_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -278,14 +280,13 @@ def sample_tissue_tiles(
     -------
     list of ndarray of uint8, each (tile_px, tile_px, 3)
     """
-    mask = np.asarray(tissue_mask.mask, dtype=bool)
-    mask_mpp = float(tissue_mask.mpp)
+    return _sample_tissue(reader, tissue_mask, mpp, tile_px, max_tiles, min_tissue, seed)[0]
+
+
+def _sample_tissue(reader, tissue_mask, mpp, tile_px, max_tiles, min_tissue, seed):
+    """:func:`sample_tissue_tiles`, also returning each tile's grid cell as ``(n, 2)`` (row, col)."""
     mpp = max(float(mpp), float(reader.mpp))
-    cell = tile_px * mpp / mask_mpp  # tile edge in mask pixels
-    w_l0, h_l0 = reader.dimensions
-    n_cols = max(1, int(math.floor(w_l0 * reader.mpp / (tile_px * mpp))))
-    n_rows = max(1, int(math.floor(h_l0 * reader.mpp / (tile_px * mpp))))
-    frac = _cell_fractions(mask, cell, n_rows, n_cols)
+    frac = _tile_grid_fractions(reader, tissue_mask, mpp, tile_px)
     rows, cols = np.nonzero(frac >= min_tissue)
     if rows.size == 0:
         rows, cols = np.nonzero(frac > 0)
@@ -299,7 +300,61 @@ def sample_tissue_tiles(
     for r, c in zip(rows[pick], cols[pick]):
         xy_l0 = (int(round(c * tile_px * scale)), int(round(r * tile_px * scale)))
         tiles.append(np.asarray(reader.read_region_mpp(xy_l0, (tile_px, tile_px), mpp), dtype=np.uint8))
-    return tiles
+    return tiles, np.stack([rows[pick], cols[pick]], axis=1)
+
+
+def glass_pixels(
+    tiles: Sequence[np.ndarray], cells: np.ndarray, tissue_mask, *, mpp: float, margin_px: int = 2
+) -> np.ndarray:
+    """The pixels of ``tiles`` that lie on empty glass: at least ``margin_px`` mask pixels away
+    from tissue in ``tissue_mask``.
+
+    Tissue tiles (:func:`sample_tissue_tiles`) at the edge of the tissue hold glass too, so the
+    slide's white is measured without reading anything more.
+
+    Parameters
+    ----------
+    tiles : sequence of ndarray of uint8, each (tile_px, tile_px, 3)
+    cells : ndarray of int, shape (len(tiles), 2)
+        Each tile's (row, col) in the grid of ``tile_px`` tiles at ``mpp``.
+    tissue_mask : TissueMask
+    mpp : float
+        Resolution of the tiles (um/px).
+
+    Returns
+    -------
+    ndarray of uint8, shape (n, 3)
+        ``n`` is 0 when no tile reaches glass.
+    """
+    mask = np.asarray(tissue_mask.mask, dtype=bool)
+    step = float(mpp) / float(tissue_mask.mpp)  # mask pixels per tile pixel
+    out = []
+    for tile, (r, c) in zip(tiles, np.asarray(cells).reshape(-1, 2)):
+        th, tw = tile.shape[:2]
+        y = ((r * th + np.arange(th)) * step).astype(np.int64)
+        x = ((c * tw + np.arange(tw)) * step).astype(np.int64)
+        y0, x0 = max(int(y[0]) - margin_px, 0), max(int(x[0]) - margin_px, 0)
+        crop = mask[y0 : int(y[-1]) + margin_px + 1, x0 : int(x[-1]) + margin_px + 1]
+        if crop.size == 0:
+            continue
+        if margin_px > 0:
+            crop = ndi.binary_dilation(crop, iterations=margin_px)
+        # past the mask's edge nothing is known: not glass
+        near = np.ones((th, tw), dtype=bool)
+        ok_y, ok_x = y - y0 < crop.shape[0], x - x0 < crop.shape[1]
+        near[np.ix_(ok_y, ok_x)] = crop[np.ix_(y[ok_y] - y0, x[ok_x] - x0)]
+        out.append(tile[~near])
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 3), dtype=np.uint8)
+
+
+def _tile_grid_fractions(reader, tissue_mask, mpp: float, tile_px: int) -> np.ndarray:
+    """Tissue fraction of each cell of the ``tile_px`` grid at ``mpp`` over the whole slide."""
+    mask = np.asarray(tissue_mask.mask, dtype=bool)
+    cell = tile_px * mpp / float(tissue_mask.mpp)  # tile edge in mask pixels
+    w_l0, h_l0 = reader.dimensions
+    n_cols = max(1, int(math.floor(w_l0 * reader.mpp / (tile_px * mpp))))
+    n_rows = max(1, int(math.floor(h_l0 * reader.mpp / (tile_px * mpp))))
+    return _cell_fractions(mask, cell, n_rows, n_cols)
 
 
 def _cell_fractions(mask: np.ndarray, cell: float, n_rows: int, n_cols: int) -> np.ndarray:
@@ -343,22 +398,34 @@ class StainMethod:
         elementwise (each output depends on its own input pixel only).
     param_shapes : dict of str to tuple
         Expected shape of each parameter (validates references read from JSON).
+    fit_slide_tiles : callable, optional
+        A whole-slide estimator, used by ``fit_slide`` instead of ``fit_tiles``:
+        ``fit_slide_tiles(tiles, glass, seed) -> (params, n_pixels) or None``, where ``glass``
+        holds ``(n, 3)`` uint8 pixels of the same slide's empty glass (``n`` may be 0), so the
+        method can measure the slide's white instead of assuming it.
+    optional_shapes : dict of str to tuple
+        Parameters that may be absent (references written before they existed); checked when present.
     """
 
     name: str
-    fit_tiles: Callable[[Sequence[np.ndarray], int], "tuple[dict[str, np.ndarray], int] | None"]
+    fit_tiles: Callable[[Sequence[np.ndarray], int], FitResult]
     transform_pixels: Callable[[np.ndarray, Params, Params], np.ndarray]
     param_shapes: Mapping[str, tuple[int, ...]]
+    fit_slide_tiles: Optional[Callable[[Sequence[np.ndarray], np.ndarray, int], FitResult]] = None
+    optional_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def check_params(self, params: Params, where: str = "") -> None:
-        for k, shape in self.param_shapes.items():
+        for k, shape in {**self.param_shapes, **self.optional_shapes}.items():
             if k not in params:
+                if k in self.optional_shapes:
+                    continue
                 raise StainError(f"{where}: {self.name} parameters lack {k!r}")
             if tuple(np.shape(params[k])) != tuple(shape):
                 raise StainError(f"{where}: {self.name} parameter {k!r} has shape {np.shape(params[k])}, expected {shape}")
 
-    def _stats(self, tiles: Sequence[np.ndarray], seed: int, source: str) -> SlideStainStats:
-        fitted = self.fit_tiles(tiles, seed)
+    def _stats(self, tiles: Sequence[np.ndarray], seed: int, source: str, fitted: Any = False) -> SlideStainStats:
+        if fitted is False:
+            fitted = self.fit_tiles(tiles, seed)
         if fitted is None:
             return SlideStainStats(self.name, {}, n_pixels=0, n_tiles=len(tiles), degenerate=True, source=source)
         params, n_pixels = fitted
@@ -383,9 +450,14 @@ class StainMethod:
         seed: int = 0,
     ) -> SlideStainStats:
         """Statistics of a whole slide, from tissue tiles sampled across it (see
-        :func:`sample_tissue_tiles` for the parameters)."""
-        tiles = sample_tissue_tiles(reader, tissue_mask, mpp=mpp, tile_px=tile_px, max_tiles=max_tiles, seed=seed)
-        return self._stats(tiles, seed, str(getattr(reader, "path", "slide")))
+        :func:`sample_tissue_tiles` for the parameters); methods with a ``fit_slide_tiles``
+        estimator also get the glass pixels of those tiles (:func:`glass_pixels`)."""
+        tiles, cells = _sample_tissue(reader, tissue_mask, mpp, tile_px, max_tiles, 0.5, seed)
+        source = str(getattr(reader, "path", "slide"))
+        if self.fit_slide_tiles is None:
+            return self._stats(tiles, seed, source)
+        glass = glass_pixels(tiles, cells, tissue_mask, mpp=max(float(mpp), float(reader.mpp)))
+        return self._stats(tiles, seed, source, fitted=self.fit_slide_tiles(tiles, glass, seed))
 
     def transform(self, tile: np.ndarray, stats: SlideStainStats, reference: StainReference) -> np.ndarray:
         """Standardize ``tile`` (``(h, w, 3)`` uint8) from ``stats`` towards ``reference``.
