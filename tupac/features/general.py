@@ -161,16 +161,42 @@ def _net_class():
             self.head = nn.Linear(dim, len(GRADES))
 
         def embed(self, volumes: Sequence) -> torch.Tensor:
-            pooled = []
-            for v in volumes:  # one slide: (n_patches, C, h, w)
-                z = (v - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-                pooled.append(torch.relu(self.reduce(z)).mean(dim=(0, 2, 3)))
-            return torch.relu(self.fc(torch.stack(pooled)))
+            # Every slide's patches in one convolution (slides: (n_i, C, h, w), h and w may differ between
+            # slides only if their patches do, so group by spatial size), then a per-slide mean.
+            sums = torch.zeros(len(volumes), self.reduce.out_channels)
+            counts = torch.tensor([float(v.shape[0]) for v in volumes])
+            by_size: dict = {}
+            for i, v in enumerate(volumes):
+                by_size.setdefault(tuple(v.shape[2:]), []).append(i)
+            for idx in by_size.values():
+                z = torch.cat([volumes[i] for i in idx])
+                z = (z - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+                per_patch = torch.relu(self.reduce(z)).mean(dim=(2, 3))
+                owner = torch.repeat_interleave(torch.tensor(idx), torch.tensor([volumes[i].shape[0] for i in idx]))
+                sums = sums.index_add(0, owner, per_patch)
+            return torch.relu(self.fc(sums / counts[:, None]))
 
         def forward(self, volumes: Sequence) -> torch.Tensor:
             return self.head(self.embed(volumes))
 
     return GradeNet
+
+
+class _one_thread:
+    """Run torch on one thread inside the block: the grade network's tensors are tiny, and on a busy
+    machine OpenMP threads spinning over them cost several times the work itself."""
+
+    def __enter__(self):
+        import torch
+
+        self._n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self._n)
+        return False
 
 
 def _tensors(volumes: Sequence[np.ndarray]) -> list:
@@ -217,11 +243,12 @@ def fit_grade_net(volumes: Sequence[np.ndarray], grades: Sequence[int], config: 
     target = torch.from_numpy(y - 1)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     net.train()
-    for _ in range(config.epochs):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x), target)
-        loss.backward()
-        opt.step()
+    with _one_thread():
+        for _ in range(config.epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(x), target)
+            loss.backward()
+            opt.step()
     return net.eval()
 
 
@@ -231,7 +258,7 @@ def general_features(net, volumes: Sequence[np.ndarray]) -> np.ndarray:
 
     x = _tensors(volumes)
     rows = []
-    with torch.no_grad():
+    with torch.no_grad(), _one_thread():
         # One slide per forward pass: a batched matmul may round differently with the batch's size, and a
         # slide's features must not depend, even in the last bit, on which other slides were computed with it.
         for v in x:
