@@ -148,3 +148,15 @@ def test_read_image_errors_name_the_file(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(gray)
     with pytest.raises(DatasetLayoutError, match="gray.png.*8-bit RGB"):
         read_image(gray)
+
+
+def test_threshold_margin_halfway_to_the_first_harmful_detection():
+    from tupac.mitosis.detect import choose_threshold
+    from tupac.mitosis.training import _widest_margin
+
+    truths = [pd.DataFrame({"x": [0.0, 100.0], "y": [0.0, 0.0]}), pd.DataFrame({"x": [], "y": []})]
+    dets = [pd.DataFrame({"x": [0.0, 100.0, 500.0], "y": [0.0] * 3, "prob": [0.9, 0.8, 0.4]}),
+            pd.DataFrame({"x": [50.0], "y": [50.0], "prob": [0.3]})]
+    thr, f1 = choose_threshold(dets, truths)
+    assert thr == pytest.approx(0.8) and f1 == 1.0
+    assert _widest_margin(dets, truths, thr, f1, 30.0, 0.05) == pytest.approx(0.6)

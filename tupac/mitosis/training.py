@@ -223,11 +223,36 @@ def _evaluate(model, images: list[np.ndarray], truths: list[pd.DataFrame], confi
     thr, f1 = choose_threshold(dets, truths, config.match_radius_px)
     if not np.isfinite(thr):  # nothing above the floor: no detections at any threshold
         thr = 1.0
+    else:
+        thr = _widest_margin(dets, truths, thr, f1, config.match_radius_px, floor)
     kept = [d[d["prob"] >= thr] for d in dets]
     pooled, _ = score_images(((str(i), k, t) for i, (k, t) in enumerate(zip(kept, truths))), config.match_radius_px)
     return {"threshold": float(thr), "f1": float(pooled.f1) if pooled.tp + pooled.fp + pooled.fn else 0.0,
             "precision": float(pooled.precision), "recall": float(pooled.recall),
             "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn}
+
+
+def _pooled_f1(dets, truths, thr: float, radius: float) -> float:
+    pooled, _ = score_images(((str(i), d[d["prob"] >= thr], t) for i, (d, t) in enumerate(zip(dets, truths))), radius)
+    return float(pooled.f1) if pooled.tp + pooled.fp + pooled.fn else 0.0
+
+
+def _widest_margin(dets, truths, thr: float, f1: float, radius: float, floor: float) -> float:
+    """A best-F1 threshold with a margin: halfway between the lowest detection probability that
+    still gives the best validation F1 and the next one below it (which does worse).
+
+    ``choose_threshold`` returns the highest best-F1 threshold: on a few validation images whose
+    mitoses all score high it sits right at the weakest validation mitosis, and held-out mitoses
+    just below it are lost. Halfway to the first harmful detection keeps the same validation F1
+    with a margin on both sides (0.5 * (low + floor) when nothing below does worse).
+    """
+    probs = np.unique(np.concatenate([d["prob"].to_numpy(np.float64) for d in dets]))[::-1]
+    low = thr
+    for p in probs[probs < thr]:  # descending; stops at the first threshold that does worse
+        if _pooled_f1(dets, truths, float(p), radius) < f1:
+            return 0.5 * (low + float(p)) if low > p else low
+        low = float(p)
+    return 0.5 * (low + floor) if f1 > 0 else thr
 
 
 class _StageTracker:
