@@ -26,7 +26,7 @@ def _tumor_config(arch: str, epochs: int, patches: int, stain: str, seed: int, t
     if config is not None:
         doc = yaml.safe_load(config.read_text()) or {}
         base = doc.get("tumor", doc)
-    train = {"epochs": epochs, "batch_size": 32, "monitor": "auroc", **base.pop("train", {})}
+    train = {**TumorTrainConfig().train, "epochs": epochs, **base.pop("train", {})}
     fields = {
         "arch": arch, "stain_method": stain, "seed": seed, "two_stage": two_stage,
         "positives_per_slide": patches, "negatives_per_slide": patches, **base, "train": train,
