@@ -216,3 +216,13 @@ def test_job_config_and_model_folders_are_validated(tmp_path):
     assert info.stain_method == "reinhard" and info.threshold == 0.5 and len(info.weights_sha256) == 64
     with pytest.raises(ModelError, match="expected a mitosis model"):
         CardInfo.from_dir("mitosis", found["tumor"])
+
+
+def test_actor_plan_that_starves_slide_tasks_is_refused(local_ray, models, cohort, tmp_path):
+    from tupac.errors import ConfigError
+    from tupac.infer import load_cohort
+    from tupac.infer.job import JobConfig, run_job
+
+    cfg = JobConfig(models=models, out=tmp_path / "run", actors=2, cpus_per_actor=1.0)
+    with pytest.raises(ConfigError, match="need at least 1 CPU"):
+        run_job(load_cohort(data=cohort)[:1], cfg, progress=_quiet)
