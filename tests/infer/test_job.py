@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_job_support import REAL, local_args, make_cohort, make_models, output_digests, slides_of, write_manifest, infer_cli
+from test_job_support import REAL, infer_cli, local_args, make_cohort, make_models, slides_of, write_manifest
 
 
 # -- pure: windowed detection == whole-heatmap detection -----------------------------------
@@ -100,8 +100,7 @@ def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, m
         # Mitosis windows only where tumor regions are: cells far outside tissue stay 0.
         det = pd.read_csv(run / "slides" / f"{e.slide_id}.mitoses.csv")
         assert list(det.columns) == ["x", "y", "prob"] and len(det) == rec.extra["mitoses"]
-        w, h = (int(v) for v in ref.spec("tissue").shape[::-1])
-        assert (det.x >= 0).all() and (det.prob >= 0.5).all()
+        assert (det.x >= 0).all() and (det.y >= 0).all() and (det.prob >= 0.5).all()
 
     # Re-running skips DONE slides: attempts stay 1, files are untouched.
     mtimes = {p: p.stat().st_mtime_ns for p in (run / "slides").rglob("*") if p.is_file()}
