@@ -42,6 +42,7 @@ def infer_cmd(
     local_cpus: Optional[int] = typer.Option(None, "--local-cpus", min=1, help="CPUs of a local Ray started here."),
     object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", min=64, help="Object store of a local Ray (MiB)."),
     dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Dashboard of a local Ray."),
+    local_temp_dir: Optional[str] = typer.Option(None, "--local-temp-dir", help="Temp folder of a local Ray (short path)."),
 ) -> None:
     """Run the tumor and mitosis models over a cohort on Ray: heatmaps, detections, ledger, summary."""
     from tupac.infer.job import JobConfig
@@ -54,7 +55,7 @@ def infer_cmd(
         JobConfig, models=models, out=out, address=address, num_gpus_per_actor=num_gpus_per_actor, actors=actors,
         batch_size=batch_size, max_attempts=max_attempts, cpus_per_actor=cpus_per_actor, tumor_chunk=tumor_chunk,
         mitosis_chunk=mitosis_chunk, backend=backend, local_cpus=local_cpus, object_store_mb=object_store_mb,
-        include_dashboard=dashboard,
+        include_dashboard=dashboard, local_temp_dir=local_temp_dir,
     )
     summary = run_guarded(_run, entries, cfg)
     _print_summary(summary, out)
