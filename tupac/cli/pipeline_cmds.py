@@ -10,7 +10,7 @@ import typer
 
 from tupac.cli.app import app, console, fail, run_guarded
 
-DEMO_SLIDES, DEMO_SIZE_UM, DEMO_MITOSIS_IMAGES = 9, (1500.0, 1200.0), 12
+DEMO_SLIDES, DEMO_SIZE_UM, DEMO_MITOSIS_IMAGES = 12, (1500.0, 1200.0), 12
 FULL_SLIDES, FULL_SIZE_UM, FULL_MITOSIS_IMAGES = 12, (3000.0, 2500.0), 30
 
 
