@@ -208,7 +208,12 @@ def dataset_fingerprint(root: Path) -> str:
 
 
 def _files_fingerprint(paths: list[Path]) -> str:
-    return _digest([(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in paths if p.exists()])
+    """Content hash of small files (commit records, tables): a rewrite with the same bytes is no change."""
+    rows = []
+    for p in paths:
+        if Path(p).exists():
+            rows.append((Path(p).name, hashlib.sha256(Path(p).read_bytes()).hexdigest()))
+    return _digest(rows)
 
 
 @dataclass
@@ -241,11 +246,11 @@ class Pipeline:
         self.skipped: list[str] = []
 
     # each stage: (key, outputs, run)
-    def _stage(self, name: str, key_parts: Any, outputs: list[Path], run: Callable[[], None]) -> str:
+    def _stage(self, name: str, key_parts: Any, outputs: list[Path], run: Callable[[], None], force: bool = False) -> str:
         key = _digest(key_parts)
         path = self.records / f"{name}.json"
         rec = StageRecord.load(path)
-        if rec is not None and rec.key == key and all(Path(o).exists() for o in rec.outputs):
+        if not force and rec is not None and rec.key == key and all(Path(o).exists() for o in rec.outputs):
             self.skipped.append(name)
             self.say(f"[{name}] up to date, skipped")
             return key
@@ -313,11 +318,11 @@ class Pipeline:
             if summary.get("failed"):
                 self.say(f"[infer] {len(summary['failed'])} slide(s) failed; see RUN/summary.json")
 
-        complete = all(is_committed(s) for s in stores)
+        # Some slide without its commit record (never run, failed, or its outputs deleted): run the
+        # job, whose ledger skips every slide that is done.
+        incomplete = not all(is_committed(s) for s in stores)
         key_parts = [data_fp, k_tumor, k_mitosis, {k: str(v) for k, v in self.config.infer.items()}]
-        if not complete:
-            key_parts.append(time.time())  # force: some slide is not done
-        self._stage("infer", key_parts, [self.out / "summary.json"], run)
+        self._stage("infer", key_parts, [self.out / "summary.json"], run, force=incomplete)
         commits = sorted(s / "commit.json" for s in stores if is_committed(s))
         return _files_fingerprint(commits)
 

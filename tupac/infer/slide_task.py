@@ -320,6 +320,10 @@ def finalize_slide(
             lambda rs, cs: arr[rs, cs], g, mitosis_windows, cards["mitosis"].threshold,
             detection["sigma_px"], detection["nms_radius_px"], g.mpp / g.slide_mpp,
         )
+        # Windows at the right and bottom edges read white padding past the slide; a maximum found
+        # there is not on the slide, and QuPath (or any viewer) would place it off the image.
+        w, h = plan.dimensions
+        det = det[(det["x"] >= 0) & (det["x"] < w) & (det["y"] >= 0) & (det["y"] < h)].reset_index(drop=True)
         csv_path = Path(store_path).with_name(f"{slide_id}.mitoses.csv")
         atomic_write_bytes(csv_path, det.to_csv(index=False).encode())
         outputs["mitoses.csv"] = csv_path
