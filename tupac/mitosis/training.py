@@ -36,6 +36,7 @@ from tupac.mitosis.detect import choose_threshold, detect_from_heatmap
 from tupac.mitosis.inference import mitosis_heatmap, read_image, standardize_image
 from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negatives, jittered, label_candidates
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
+from tupac.train.tracking import StageTracker, flatten_params, is_number
 
 STAIN_REFERENCE_FILE = "stain_reference.json"
 
@@ -255,22 +256,6 @@ def _widest_margin(dets, truths, thr: float, f1: float, radius: float, floor: fl
     return 0.5 * (low + floor) if f1 > 0 else thr
 
 
-class _StageTracker:
-    """Prefixes a stage's params and metrics (``stage1.val_auroc``), so both stages share one run."""
-
-    def __init__(self, tracker, stage: int) -> None:
-        self.tracker, self.prefix = tracker, f"stage{stage}."
-
-    def log_params(self, params):
-        self.tracker.log_params({self.prefix + k: v for k, v in params.items()})
-
-    def log_metrics(self, metrics, step):
-        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
-
-    def log_artifact(self, path, artifact_path=None):
-        self.tracker.log_artifact(path, f"{self.prefix.rstrip('.')}/{artifact_path or ''}".rstrip("/"))
-
-
 class _BestF1:
     """Training callback: validation-image F1 after every epoch; keeps the best epoch's weights."""
 
@@ -295,7 +280,7 @@ def _train_stage(stage, config, train_ds, val_ds, val_images, val_truths, out, t
 
     tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
     model = create_model(config.arch, task="mitosis", **config.model_kwargs)
-    stage_tracker = _StageTracker(tracker, stage) if tracker is not None else None
+    stage_tracker = StageTracker(tracker, stage) if tracker is not None else None
     callbacks = []
     if config.epoch_selection == "f1" and val_images:
         callbacks.append(_BestF1(val_images, val_truths, config, stage_tracker))
@@ -402,7 +387,7 @@ def train_mitosis(
                                                                seed=config.seed, source=str(first)))
     ref_path = stain_reference.save(out / STAIN_REFERENCE_FILE)
     if tracker is not None:
-        tracker.log_params({f"mitosis.{k}": v for k, v in _flat(config.to_dict()).items()})
+        tracker.log_params({f"mitosis.{k}": v for k, v in flatten_params(config.to_dict()).items()})
         tracker.log_params({"mitosis.train_images": len(train_keys), "mitosis.val_images": len(val_keys)})
 
     say(f"preparing {len(entries)} images (stain standardization, candidate nuclei)")
@@ -465,7 +450,7 @@ def train_mitosis(
     (out / "training.json").write_text(json.dumps(record, indent=2, default=float))
     if tracker is not None:
         tracker.log_metrics({f"stage{s['stage']}.final_{k}": float(v) for s in stages for k, v in s.items()
-                             if _is_num(v)}, step=0)
+                             if is_number(v)}, step=0)
         tracker.log_metrics({"seconds": seconds, "detection_threshold": threshold}, step=0)
         tracker.log_artifact(out / "training.json")
         tracker.log_artifact(ref_path)
@@ -492,17 +477,3 @@ def _hash_keys(keys: list[str], root) -> str:
         h.update(k.encode())
     h.update(str(Path(root).resolve()).encode())
     return h.hexdigest()[:16]
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)

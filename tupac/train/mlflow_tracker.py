@@ -94,3 +94,36 @@ class MlflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def tracked_training(
+    task: str,
+    train_fn,
+    data: Path,
+    out_dir: Path,
+    config,
+    *,
+    description: str,
+    tracking_uri: str | None = None,
+    say=None,
+):
+    """Run ``train_fn(data, out_dir, config, tracker=, progress=)`` as one MLflow run and register
+    the model folder it returns as ``tupac-<task>-<arch>``.
+
+    The store defaults to ``<out_dir>/../mlflow.db`` (beside all the models) unless ``tracking_uri``
+    or ``MLFLOW_TRACKING_URI`` says otherwise. A failed training marks the run FAILED and re-raises.
+    """
+    models_dir = Path(out_dir).parent
+    models_dir.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or default_tracking_uri(models_dir)
+    tracker = MlflowTracker(uri, run_name=f"{task}-{config.arch}", artifact_root=models_dir / "mlartifacts")
+    tracker.set_tags({"tupac.component": task, "tupac.data": str(Path(data).resolve())})
+    try:
+        result = train_fn(data, out_dir, config, tracker=tracker, progress=say)
+        version = tracker.register_model_dir(result.model_dir, f"tupac-{task}-{config.arch}", description=description)
+        tracker.set_tags({"tupac.registered_version": version})
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return result

@@ -11,34 +11,11 @@ def registered_name(arch: str) -> str:
     return f"tupac-tumor-{arch}"
 
 
-def tracked_tumor_training(
-    data: Path,
-    out_dir: Path,
-    config,
-    *,
-    tracking_uri: str | None = None,
-    say: Callable[[str], None] | None = None,
-):
-    """Run :func:`tupac.tumor.training.train_tumor` inside an MLflow run and register the model.
-
-    The store defaults to ``<out_dir>/../mlflow.db`` (beside all the models) unless
-    ``tracking_uri`` or ``MLFLOW_TRACKING_URI`` says otherwise.
-    """
-    from tupac.train.mlflow_tracker import MlflowTracker, default_tracking_uri
+def tracked_tumor_training(data: Path, out_dir: Path, config, *, tracking_uri: str | None = None,
+                           say: Callable[[str], None] | None = None):
+    """:func:`tupac.tumor.training.train_tumor` as an MLflow run, registered as :func:`registered_name`."""
+    from tupac.train.mlflow_tracker import tracked_training
     from tupac.tumor.training import train_tumor
 
-    models_dir = Path(out_dir).parent
-    models_dir.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or default_tracking_uri(models_dir)
-    tracker = MlflowTracker(uri, run_name=f"tumor-{config.arch}", artifact_root=models_dir / "mlartifacts")
-    tracker.set_tags({"tupac.component": "tumor", "tupac.data": str(Path(data).resolve())})
-    try:
-        result = train_tumor(data, out_dir, config, tracker=tracker, progress=say)
-        version = tracker.register_model_dir(result.model_dir, registered_name(config.arch),
-                                             description=f"LocNet-style tumor localizer trained on {data}")
-        tracker.set_tags({"tupac.registered_version": version})
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
-    return result
+    return tracked_training("tumor", train_tumor, data, out_dir, config, tracking_uri=tracking_uri, say=say,
+                            description=f"{config.arch} tumor localizer (two-stage active learning) trained on {data}")

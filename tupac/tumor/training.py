@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tupac.errors import ConfigError, DatasetLayoutError
+from tupac.train.tracking import StageTracker, flatten_params, is_number
 from tupac.tumor.regions import best_threshold, heatmap_on_grid
 from tupac.tumor.sampling import read_patches, sample_patch_centers
 
@@ -231,23 +232,6 @@ def _validation_scores(model, val_ds) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(probs) if probs else np.zeros(0)), np.asarray(val_ds.labels)
 
 
-class StageTracker:
-    """Forwards to a tracker with metric names prefixed by the stage (``stage1.train_loss``), so the
-    two stages' per-epoch curves stay apart in one MLflow run."""
-
-    def __init__(self, tracker, stage: int) -> None:
-        self.tracker, self.prefix = tracker, f"stage{stage}."
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        self.tracker.log_params({self.prefix + k: v for k, v in params.items()})
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
-
-    def log_artifact(self, path, artifact_path: str | None = None) -> None:
-        self.tracker.log_artifact(path, artifact_path)
-
-
 def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir: Path, tracker, stain_ref_path: Path):
     from tupac.models import create_model
     from tupac.train import TrainConfig, train
@@ -331,7 +315,7 @@ def train_tumor(
     ref_path = stain_reference.save(out / STAIN_REFERENCE_FILE)
 
     if tracker is not None:
-        tracker.log_params({f"tumor.{k}": v for k, v in _flat(config.to_dict()).items()})
+        tracker.log_params({f"tumor.{k}": v for k, v in flatten_params(config.to_dict()).items()})
     from tupac.models import create_model
 
     card = create_model(config.arch, task="tumor", **config.model_kwargs).card
@@ -383,7 +367,7 @@ def train_tumor(
     }
     (out / "training.json").write_text(json.dumps(record, indent=2))
     if tracker is not None:
-        tracker.log_metrics({f"stage{s['stage']}_{k}": float(v) for s in stages for k, v in s.items() if _is_num(v)}, step=0)
+        tracker.log_metrics({f"stage{s['stage']}_{k}": float(v) for s in stages for k, v in s.items() if is_number(v)}, step=0)
         tracker.log_artifact(out / "training.json")
         tracker.log_artifact(ref_path)
     say(f"done: stage {chosen} chosen, threshold {summary['threshold']:.3f}, model in {out}")
@@ -406,18 +390,3 @@ def _hash_ids(ids: list[str], root) -> str:
         h.update(sid.encode())
     h.update(str(Path(root).resolve()).encode())
     return h.hexdigest()[:16]
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
