@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
-
-from tupac.errors import DatasetLayoutError
 
 
 def write_mask_png(path: Path, mask: np.ndarray, mpp: float) -> None:
     """Save a boolean mask as a 0/255 8-bit PNG with ``mpp`` (um/px) in its text metadata."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("mpp", repr(float(mpp)))
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(path, pnginfo=info)
+    from tupac.data.masks import write_mask_png as write_png
+    from tupac.preprocess.tissue import TissueMask
+
+    write_png(path, TissueMask(np.asarray(mask, dtype=bool), float(mpp)))
 
 
 def read_truth_mask(path: str | Path) -> tuple[np.ndarray, float]:
@@ -36,23 +34,10 @@ def read_truth_mask(path: str | Path) -> tuple[np.ndarray, float]:
     DatasetLayoutError
         The file is missing, not an image, or has no ``mpp`` text entry.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            text = dict(getattr(im, "text", {}) or {})
-            arr = np.asarray(im.convert("L"))
-    except FileNotFoundError as e:
-        raise DatasetLayoutError(path, "truth mask not found") from e
-    except OSError as e:
-        raise DatasetLayoutError(path, f"not a readable PNG mask ({e})") from e
-    if "mpp" not in text:
-        raise DatasetLayoutError(path, "PNG has no 'mpp' text metadata; expected a tupac truth mask")
-    try:
-        mpp = float(text["mpp"])
-    except ValueError as e:
-        raise DatasetLayoutError(path, f"'mpp' metadata is not a number: {text['mpp']!r}") from e
-    return arr > 127, mpp
+    from tupac.data.masks import read_mask_png
+
+    mask = read_mask_png(path)
+    return mask.mask, mask.mpp
 
 
 def write_mitoses_csv(path: Path, x: np.ndarray, y: np.ndarray, phases: list[str]) -> None:
