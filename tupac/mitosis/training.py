@@ -36,6 +36,7 @@ from tupac.mitosis.detect import choose_threshold, detect_from_heatmap
 from tupac.mitosis.inference import mitosis_heatmap, read_image, standardize_image
 from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negatives, jittered, label_candidates
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
+from tupac.train.data import training_set_hash
 from tupac.train.tracking import StageTracker, flatten_params, is_number
 
 STAIN_REFERENCE_FILE = "stain_reference.json"
@@ -435,7 +436,7 @@ def train_mitosis(
     threshold = float(summary.get("val_threshold", 0.5))
     seconds = time.perf_counter() - t_start
     final.update_card(
-        training_data_hash=_hash_keys(train_keys, root),
+        training_data_hash=training_set_hash(train_keys, root),
         stain_reference=STAIN_REFERENCE_FILE,
         stain_method=stain_reference.method,
         detection_threshold=min(max(threshold, 0.0), 1.0),
@@ -467,13 +468,3 @@ def _choose_stage(stages: list[dict[str, Any]]) -> int:
         return stages[-1]["stage"]
     best = max(f for f, _ in valid)
     return max(st for f, st in valid if f == best)
-
-
-def _hash_keys(keys: list[str], root) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for k in keys:
-        h.update(k.encode())
-    h.update(str(Path(root).resolve()).encode())
-    return h.hexdigest()[:16]

@@ -118,3 +118,15 @@ def derive_seed(seed: int, epoch: int, stream: str) -> int:
     """A 63-bit seed for one random stream of one epoch (stable across processes and runs)."""
     digest = hashlib.sha256(f"{seed}/{epoch}/{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def training_set_hash(names: list[str], root) -> str:
+    """Short fingerprint of a training set given as item names (slide IDs, ``NN/MM`` image keys)
+    under a dataset root, for the model card's ``training_data_hash``."""
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode())
+    h.update(str(Path(root).resolve()).encode())
+    return h.hexdigest()[:16]

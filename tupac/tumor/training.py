@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tupac.errors import ConfigError, DatasetLayoutError
+from tupac.train.data import training_set_hash
 from tupac.train.tracking import StageTracker, flatten_params, is_number
 from tupac.tumor.regions import best_threshold, heatmap_on_grid
 from tupac.tumor.sampling import read_patches, sample_patch_centers
@@ -349,7 +350,7 @@ def train_tumor(
     chosen = _choose_stage(stages)
     final, summary = models[chosen - 1], stages[chosen - 1]
     final.update_card(
-        training_data_hash=_hash_ids(train_ids, root),
+        training_data_hash=training_set_hash(train_ids, root),
         stain_reference=STAIN_REFERENCE_FILE,
         stain_method=config.stain_method,
         seed=config.seed,
@@ -380,13 +381,3 @@ def _choose_stage(stages: list[dict[str, Any]]) -> int:
     if any(np.isnan(a) for a, _ in scored):
         return stages[-1]["stage"]
     return max(scored, key=lambda t: (t[0], t[1]))[1]
-
-
-def _hash_ids(ids: list[str], root) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for sid in ids:
-        h.update(sid.encode())
-    h.update(str(Path(root).resolve()).encode())
-    return h.hexdigest()[:16]
