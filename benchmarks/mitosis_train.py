@@ -7,6 +7,12 @@ time of training together with the machine load. Writes one JSON file.
 
     .venv/bin/python benchmarks/mitosis_train.py --images 30 --arch mitosnet --out benchmarks/results/mitosis_train.json
 
+A reduced CPU budget for the slower networks: ``--config '{"max_images": 15, "epoch_selection": "patch",
+"model_kwargs": {"stride": 32}}' --epochs 3 --test-limit 10`` trains on the first 15 images, selects the
+epoch on validation patches instead of per-epoch detection F1, runs the sliding window at a 32 px stride
+and scores the first 10 test images. ``--rescore`` scores models already trained in ``--work`` (for
+example MitosNet on the same first 10 test images) without training again.
+
 Both stages are scored on the test set: training keeps each stage's selected weights and its own
 validation-chosen threshold in ``MODELS/mitosis/stageN/selected``.
 """
@@ -27,8 +33,12 @@ def _load() -> list[float]:
 
 
 def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process and its finished children (all threads, user + system)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
 
 
 def ensure_set(root: Path, seed: int, n: int) -> Path:
@@ -40,14 +50,15 @@ def ensure_set(root: Path, seed: int, n: int) -> Path:
     return root
 
 
-def score_model(model, reference, threshold: float, sigma: float, nms: float, test_root: Path) -> dict:
-    """TUPAC16 scores of a model on every image of a test auxiliary set."""
+def score_model(model, reference, threshold: float, sigma: float, nms: float, test_root: Path,
+                limit: int | None = None) -> dict:
+    """TUPAC16 scores of a model on the images of a test auxiliary set (the first ``limit`` when given)."""
     from tupac.data import Tupac16Dataset
     from tupac.mitosis.inference import detect_mitoses, read_image
     from tupac.mitosis.scoring import score_images
     from tupac.mitosis.training import _truth_frame
 
-    images = Tupac16Dataset(test_root).mitosis_images
+    images = list(Tupac16Dataset(test_root).mitosis_images)[:limit]
 
     def pairs():
         for m in images:
@@ -60,27 +71,37 @@ def score_model(model, reference, threshold: float, sigma: float, nms: float, te
             "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn, "n_images": len(images)}
 
 
-def run(arch: str, train_root: Path, test_root: Path, out_dir: Path, train_cfg: dict, extra: dict) -> dict:
+def run(arch: str, train_root: Path, test_root: Path, out_dir: Path, train_cfg: dict, extra: dict,
+        test_limit: int | None = None, rescore: bool = False) -> dict:
     import torch
 
     from tupac.infer.models import load_trained
     from tupac.mitosis.training import MitosisTrainConfig, train_mitosis
     from tupac.train import MemoryTracker
 
-    cfg = MitosisTrainConfig(arch=arch, train=train_cfg, **extra)
-    load0, cpu0, t0 = _load(), _cpu_seconds(), time.perf_counter()
-    result = train_mitosis(train_root, out_dir / arch, cfg, tracker=MemoryTracker(),
-                           progress=lambda m: print(f"  [{arch} {time.perf_counter() - t0:.0f}s] {m}", flush=True))
-    wall, cpu, load1 = time.perf_counter() - t0, _cpu_seconds() - cpu0, _load()
-    trained = load_trained(out_dir / arch)
-    card = trained.card
-    row = {"arch": arch, "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
-           "load_before": load0, "load_after": load1, "torch_threads": torch.get_num_threads(),
-           "chosen_stage": result.chosen_stage, "threshold": result.threshold, "stages": result.stages}
-    for st in result.stages:
+    if rescore:  # score a model trained earlier in out_dir / arch; its training record says what it was
+        record = json.loads((out_dir / arch / "training.json").read_text())
+        row = {"arch": arch, "rescored": True, "config": record["config"], "chosen_stage": record["chosen_stage"],
+               "threshold": record["threshold"], "stages": record["stages"]}
+    else:
+        cfg = MitosisTrainConfig(arch=arch, train=train_cfg, **extra)
+        load0, cpu0, t0 = _load(), _cpu_seconds(), time.perf_counter()
+        result = train_mitosis(train_root, out_dir / arch, cfg, tracker=MemoryTracker(),
+                               progress=lambda m: print(f"  [{arch} {time.perf_counter() - t0:.0f}s] {m}", flush=True))
+        wall, cpu, load1 = time.perf_counter() - t0, _cpu_seconds() - cpu0, _load()
+        row = {"arch": arch, "config": cfg.to_dict(), "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
+               "load_before": load0, "load_after": load1, "torch_threads": torch.get_num_threads(),
+               "chosen_stage": result.chosen_stage, "threshold": result.threshold, "stages": result.stages}
+    card = load_trained(out_dir / arch).card
+    for st in row["stages"]:
         sel = load_trained(out_dir / arch / f"stage{st['stage']}" / "selected")
-        row[f"test_stage{st['stage']}"] = score_model(sel.model, sel.reference, sel.threshold,
-                                                      card.extra["sigma_px"], card.extra["nms_radius_px"], test_root)
+        e0, c0 = time.perf_counter(), _cpu_seconds()
+        scores = score_model(sel.model, sel.reference, sel.threshold, card.extra["sigma_px"],
+                             card.extra["nms_radius_px"], test_root, test_limit)
+        key = f"test_stage{st['stage']}"
+        row[key] = {**scores, "threshold": sel.threshold, "eval_wall_s": round(time.perf_counter() - e0, 1),
+                    "eval_cpu_s": round(_cpu_seconds() - c0, 1), "eval_load": _load()}
+        print(f"  [{arch}] {key}: {json.dumps(row[key])}", flush=True)
     return row
 
 
@@ -91,6 +112,8 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=30)
     ap.add_argument("--train-seed", type=int, default=1)
     ap.add_argument("--test-seed", type=int, default=2)
+    ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test images")
+    ap.add_argument("--rescore", action="store_true", help="score models already trained in --work, no training")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core box)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/tupac-mitosis-bench"))
@@ -107,11 +130,13 @@ def main() -> None:
     train_cfg = {"epochs": args.epochs, "batch_size": 64, "lr": 2e-3, "monitor": "auroc", **extra.pop("train", {})}
     rows = []
     for arch in args.arch:
-        rows.append(run(arch, train_root, test_root, args.work / "models", train_cfg, extra))
+        rows.append(run(arch, train_root, test_root, args.work / "models", train_cfg, extra,
+                        test_limit=args.test_limit, rescore=args.rescore))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "stages"}, default=float), flush=True)
     doc = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "train_images": args.images, "test_images": args.test_images,
            "train_seed": args.train_seed, "test_seed": args.test_seed, "epochs_per_stage": args.epochs,
+           "test_limit": args.test_limit, "torch_threads": args.threads,
            "config": extra, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, default=float))
