@@ -126,6 +126,11 @@ class FeatureFileError(TupacError, OSError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class FeatureTrackingError(TupacError, RuntimeError):
+    """The features were computed and written, but logging their fit to MLflow failed (store
+    unreachable or unwritable); the message names the store and where the features are."""
+
+
 class ReportError(TupacError, OSError):
     """A report or QuPath export cannot be made from a run folder (no such run, slide not in
     the run or not committed, slide resolution unknown); ``path`` names the file or folder."""

@@ -13,6 +13,12 @@ features. What is written::
     RUN/features/general/                grade network (general.safetensors + general.json) and the
                                          out-of-fold rows of the training slides (oof.parquet)
     RUN/features/summary.json            slides done / skipped (why), training / new, Dask tasks per slide
+    RUN/features/mlflow.json             where the grade network's fit was logged (runs, registered version)
+
+Tracking: a fit of the grade network (a run with labels) is logged to MLflow after every file above is
+written (:mod:`tupac.features.tracking`; the run's own store, as ``tupac fit``): a store that fails
+then raises FeatureTrackingError and leaves the features in place, and the numbers are the same with
+or without tracking.
 
 No leakage: the fits that see several slides (deep-histogram scaler and k-means; the grade network)
 are fitted on the labelled training slides only, and saved; a run without labels reuses them. New
@@ -269,12 +275,17 @@ def _deep_vectors(px: _SlidePixels, det: pd.DataFrame, trained, limit: int) -> n
     return penultimate_features(trained.model, patches, out_dim=width)
 
 
+def _general_patch_px(card, cfg: FeatureRunConfig) -> int:
+    """Side of the general features' patches: ``general_px`` for fully convolutional networks, else the card's."""
+    return max(cfg.general_px, int(card.patch_size)) if card.fully_convolutional else int(card.patch_size)
+
+
 def _general_volumes(px: _SlidePixels, origins: np.ndarray, tissue_centre_l0, trained, cfg: FeatureRunConfig) -> np.ndarray:
     """Frozen-network feature volumes of patches centred on the first fringe patches (or the tissue centre)."""
     from tupac.features.general import feature_volumes
 
     card = trained.card
-    size = max(cfg.general_px, int(card.patch_size)) if card.fully_convolutional else int(card.patch_size)
+    size = _general_patch_px(card, cfg)
     centres = origins[: cfg.general_patches] + 1000 * MPP_40X / px.mpp / 2
     if len(centres) == 0:
         centres = np.asarray([tissue_centre_l0], dtype=np.float64)
@@ -380,16 +391,37 @@ def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Pat
     return fit, random_projection(width, DEEP_DIM, seed)
 
 
+@dataclass
+class _GeneralFit:
+    """A fresh cross-fit of the grade network, with what :func:`tupac.features.tracking.log_general_fit` needs."""
+
+    cf: Any
+    record: Any
+    params: dict
+    meta: dict
+    training: list[str]
+    grades: np.ndarray
+    net_dir: Path
+
+
 def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grades: np.ndarray, out: Path,
-                  nets: _Networks, cfg: FeatureRunConfig, notes: list[str]) -> dict[str, np.ndarray]:
+                  nets: _Networks, cfg: FeatureRunConfig, notes: list[str],
+                  track: bool) -> tuple[dict[str, np.ndarray], _GeneralFit | None]:
+    """Each slide's general-feature row, and the fit when one was made (None when a saved one was reused)."""
     from tupac.features.general import GeneralConfig, cross_fit, ids_hash, load_grade_net, save_grade_net
-    from tupac.features.general import general_features
+    from tupac.features.general import general_features, volumes_hash
 
     gcfg = GeneralConfig(epochs=cfg.general_epochs, seed=cfg.seed)
     new = [s for s in results if s not in set(training)]
     if training:
-        cf = cross_fit([results[s].volumes for s in training], grades, [results[s].volumes for s in new],
-                       n_splits=cfg.n_splits, config=gcfg)
+        record = None
+        if track:
+            from tupac.features.tracking import GeneralFitRecord
+
+            record = GeneralFitRecord()
+        train_volumes = [results[s].volumes for s in training]
+        cf = cross_fit(train_volumes, grades, [results[s].volumes for s in new],
+                       n_splits=cfg.n_splits, config=gcfg, tracker_for=record)
         meta = {"model": cfg.general_model, "model_sha256": nets.general.weights_sha256, "seed": cfg.seed,
                 "n_splits": cfg.n_splits, "epochs": gcfg.epochs, "train_ids": training,
                 "train_ids_sha256": ids_hash(training), "folds": cf.folds.tolist(),
@@ -401,7 +433,18 @@ def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grad
         rows = dict(zip(training, cf.train))
         rows.update(zip(new, cf.new))
         notes.append(f"general: grade network cross-fitted on {len(training)} training slides ({cfg.n_splits} folds)")
-        return rows
+        fit = None
+        if record is not None:
+            from tupac.features.tracking import fit_params
+
+            card = nets.general.card
+            params = fit_params(gcfg, in_channels=int(train_volumes[0].shape[1]), frozen_model=cfg.general_model,
+                                frozen_arch=card.architecture, frozen_sha256=nets.general.weights_sha256,
+                                n_patches=cfg.general_patches, patch_px=_general_patch_px(card, cfg),
+                                n_splits=cfg.n_splits, train_ids=training, folds=cf.folds,
+                                volumes_sha256=volumes_hash(train_volumes))
+            fit = _GeneralFit(cf, record, params, meta, training, grades, out)
+        return rows, fit
     net, meta = load_grade_net(out)
     if meta.get("model_sha256") != nets.general.weights_sha256:
         raise FeatureFileError(out / "general.json", "was fitted on another frozen network; rerun with --labels")
@@ -412,7 +455,27 @@ def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grad
         rows.update(zip(fresh, general_features(net, [results[s].volumes for s in fresh])))
     notes.append(f"general: reused the grade network of {len(meta.get('train_ids', []))} training slides "
                  f"(their out-of-fold rows for {len(results) - len(fresh)} of them)")
-    return rows
+    return rows, None
+
+
+def _track_general(run: Path, fit: _GeneralFit, tracking_uri: str | None, notes: list[str]) -> Path:
+    """Log the fit to MLflow and write ``RUN/features/mlflow.json``; any failure becomes FeatureTrackingError
+    (the features are written by then, and the message says so)."""
+    from tupac.errors import FeatureTrackingError
+    from tupac.features.tracking import log_general_fit
+
+    try:
+        tracked = log_general_fit(run, fit.cf, fit.record, train_ids=fit.training, grades=fit.grades,
+                                  params=fit.params, meta=fit.meta, net_dir=fit.net_dir, tracking_uri=tracking_uri)
+    except Exception as e:  # noqa: BLE001 - whatever the store raised, the features are safe and must be said so
+        raise FeatureTrackingError(
+            f"MLflow tracking of the grade network failed ({type(e).__name__}: {e}); the features are written "
+            f"({run / 'features.parquet'}, grade network in {fit.net_dir})") from e
+    path = run / "features" / "mlflow.json"
+    path.write_text(json.dumps(tracked.to_dict(), indent=2) + "\n")
+    notes.append(f"general: MLflow run {tracked.parent_run_id} in {tracked.tracking_uri}; "
+                 f"registered tupac-general-grade version {tracked.registered_version}")
+    return path
 
 
 # ---------------------------------------------------------------- the run
@@ -473,6 +536,8 @@ def run_features(
     config: FeatureRunConfig = FeatureRunConfig(),
     scheduler: Any = None,
     progress: Callable[[str, str], None] | None = None,
+    track: bool = True,
+    tracking_uri: str | None = None,
 ) -> RunFeatures:
     """Compute and write the feature table of a run (see the module docstring for the files).
 
@@ -492,10 +557,20 @@ def run_features(
         Dask scheduler of the per-slide heatmap graphs (``ray.util.dask.ray_dask_get`` for Dask-on-Ray).
     progress : callable(slide_id, stage), optional
         Called with ``(slide_id, "done")`` after each slide, then ``("", stage)`` for the cohort fits.
+    track : bool
+        Log a fit of the grade network to MLflow (parent run, a nested run per fit, the
+        all-training-slides network registered as ``tupac-general-grade``); see the module docstring.
+    tracking_uri : str, optional
+        The MLflow store; default ``MLFLOW_TRACKING_URI``, else ``RUN/mlflow.db`` (as ``tupac fit``).
 
     Returns
     -------
     RunFeatures
+
+    Raises
+    ------
+    FeatureTrackingError
+        Tracking failed after every output was written.
     """
     run = Path(run)
     tick = progress or (lambda _s, _m: None)
@@ -518,6 +593,7 @@ def run_features(
     nets = _load_networks(Path(models) if models else None, config, want_general)
 
     results: dict[str, _SlideResult] = {}
+    general_fit = None
     for s in found:
         results[s.slide_id] = _one_slide(s, config, nets, want_general, scheduler)
         tick(s.slide_id, "done")
@@ -535,7 +611,7 @@ def run_features(
         tick("", "general features (grade network)")
         from tupac.features.general import general_dictionary
 
-        rows = _general_rows(results, training, grades, general_dir, nets, config, notes)
+        rows, general_fit = _general_rows(results, training, grades, general_dir, nets, config, notes, track)
         names = [f.name for f in general_dictionary()]
         for sid, r in results.items():
             r.features.update(zip(names, rows[sid].tolist()))
@@ -550,6 +626,12 @@ def run_features(
                "new": new, "groups": list(groups), "n_clusters": n_clusters if fit is not None else None,
                "dask_tasks": n_tasks, "notes": notes, "config": config.__dict__}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return RunFeatures(table, dictionary, skipped, training, new, n_tasks, notes,
-                       {"table": run / "features.parquet", "dictionary": out / "dictionary.csv", "folder": out})
+    paths = {"table": run / "features.parquet", "dictionary": out / "dictionary.csv", "folder": out}
+    if want_general and training:
+        # A new fit: an earlier fit's record no longer describes the saved network (rewritten below if tracked).
+        (out / "mlflow.json").unlink(missing_ok=True)
+    if general_fit is not None:
+        tick("", "MLflow: grade network runs")
+        paths["mlflow"] = _track_general(run, general_fit, tracking_uri, notes)
+    return RunFeatures(table, dictionary, skipped, training, new, n_tasks, notes, paths)
 

@@ -17,6 +17,12 @@ slide and the frozen fit alone, never on other new slides.
 
 Saved without pickle (:func:`save_grade_net`, :func:`load_grade_net`): weights in safetensors, the
 settings in JSON. This module imports torch lazily and opens only the files it is handed.
+
+Tracking: :func:`fit_grade_net` and :func:`cross_fit` report per-epoch metrics to an optional
+:class:`tupac.train.tracking.Tracker` (in memory here; :mod:`tupac.features.tracking` sends them to
+MLflow). Tracking only observes: without a tracker nothing extra runs, and with one the extra work is a
+no-grad forward pass that touches neither the weights, the optimizer nor the random state, so the
+features are the same numbers either way.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ __all__ = [
     "cross_fit",
     "save_grade_net",
     "load_grade_net",
+    "volumes_hash",
+    "folds_hash",
 ]
 
 GENERAL_DIM = 1024
@@ -213,7 +221,14 @@ def _tensors(volumes: Sequence[np.ndarray]) -> list:
     return out
 
 
-def fit_grade_net(volumes: Sequence[np.ndarray], grades: Sequence[int], config: GeneralConfig = GeneralConfig()):
+def fit_grade_net(
+    volumes: Sequence[np.ndarray],
+    grades: Sequence[int],
+    config: GeneralConfig = GeneralConfig(),
+    *,
+    tracker=None,
+    held_out: tuple[Sequence[np.ndarray], Sequence[int]] | None = None,
+):
     """Train the grade network on training slides.
 
     Parameters
@@ -223,6 +238,12 @@ def fit_grade_net(volumes: Sequence[np.ndarray], grades: Sequence[int], config: 
     grades : sequence of int in {1, 2, 3}
         Their mitotic scores.
     config : GeneralConfig
+    tracker : tupac.train.tracking.Tracker, optional
+        Receives, per epoch (``step`` = 1 .. epochs), ``train_loss`` (the full-batch cross-entropy the
+        epoch's step descended) and, with ``held_out``, ``heldout_loss`` and ``heldout_accuracy`` of the
+        network after that step.
+    held_out : (volumes, grades), optional
+        Slides left out of this fit, evaluated per epoch for the tracker only (ignored without one).
 
     Returns
     -------
@@ -235,6 +256,9 @@ def fit_grade_net(volumes: Sequence[np.ndarray], grades: Sequence[int], config: 
     y = np.asarray(grades, dtype=np.int64)
     if len(y) != len(x) or len(x) == 0 or not np.isin(y, GRADES).all():
         raise FeatureError(f"need one grade in {GRADES} per training slide, got {len(y)} grades for {len(x)} slides")
+    held = None
+    if tracker is not None and held_out is not None and len(held_out[0]):
+        held = (_tensors(held_out[0]), torch.from_numpy(np.asarray(held_out[1], dtype=np.int64) - 1))
     flat = torch.cat([v.permute(1, 0, 2, 3).reshape(v.shape[1], -1) for v in x], dim=1)
     torch.manual_seed(config.seed)
     net = _net_class()(x[0].shape[1], config.width, config.dim)
@@ -244,12 +268,28 @@ def fit_grade_net(volumes: Sequence[np.ndarray], grades: Sequence[int], config: 
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     net.train()
     with _one_thread():
-        for _ in range(config.epochs):
+        for epoch in range(1, config.epochs + 1):
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(net(x), target)
             loss.backward()
             opt.step()
+            if tracker is not None:
+                tracker.log_metrics(_epoch_metrics(net, float(loss.detach()), held), step=epoch)
     return net.eval()
+
+
+def _epoch_metrics(net, train_loss: float, held) -> dict[str, float]:
+    """``train_loss`` and, for held-out slides, their loss and accuracy (no grad: the fit is untouched;
+    GradeNet has no dropout or batch norm, so its train/eval modes compute the same)."""
+    import torch
+
+    out = {"train_loss": train_loss}
+    if held is not None:
+        with torch.no_grad():
+            logits = net(held[0])
+        out["heldout_loss"] = float(torch.nn.functional.cross_entropy(logits, held[1]))
+        out["heldout_accuracy"] = float((logits.argmax(dim=1) == held[1]).double().mean())
+    return out
 
 
 def general_features(net, volumes: Sequence[np.ndarray]) -> np.ndarray:
@@ -272,12 +312,14 @@ def general_features(net, volumes: Sequence[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CrossFit:
-    """Result of :func:`cross_fit`: out-of-fold rows for training slides, rows for new slides, the final net."""
+    """Result of :func:`cross_fit`: out-of-fold rows for training slides, rows for new slides, the final net
+    (``fold_nets``: the network of each fold, which made that fold's out-of-fold rows)."""
 
     train: np.ndarray
     new: np.ndarray
     folds: np.ndarray
     net: object
+    fold_nets: tuple = ()
 
 
 def cross_fit(
@@ -287,6 +329,7 @@ def cross_fit(
     *,
     n_splits: int = 5,
     config: GeneralConfig = GeneralConfig(),
+    tracker_for=None,
 ) -> CrossFit:
     """General features without leakage.
 
@@ -299,12 +342,17 @@ def cross_fit(
     n_splits : int
         Folds of ``outer_splitter("grade", n_splits, config.seed)`` (StratifiedKFold, shuffled, seeded),
         the split :mod:`tupac.predict.cv` makes of the same slides.
+    tracker_for : callable(name) -> Tracker, optional
+        Called once per fit, ``"fold0"`` .. ``"fold{n_splits-1}"`` then ``"all"`` (every training slide);
+        the fit reports its per-epoch metrics to the returned tracker (fold fits with their held-out
+        fold's loss and accuracy) and ``fold``, ``n_train``, ``n_heldout`` to ``log_params``.
 
     Returns
     -------
     CrossFit
         ``train``: ``(n_train, dim + 3)`` out-of-fold; ``new``: ``(n_new, dim + 3)`` from the network fitted
-        on every training slide; ``folds``: each training slide's fold (int64); ``net``: that network.
+        on every training slide; ``folds``: each training slide's fold (int64); ``net``: that network;
+        ``fold_nets``: the fold networks.
     """
     import warnings
 
@@ -319,13 +367,26 @@ def cross_fit(
         # A grade with fewer slides than folds is allowed (sklearn warns); the predictive CV checks sizes itself.
         warnings.filterwarnings("ignore", message="The least populated class")
         splits = list(outer_splitter("grade", n_splits, config.seed).split(np.zeros(len(y)), y))
+    fold_nets = []
     for k, (tr, te) in enumerate(splits):
-        net = fit_grade_net([train_volumes[i] for i in tr], y[tr], config)
-        oof[te] = general_features(net, [train_volumes[i] for i in te])
+        tracker = _start(tracker_for, f"fold{k}", k, len(tr), len(te))
+        held = [train_volumes[i] for i in te]
+        net = fit_grade_net([train_volumes[i] for i in tr], y[tr], config, tracker=tracker, held_out=(held, y[te]))
+        oof[te] = general_features(net, held)
         folds[te] = k
-    final = fit_grade_net(train_volumes, y, config)
+        fold_nets.append(net)
+    tracker = _start(tracker_for, "all", "all", len(y), 0)
+    final = fit_grade_net(train_volumes, y, config, tracker=tracker)
     new = general_features(final, new_volumes) if len(new_volumes) else np.zeros((0, oof.shape[1]))
-    return CrossFit(oof, new, folds, final)
+    return CrossFit(oof, new, folds, final, tuple(fold_nets))
+
+
+def _start(tracker_for, name: str, fold, n_train: int, n_heldout: int):
+    if tracker_for is None:
+        return None
+    tracker = tracker_for(name)
+    tracker.log_params({"fold": fold, "n_train": n_train, "n_heldout": n_heldout})
+    return tracker
 
 
 def save_grade_net(net, directory: str | Path, meta: dict) -> Path:
@@ -369,6 +430,21 @@ def load_grade_net(directory: str | Path):
 def ids_hash(ids: Sequence[str]) -> str:
     """SHA-256 of the newline-joined slide ids (provenance of a fit)."""
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def volumes_hash(volumes: Sequence[np.ndarray]) -> str:
+    """SHA-256 of the slides' feature volumes (shapes and float32 bytes, in order): the grade network's input."""
+    h = hashlib.sha256()
+    for v in volumes:
+        a = np.ascontiguousarray(v, dtype=np.float32)
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def folds_hash(ids: Sequence[str], folds: Sequence[int]) -> str:
+    """SHA-256 of the ``slide_id,fold`` lines: which slide was held out by which fold network."""
+    return hashlib.sha256("\n".join(f"{s},{int(k)}" for s, k in zip(ids, folds)).encode()).hexdigest()
 
 
 def config_dict(config: GeneralConfig) -> dict:

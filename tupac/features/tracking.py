@@ -1,0 +1,227 @@
+"""The general-feature grade network's training as MLflow runs, in the run's own store.
+
+One ``tupac features --labels`` invocation fits the grade network ``n_splits + 1`` times (one network per
+cross-fitting fold, whose held-out fold gets its out-of-fold features, and one on every training slide,
+which scores new slides). They are logged as one parent run with a nested run per fit::
+
+    general-grade                              params of the whole fit, out-of-fold accuracy / log loss
+    ├── general-grade fold 0 .. fold k-1       per-epoch train_loss, heldout_loss, heldout_accuracy; model/
+    └── general-grade all training slides      per-epoch train_loss; model/ -> registered tupac-general-grade
+
+Nested runs rather than one run with per-fold metric keys: in the MLflow UI the fold runs are rows of
+one table and their curves overlay in one chart per metric (``train_loss`` of every fold, not a chart
+per ``fold3.train_loss`` key), and the registered version's source run holds just the network it
+registers (its ``model/`` folder), not every fold's weights.
+
+The fits are recorded in memory while they run (:class:`GeneralFitRecord`, one
+:class:`tupac.train.tracking.MemoryTracker` per fit) and sent to MLflow afterwards, once the features
+are written: a fit takes seconds, so nothing is lost by not streaming it, MLflow can neither interrupt
+nor alter the fit, and each run's metrics go in a few batched writes instead of one per value.
+
+The store is the one ``tupac fit`` uses for the same run (:func:`tupac.predict.tracking.resolve_tracking_uri`:
+``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///RUN/mlflow.db`` with artifacts in ``RUN/mlartifacts``);
+the experiment is the networks' one (``tupac-training``, as for the tumor and mitosis networks).
+Weights are logged as safetensors with their JSON card (``general.safetensors`` + ``general.json``, what
+:func:`tupac.features.general.load_grade_net` reads); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tupac.train.tracking import MemoryTracker
+
+__all__ = ["REGISTERED_NAME", "GeneralFitRecord", "TrackedGeneral", "fit_params", "log_general_fit"]
+
+REGISTERED_NAME = "tupac-general-grade"
+RUN_NAME = "general-grade"
+_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+class GeneralFitRecord:
+    """``tracker_for`` of :func:`tupac.features.general.cross_fit`: keeps each fit's params and
+    per-epoch metrics in memory, by fit name (``fold0`` .., ``all``), in the order they ran."""
+
+    def __init__(self) -> None:
+        self.fits: dict[str, MemoryTracker] = {}
+
+    def __call__(self, name: str) -> MemoryTracker:
+        self.fits[name] = MemoryTracker()
+        return self.fits[name]
+
+
+@dataclass(frozen=True)
+class TrackedGeneral:
+    """Where the fit went: the store, the parent run, each fit's run and the registered version."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    run_ids: dict[str, str]
+    registered_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id, "run_ids": dict(self.run_ids),
+                "registered_model": REGISTERED_NAME, "registered_version": self.registered_version}
+
+
+def fit_params(gcfg, *, in_channels: int, frozen_model: str, frozen_arch: str, frozen_sha256: str,
+               n_patches: int, patch_px: int, n_splits: int, train_ids: Sequence[str], folds: Sequence[int],
+               volumes_sha256: str) -> dict[str, Any]:
+    """Params shared by every run of one cross-fit (architecture, frozen network, patches, training, data)."""
+    from dataclasses import asdict
+
+    from tupac.features.general import folds_hash, ids_hash
+
+    return {
+        "architecture": "GradeNet (channel standardization, 1x1 conv + ReLU, global average pool, "
+                        "dim-unit layer + ReLU, 3-way head)",
+        "in_channels": in_channels,
+        **asdict(gcfg),
+        "optimizer": "Adam, full batch",
+        "frozen_model": frozen_model,
+        "frozen_model_arch": frozen_arch,
+        "frozen_model_sha256": frozen_sha256,
+        "patches_per_slide": n_patches,
+        "patch_px": patch_px,
+        "n_splits": n_splits,
+        "n_train_slides": len(train_ids),
+        "train_ids_sha256": ids_hash(list(train_ids)),
+        "folds_sha256": folds_hash(list(train_ids), folds),
+        "volumes_sha256": volumes_sha256,
+    }
+
+
+def _oof_metrics(cf, grades: np.ndarray) -> dict[str, float]:
+    """Accuracy and log loss of the out-of-fold grade probabilities (the last three columns)."""
+    p = np.clip(cf.train[:, -3:], 1e-15, 1.0)
+    y = np.asarray(grades, dtype=np.int64) - 1
+    return {"oof_accuracy": float((p.argmax(axis=1) == y).mean()),
+            "oof_log_loss": float(-np.log(p[np.arange(len(y)), y]).mean())}
+
+
+def _log_batch(client, run_id: str, params: dict[str, Any], metrics: list[tuple[int, dict[str, float]]]) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    ms = [Metric(k, float(v), now, int(step)) for step, d in metrics for k, v in d.items() if np.isfinite(v)]
+    for i in range(0, len(ms), _BATCH):
+        client.log_batch(run_id, metrics=ms[i : i + _BATCH])
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def log_general_fit(
+    run_dir: str | Path,
+    cf,
+    record: GeneralFitRecord,
+    *,
+    train_ids: Sequence[str],
+    grades: Sequence[int],
+    params: dict[str, Any],
+    meta: dict[str, Any],
+    net_dir: str | Path,
+    tracking_uri: str | None = None,
+) -> TrackedGeneral:
+    """Log one cross-fit of the grade network and register its all-training-slides network.
+
+    Parameters
+    ----------
+    run_dir : path
+        ``RUN``: its ``mlflow.db`` is the store unless ``tracking_uri`` or ``MLFLOW_TRACKING_URI`` says otherwise.
+    cf : tupac.features.general.CrossFit
+        The fit (``fold_nets``, ``net``, ``folds``, out-of-fold rows).
+    record : GeneralFitRecord
+        What the fits reported while they ran.
+    train_ids, grades
+        The training slides (label-file order) and their grades.
+    params : dict
+        :func:`fit_params`, logged on every run.
+    meta : dict
+        The card of the saved networks (what ``general.json`` holds besides the shape).
+    net_dir : path
+        The folder :func:`tupac.features.general.save_grade_net` wrote the final network to
+        (``RUN/features/general``): logged as the registered version's ``model/``.
+    tracking_uri : str, optional
+
+    Returns
+    -------
+    TrackedGeneral
+
+    A failure marks the runs already opened FAILED and re-raises.
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from tupac.features.general import WEIGHTS_FILE, save_grade_net
+    from tupac.predict.tracking import local_artifact_root, resolve_tracking_uri
+    from tupac.train.mlflow_tracker import MlflowTracker
+
+    run_dir = Path(run_dir)
+    uri = tracking_uri or resolve_tracking_uri(run_dir)
+    root = local_artifact_root(run_dir)
+    ids = list(train_ids)
+    opened: list[MlflowTracker] = []
+
+    def open_run(name: str, parent: str | None) -> MlflowTracker:
+        t = MlflowTracker(uri, run_name=name, artifact_root=root)
+        opened.append(t)
+        tags = {"tupac.component": "general", "tupac.run": str(run_dir.resolve())}
+        if parent is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent
+        t.set_tags(tags)
+        return t
+
+    try:
+        parent = open_run(RUN_NAME, None)
+        _log_batch(parent.client, parent.run_id, params, [(0, _oof_metrics(cf, np.asarray(grades)))])
+        run_ids: dict[str, str] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, net in enumerate(cf.fold_nets):
+                fit = record.fits[f"fold{k}"]
+                held = [s for s, f in zip(ids, cf.folds) if f == k]
+                child = open_run(f"{RUN_NAME} fold {k}", parent.run_id)
+                _log_batch(child.client, child.run_id,
+                           {**params, **fit.params, "heldout_ids": ",".join(held)}, fit.metrics)
+                d = save_grade_net(net, Path(tmp) / f"fold{k}", dict(meta, fold=k, heldout_ids=held))
+                child.log_artifact(d, "model")
+                run_ids[f"fold{k}"] = child.run_id
+        fit = record.fits["all"]
+        final = open_run(f"{RUN_NAME} all training slides", parent.run_id)
+        _log_batch(final.client, final.run_id, {**params, **fit.params}, fit.metrics)
+        version = final.register_model_dir(
+            Path(net_dir), REGISTERED_NAME,
+            description=f"grade network of the general features on the {params.get('frozen_model')} network, "
+                        f"fitted on {len(ids)} training slides of {run_dir.resolve()}")
+        client = final.client
+        for k, v in {"tupac.weights_sha256": _file_sha256(Path(net_dir) / WEIGHTS_FILE),
+                     "tupac.frozen_model_sha256": params.get("frozen_model_sha256", ""),
+                     "tupac.train_ids_sha256": params.get("train_ids_sha256", ""),
+                     "tupac.run_id": final.run_id}.items():
+            client.set_model_version_tag(REGISTERED_NAME, version, k, str(v))
+        final.set_tags({"tupac.registered_version": version})
+        parent.set_tags({"tupac.registered_version": version})
+        run_ids["all"] = final.run_id
+    except BaseException:
+        for t in reversed(opened):
+            try:
+                t.finish("FAILED")
+            except Exception:  # the store that just failed may refuse this too; the first error is the one to see
+                pass
+        raise
+    for t in opened:
+        t.finish()
+    return TrackedGeneral(uri, parent.experiment_id, parent.run_id, run_ids, version)
