@@ -101,7 +101,8 @@ def test_features_are_the_same_with_tracking_and_when_the_store_fails(runs):
     pd.testing.assert_frame_equal(_table(paths["tracked"]), plain, check_exact=True)
     # The store could not be opened: the features are written all the same, and the error says so.
     pd.testing.assert_frame_equal(_table(paths["broken"]), plain, check_exact=True)
-    assert str(paths["broken"] / "features.parquet") in str(err)
+    assert str(paths["broken"] / "features.parquet") in str(err) and "not_a_dir" in str(err)
+    assert len(str(err).splitlines()) == 1
     assert (paths["broken"] / "features" / "summary.json").is_file()
     assert not (paths["broken"] / "features" / "mlflow.json").exists()
     assert not (paths["plain"] / "mlflow.db").exists() and not (paths["plain"] / "features" / "mlflow.json").exists()

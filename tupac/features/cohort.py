@@ -463,14 +463,17 @@ def _track_general(run: Path, fit: _GeneralFit, tracking_uri: str | None, notes:
     (the features are written by then, and the message says so)."""
     from tupac.errors import FeatureTrackingError
     from tupac.features.tracking import log_general_fit
+    from tupac.predict.tracking import resolve_tracking_uri
 
+    uri = tracking_uri or resolve_tracking_uri(run)
     try:
         tracked = log_general_fit(run, fit.cf, fit.record, train_ids=fit.training, grades=fit.grades,
-                                  params=fit.params, meta=fit.meta, net_dir=fit.net_dir, tracking_uri=tracking_uri)
+                                  params=fit.params, meta=fit.meta, net_dir=fit.net_dir, tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 - whatever the store raised, the features are safe and must be said so
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise FeatureTrackingError(
-            f"MLflow tracking of the grade network failed ({type(e).__name__}: {e}); the features are written "
-            f"({run / 'features.parquet'}, grade network in {fit.net_dir})") from e
+            f"MLflow tracking of the grade network in {uri} failed ({type(e).__name__}: {first[:300]}); the features "
+            f"are written ({run / 'features.parquet'}, grade network in {fit.net_dir})") from e
     path = run / "features" / "mlflow.json"
     path.write_text(json.dumps(tracked.to_dict(), indent=2) + "\n")
     notes.append(f"general: MLflow run {tracked.parent_run_id} in {tracked.tracking_uri}; "
