@@ -144,6 +144,9 @@ def test_each_fit_is_a_run_with_params_and_per_epoch_curves(runs):
             hist = client.get_metric_history(r.info.run_id, key)
             assert sorted(m.step for m in hist) == list(range(1, EPOCHS + 1)), key
         assert all(0.0 <= m.value <= 1.0 for m in client.get_metric_history(r.info.run_id, "heldout_accuracy"))
+        # Stamped when each epoch ran, not when it was logged.
+        stamps = [m.timestamp for m in sorted(client.get_metric_history(r.info.run_id, "train_loss"), key=lambda m: m.step)]
+        assert stamps == sorted(stamps) and stamps[-1] <= r.info.start_time
     assert final.data.params["n_train"] == str(N_TRAIN) and final.data.params["n_heldout"] == "0"
     assert sorted(m.step for m in client.get_metric_history(final.info.run_id, "train_loss")) == list(range(1, EPOCHS + 1))
     assert "heldout_loss" not in final.data.metrics

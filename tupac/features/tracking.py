@@ -46,15 +46,28 @@ RUN_NAME = "general-grade"
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
-class GeneralFitRecord:
-    """``tracker_for`` of :func:`tupac.features.general.cross_fit`: keeps each fit's params and
-    per-epoch metrics in memory, by fit name (``fold0`` .., ``all``), in the order they ran."""
+class _TimedTracker(MemoryTracker):
+    """A MemoryTracker that also keeps when each epoch was reported (ms since the epoch, as MLflow
+    stamps metrics), so the curves logged afterwards carry the fit's own times."""
 
     def __init__(self) -> None:
-        self.fits: dict[str, MemoryTracker] = {}
+        super().__init__()
+        self.times: list[int] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        super().log_metrics(metrics, step)
+        self.times.append(int(time.time() * 1000))
+
+
+class GeneralFitRecord:
+    """``tracker_for`` of :func:`tupac.features.general.cross_fit`: keeps each fit's params and
+    per-epoch metrics (with their times) in memory, by fit name (``fold0`` .., ``all``), in the order they ran."""
+
+    def __init__(self) -> None:
+        self.fits: dict[str, _TimedTracker] = {}
 
     def __call__(self, name: str) -> MemoryTracker:
-        self.fits[name] = MemoryTracker()
+        self.fits[name] = _TimedTracker()
         return self.fits[name]
 
 
@@ -109,14 +122,19 @@ def _oof_metrics(cf, grades: np.ndarray) -> dict[str, float]:
             "oof_log_loss": float(-np.log(p[np.arange(len(y)), y]).mean())}
 
 
-def _log_batch(client, run_id: str, params: dict[str, Any], metrics: list[tuple[int, dict[str, float]]]) -> None:
+def _log_batch(client, run_id: str, params: dict[str, Any], metrics: list[tuple[int, dict[str, float]]],
+               times: Sequence[int] | None = None) -> None:
+    """Params and metrics ``[(step, {key: value})]`` (stamped ``times``, default now) in batched writes;
+    non-finite values are left out, as :class:`tupac.train.mlflow_tracker.MlflowTracker` does."""
     from mlflow.entities import Metric, Param
 
     now = int(time.time() * 1000)
+    stamps = list(times) if times is not None else [now] * len(metrics)
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-    ms = [Metric(k, float(v), now, int(step)) for step, d in metrics for k, v in d.items() if np.isfinite(v)]
+    ms = [Metric(k, float(v), t, int(step)) for (step, d), t in zip(metrics, stamps)
+          for k, v in d.items() if np.isfinite(v)]
     for i in range(0, len(ms), _BATCH):
         client.log_batch(run_id, metrics=ms[i : i + _BATCH])
 
@@ -195,13 +213,13 @@ def log_general_fit(
                 held = [s for s, f in zip(ids, cf.folds) if f == k]
                 child = open_run(f"{RUN_NAME} fold {k}", parent.run_id)
                 _log_batch(child.client, child.run_id,
-                           {**params, **fit.params, "heldout_ids": ",".join(held)}, fit.metrics)
+                           {**params, **fit.params, "heldout_ids": ",".join(held)}, fit.metrics, fit.times)
                 d = save_grade_net(net, Path(tmp) / f"fold{k}", dict(meta, fold=k, heldout_ids=held))
                 child.log_artifact(d, "model")
                 run_ids[f"fold{k}"] = child.run_id
         fit = record.fits["all"]
         final = open_run(f"{RUN_NAME} all training slides", parent.run_id)
-        _log_batch(final.client, final.run_id, {**params, **fit.params}, fit.metrics)
+        _log_batch(final.client, final.run_id, {**params, **fit.params}, fit.metrics, fit.times)
         version = final.register_model_dir(
             Path(net_dir), REGISTERED_NAME,
             description=f"grade network of the general features on the {params.get('frozen_model')} network, "
