@@ -81,6 +81,8 @@ def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, m
     summary = run_job(entries, _cfg(models, run), progress=_quiet)
     assert summary["ok"] and sorted(summary["done"]) == [e.slide_id for e in entries]
     assert summary["skipped_stages"] == {}
+    # The one CPU actor runs torch on the whole 2-CPU Ray (its share), not on its 1-CPU reservation.
+    assert [a["torch_threads"] for a in summary["actors"]] == [2]
     assert json.loads((run / "summary.json").read_text())["counts"]["DONE"] == 2
 
     for e in entries:

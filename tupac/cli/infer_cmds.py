@@ -33,9 +33,12 @@ def infer_cmd(
     num_gpus_per_actor: Optional[float] = typer.Option(
         None, "--num-gpus-per-actor", min=0.0, help="GPUs per model actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)."),
     actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Model actors (default: one per GPU share; on CPU, CPUs/2)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Windows (~1k x 1k px) per actor call."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, help="Windows (~1k x 1k px) per actor call (default: 8 on GPU, 1 on CPU)."),
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Runs after which a failing slide is given up."),
-    cpus_per_actor: float = typer.Option(1.0, "--cpus-per-actor", min=0.01, help="CPUs (and torch threads) per actor."),
+    cpus_per_actor: float = typer.Option(1.0, "--cpus-per-actor", min=0.01, help="CPUs Ray reserves per actor."),
+    threads_per_actor: Optional[int] = typer.Option(
+        None, "--threads-per-actor", min=1, help="torch threads of a CPU actor (default: cluster CPUs / actors)."),
     tumor_chunk: int = typer.Option(64, "--tumor-chunk", min=4, help="Tumor heatmap cells per window edge."),
     mitosis_chunk: int = typer.Option(64, "--mitosis-chunk", min=4, help="Mitosis heatmap cells per window edge."),
     backend: str = typer.Option("auto", "--backend", help="Slide reader: auto, openslide or cucim."),
@@ -53,7 +56,7 @@ def infer_cmd(
     entries = run_guarded(load_cohort, manifest=manifest, data=data)
     cfg = run_guarded(
         JobConfig, models=models, out=out, address=address, num_gpus_per_actor=num_gpus_per_actor, actors=actors,
-        batch_size=batch_size, max_attempts=max_attempts, cpus_per_actor=cpus_per_actor, tumor_chunk=tumor_chunk,
+        batch_size=batch_size, max_attempts=max_attempts, cpus_per_actor=cpus_per_actor, threads_per_actor=threads_per_actor, tumor_chunk=tumor_chunk,
         mitosis_chunk=mitosis_chunk, backend=backend, local_cpus=local_cpus, object_store_mb=object_store_mb,
         include_dashboard=dashboard, local_temp_dir=local_temp_dir,
     )

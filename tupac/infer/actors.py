@@ -211,7 +211,7 @@ class ModelActor:
         gpu_ids = ray.get_gpu_ids()
         self.device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
         self.trained = {task: load_trained(d, device=self.device) for task, d in model_dirs.items()}
-        self.info = device_info(self.device)
+        self.info = {**device_info(self.device), "torch_threads": torch.get_num_threads()}
         self._model_lock = threading.Lock()
         self._handles_lock = threading.Lock()
         self._readers = _LRU(4)

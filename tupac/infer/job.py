@@ -48,15 +48,23 @@ __all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS
 SUMMARY_FILE = "summary.json"
 ACTORS_FILE = "actors.json"
 DEFAULT_BATCH = 8
-"""Windows per actor call. A 10x tumor window is ~1.1k x 1.1k px (64 x 64 output cells), so 8
-windows are ~10 Mpx per forward pass: enough to fill a GPU's SMs with LocNet's first layers
+"""Windows per actor call on a GPU. A 10x tumor window is ~1.1k x 1.1k px (64 x 64 output cells), so
+8 windows are ~10 Mpx per forward pass: enough to fill a GPU's SMs with LocNet's first layers
 (utilization flattens above a few Mpx), while activations (32 x 10 Mpx x 4 B ~ 1.2 GB for the
 first layer) stay well inside a 24 GB card, and decode time of one batch (~0.3 s on 2 cores)
 hides behind the previous batch's compute."""
 
+CPU_BATCH = 1
+"""Windows per actor call on CPU. A CPU convolution is already efficient on one ~1k x 1k window
+(measured on LocNet: 1 window 4.0k cells/s, 4 windows 4.2k cells/s on one thread), so a larger
+batch buys nothing but memory (each window's first-layer activations are ~170 MB) and latency:
+with one window per call the actor's second thread decodes and standardizes the next window while
+torch runs this one, and a slide's windows spread over all actors."""
 
-def default_batch_size() -> int:
-    return DEFAULT_BATCH
+
+def default_batch_size(gpu: bool = True) -> int:
+    """Windows per actor call: :data:`DEFAULT_BATCH` for GPU actors, :data:`CPU_BATCH` on CPU."""
+    return DEFAULT_BATCH if gpu else CPU_BATCH
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,17 @@ class JobConfig:
     actors : int or None
         Number of model actors; None: one per GPU share, or on CPU ``max(1, CPUs // 2)``.
     cpus_per_actor : float
-        CPUs reserved per actor (also its torch threads, rounded down, at least 1).
-    batch_size : int
-        Windows per actor call (see :data:`DEFAULT_BATCH`).
+        CPUs Ray reserves per actor.
+    threads_per_actor : int or None
+        torch intra-op threads of a CPU actor. None: the actor's share of the cluster's CPUs
+        (``CPUs // actors``, at least 1). The reservation and the threads differ on purpose: the
+        default plan reserves one CPU per actor and leaves the rest to the per-slide tasks
+        (tissue, stain statistics, detections), which are short and bursty, so an actor that ran
+        one thread would leave half of a CPU node idle most of the time. GPU actors keep
+        ``max(1, int(cpus_per_actor))`` threads (the GPU does the work). Fixed per run, so a
+        batch recomputed after a fault gives the same bytes.
+    batch_size : int or None
+        Windows per actor call; None: :func:`default_batch_size` for the actors' device.
     max_attempts : int
         Runs after which a failing slide is given up.
     tissue_mpp : float
@@ -114,7 +130,8 @@ class JobConfig:
     num_gpus_per_actor: float | None = None
     actors: int | None = None
     cpus_per_actor: float = 1.0
-    batch_size: int = DEFAULT_BATCH
+    threads_per_actor: int | None = None
+    batch_size: int | None = None
     max_attempts: int = 3
     tissue_mpp: float = 8.0
     tumor_chunk: int = 64
@@ -134,12 +151,14 @@ class JobConfig:
         object.__setattr__(self, "models", Path(self.models))
         object.__setattr__(self, "out", Path(self.out))
         checks = [
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}"),
             (self.actors is None or self.actors >= 1, f"actors must be >= 1, got {self.actors}"),
             (self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0,
              f"num_gpus_per_actor must be >= 0, got {self.num_gpus_per_actor}"),
             (self.cpus_per_actor > 0, f"cpus_per_actor must be > 0, got {self.cpus_per_actor}"),
+            (self.threads_per_actor is None or self.threads_per_actor >= 1,
+             f"threads_per_actor must be >= 1, got {self.threads_per_actor}"),
             (self.tumor_chunk >= 1 and self.mitosis_chunk >= 1, "chunks must be >= 1 cell"),
             (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
         ]
@@ -195,7 +214,7 @@ class _Driver:
     """The event loop of one run (see the module docstring)."""
 
     def __init__(self, config: JobConfig, cards: dict, model_dirs: dict, ledger, progress,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], batch_size: int) -> None:
         import ray
 
         from tupac.infer.actors import ModelActor
@@ -203,6 +222,7 @@ class _Driver:
 
         self.ray = ray
         self.cfg = config
+        self.batch_size = batch_size
         self.cards = cards
         self.model_dirs = dict(model_dirs)
         self.ledger = ledger
@@ -223,9 +243,8 @@ class _Driver:
         self.no_actor_since: float | None = None
 
     # -- actors -------------------------------------------------------------------------
-    def start_actors(self, n: int, num_gpus: float) -> None:
+    def start_actors(self, n: int, num_gpus: float, threads: int) -> None:
         dirs = {t: str(c_dir) for t, c_dir in self.model_dirs.items()}
-        threads = max(1, int(self.cfg.cpus_per_actor))
         for _ in range(n):
             h = self.actor_cls.options(
                 num_gpus=num_gpus, num_cpus=self.cfg.cpus_per_actor, max_restarts=-1, max_task_retries=0,
@@ -277,7 +296,7 @@ class _Driver:
         info = self.cards[task]
         stats = plan.stats.get(info.stain_method) if info.stain_method else None
         wins = [tuple(int(v) for v in rc) for rc in np.asarray(windows).reshape(-1, 2)]
-        b = self.cfg.batch_size
+        b = self.batch_size
         order = 0 if task == "tumor" else 1
         batches = [wins[i : i + b] for i in range(0, len(wins), b)]
         for k, chunk in enumerate(batches):
@@ -509,7 +528,8 @@ def _dashboard_url() -> str | None:
         return None
 
 
-def _actor_plan(cfg: JobConfig) -> tuple[int, float]:
+def _actor_plan(cfg: JobConfig) -> tuple[int, float, int]:
+    """How many model actors, GPUs per actor and torch threads per actor (see :class:`JobConfig`)."""
     import ray
 
     res = ray.cluster_resources()
@@ -522,7 +542,8 @@ def _actor_plan(cfg: JobConfig) -> tuple[int, float]:
             f"{n} actor(s) x {cfg.cpus_per_actor:g} CPU reserve all {cpus:g} CPUs of the cluster; the per-slide tasks "
             "need at least 1 CPU left (lower --actors or --cpus-per-actor)"
         )
-    return n, per
+    threads = cfg.threads_per_actor or (max(1, int(cfg.cpus_per_actor)) if per > 0 else max(1, int(cpus // n)))
+    return n, per, threads
 
 
 def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable[[str], None] | None = None) -> dict:
@@ -611,10 +632,12 @@ def _run_on_ray(cfg, cards, found, ledger, todo, progress, say) -> dict:
     try:
         if url:
             say(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
-        n, per = _actor_plan(cfg)
-        say(f"{n} model actor(s), {per:g} GPU and {cfg.cpus_per_actor:g} CPU each, batches of {cfg.batch_size} windows")
-        driver = _Driver(cfg, cards, found, ledger, progress, say)
-        driver.start_actors(n, per)
+        n, per, threads = _actor_plan(cfg)
+        batch = cfg.batch_size or default_batch_size(gpu=per > 0)
+        say(f"{n} model actor(s), {per:g} GPU, {cfg.cpus_per_actor:g} CPU and {threads} torch thread(s) each, "
+            f"batches of {batch} windows")
+        driver = _Driver(cfg, cards, found, ledger, progress, say, batch)
+        driver.start_actors(n, per, threads)
         with progress:
             driver.run(todo)
         return {
