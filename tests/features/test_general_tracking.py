@@ -62,11 +62,17 @@ def runs(tmp_path_factory):
         truth_run(root / "data", p)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        run_features(paths["plain"], track=False, **kw)
-        res = CliRunner().invoke(__import__("tupac.cli", fromlist=["app"]).app, [
-            "features", "--run", str(paths["tracked"]), "--labels", str(labels), "--models", str(models),
-            "--patches", "3", "--clusters", "8", "--folds", str(FOLDS), "--min-prob", "0.5",
-            "--general-epochs", str(EPOCHS), "--min-region-mm2", "0.002"])
+        app = __import__("tupac.cli", fromlist=["app"]).app
+
+        def cli(run, *extra):
+            return CliRunner().invoke(app, [
+                "features", "--run", str(run), "--labels", str(labels), "--models", str(models),
+                "--patches", "3", "--clusters", "8", "--folds", str(FOLDS), "--min-prob", "0.5",
+                "--general-epochs", str(EPOCHS), "--min-region-mm2", "0.002", *extra])
+
+        plain = cli(paths["plain"], "--no-mlflow")  # untracked: the reference numbers
+        assert plain.exit_code == 0, plain.output
+        res = cli(paths["tracked"])
         assert res.exit_code == 0, res.output
         (root / "not_a_dir").write_text("a file where the store's folder should be")
         with pytest.raises(FeatureTrackingError, match="features are written") as err:

@@ -32,6 +32,8 @@ def features_cmd(
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-fitting folds (as the predictive CV)."),
     epochs: int = typer.Option(60, "--general-epochs", min=1, help="Training epochs of the grade network."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice and fit."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow",
+                                help="Track the grade network's fits in MLflow (the RUN's store, or $MLFLOW_TRACKING_URI)."),
 ) -> None:
     """Compute every committed slide's features into RUN/features.parquet and RUN/features/dictionary.csv."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -64,7 +66,7 @@ def features_cmd(
                 progress.update(bar, description=stage)
 
         res = run_guarded(run_features, run, labels=labels, slides=slides, models=models, config=cfg,
-                          scheduler=get, progress=tick)
+                          scheduler=get, progress=tick, track=mlflow)
     for sid, why in res.skipped:
         console.print(f"[yellow]skipped[/] {sid}: {why}", highlight=False)
     for note in res.notes:
