@@ -227,3 +227,24 @@ def test_actor_plan_that_starves_slide_tasks_is_refused(local_ray, models, cohor
     cfg = JobConfig(models=models, out=tmp_path / "run", actors=2, cpus_per_actor=1.0)
     with pytest.raises(ConfigError, match="need at least 1 CPU"):
         run_job(load_cohort(data=cohort)[:1], cfg, progress=_quiet)
+
+
+def test_stain_lookup_table_path_gives_the_same_bytes(local_ray, models, cohort):
+    """Large stages standardize through the slide's lookup table; the bytes equal the per-pixel path."""
+    from tupac.infer.actors import ModelActor, read_windows, use_stain_lut
+    from tupac.infer.heatmap import heatmap_geometry
+    from tupac.preprocess import stain
+    from tupac.preprocess.tissue import slide_tissue_mask
+    from tupac.slide import open_slide
+
+    assert not use_stain_lut(9, 1148) and use_stain_lut(13, 1148)  # 2**24 pixels is the break-even
+    actor = ModelActor({"tumor": str(models / "tumor")}, threads=1)  # in-process: same code as the Ray actor
+    reference = actor.trained["tumor"].reference
+    with open_slide(slides_of(cohort)[0]) as reader:
+        stats = stain.fit_slide(reader, slide_tissue_mask(reader, 8.0), method=reference.method)
+        geom = heatmap_geometry(reader.dimensions, reader.mpp, actor.trained["tumor"].card, 16)
+        window = read_windows(reader, geom, [(0, 0)])[0]
+    direct = actor._preprocess("tumor", stats.to_dict(), lut=False)(window)
+    table = actor._preprocess("tumor", stats.to_dict(), lut=True)(window)
+    assert not np.array_equal(direct, window)  # the transform does change the pixels
+    np.testing.assert_array_equal(table, direct)

@@ -290,7 +290,7 @@ class _Driver:
         self.progress.slide(sid, False, reason)
 
     def _enqueue(self, s: _Slide, task: str, windows: np.ndarray) -> None:
-        from tupac.infer.actors import WindowBatch
+        from tupac.infer.actors import WindowBatch, use_stain_lut
 
         plan = s.plan
         info = self.cards[task]
@@ -299,9 +299,10 @@ class _Driver:
         b = self.batch_size
         order = 0 if task == "tumor" else 1
         batches = [wins[i : i + b] for i in range(0, len(wins), b)]
+        lut = use_stain_lut(len(wins), plan.geoms[task].window_px)
         for k, chunk in enumerate(batches):
             wb = WindowBatch(task, s.entry.slide_id, str(s.entry.path), s.entry.mpp, s.store, plan.geoms[task],
-                             stats, tuple(chunk), plan.backend, k)
+                             stats, tuple(chunk), plan.backend, k, lut)
             # (slide order, stage, batch, tie, slide, batch, deaths while alone, suspect)
             heapq.heappush(self.queue, (s.seq, order, k, next(self.tie), s.entry.slide_id, wb, 0, False))
         s.stage, s.left = task, len(batches)
