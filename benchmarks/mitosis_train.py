@@ -135,7 +135,8 @@ def main() -> None:
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "stages"}, default=float), flush=True)
     doc = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "train_images": args.images, "test_images": args.test_images,
-           "train_seed": args.train_seed, "test_seed": args.test_seed, "epochs_per_stage": args.epochs,
+           "train_seed": args.train_seed, "test_seed": args.test_seed,
+           "epochs_per_stage": None if args.rescore else args.epochs,  # a rescored row's "config" says
            "test_limit": args.test_limit, "torch_threads": args.threads,
            "config": extra, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
