@@ -248,3 +248,33 @@ def test_stain_lookup_table_path_gives_the_same_bytes(local_ray, models, cohort)
     table = actor._preprocess("tumor", stats.to_dict(), lut=True)(window)
     assert not np.array_equal(direct, window)  # the transform does change the pixels
     np.testing.assert_array_equal(table, direct)
+
+
+@pytest.mark.slow
+def test_retrained_models_recompute_and_keep_the_old_outputs(local_ray, models, cohort, tmp_path):
+    """New weights for a RUN that is done: every slide is recomputed, and the old committed outputs move
+    to RUN/superseded/ instead of failing the slide ("already committed") or being overwritten."""
+    from safetensors.torch import load_file, save_file
+
+    from tupac.infer import load_cohort, read_commit
+    from tupac.infer.job import run_job
+
+    entries = load_cohort(data=cohort)[:1]
+    sid = entries[0].slide_id
+    run = tmp_path / "run"
+    first = run_job(entries, _cfg(models, run), progress=_quiet)
+    assert first["ok"]
+    old_commit = (run / "slides" / f"{sid}.zarr" / "commit.json").read_bytes()
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(models, retrained)
+    weights = load_file(retrained / "tumor" / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, retrained / "tumor" / "model.safetensors")
+    second = run_job(entries, _cfg(retrained, run), progress=_quiet)
+    assert second["ok"] and second["done"] == [sid] and len(second["superseded"]) == 1
+
+    kept = list((run / "superseded").glob(f"*/{sid}.zarr"))
+    assert len(kept) == 1 and (kept[0] / "commit.json").read_bytes() == old_commit
+    assert (kept[0].parent / f"{sid}.mitoses.csv").is_file()
+    new = read_commit(run / "slides" / f"{sid}.zarr")
+    assert new.models != json.loads(old_commit)["models"]

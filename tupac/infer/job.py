@@ -547,6 +547,39 @@ def _actor_plan(cfg: JobConfig) -> tuple[int, float, int]:
     return n, per, threads
 
 
+SUPERSEDED_DIR = "superseded"
+
+
+def supersede_stale_outputs(run_dir: Path, slide_id: str) -> Path | None:
+    """Move a slide's committed outputs that are about to be recomputed out of ``RUN/slides``.
+
+    A slide is recomputed when its committed outputs came from another input file or other models
+    (the user retrained, or replaced the slide). Its old store and detections are kept, not
+    overwritten: they move to ``RUN/superseded/<UTC time>/`` (one rename each, atomic on one file
+    system), so the new run starts clean and nothing already written is lost. Uncommitted
+    leftovers (a crash mid-slide) are not results; the slide task replaces them as before.
+
+    Returns
+    -------
+    Path or None
+        The folder the outputs moved to; None when there was no committed store.
+    """
+    from datetime import datetime, timezone
+
+    from tupac.infer.commit import is_committed
+    from tupac.infer.store import store_path
+
+    store = store_path(run_dir, slide_id)
+    if not is_committed(store):
+        return None
+    dest = Path(run_dir) / SUPERSEDED_DIR / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in (store, store.with_name(f"{slide_id}.mitoses.csv")):
+        if path.exists():
+            path.rename(dest / path.name)
+    return dest
+
+
 def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable[[str], None] | None = None) -> dict:
     """Run cohort inference on the given Ray; returns the summary (also in ``RUN/summary.json``).
 
@@ -598,7 +631,7 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
 
         plan = ledger.plan([(e.slide_id, e.path, fps[e.slide_id]) for e in entries], mfp, cfg.max_attempts, committed_ok)
         by_id = {e.slide_id: e for e in entries}
-        todo = []
+        todo, superseded = [], []
         for sid in plan.to_run:
             e = by_id[sid]
             if committed_ok(sid):
@@ -607,15 +640,21 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
                 ledger.mark_running(sid)
                 ledger.mark_failed(sid, f"{e.path}: no such file (or not readable)")
             else:
+                moved = supersede_stale_outputs(cfg.out, sid)
+                if moved is not None:
+                    superseded.append(f"{sid}: committed with other inputs or models, moved to {moved}")
                 _, sha, size = fps[sid].split(":")
                 todo.append((e, InputFingerprint(int(size), sha)))
         progress = (progress or CohortProgress)(len(todo))
         say = say or progress.say
+        for line in superseded:
+            say(f"[yellow]superseded[/] {line}")
         for task, why in skipped.items():
             say(f"[yellow]{task} stage skipped:[/] {why}")
         say(f"cohort: {len(entries)} slides, {len(todo)} to compute, {len(plan.skipped_done)} already done, "
             f"{len(plan.given_up)} given up after {cfg.max_attempts} attempts")
-        info: dict[str, Any] = {"skipped_stages": skipped, "actors": [], "dashboard": None, "throughput": {}}
+        info: dict[str, Any] = {"skipped_stages": skipped, "actors": [], "dashboard": None, "throughput": {},
+                                "superseded": superseded}
         if todo:
             info.update(_run_on_ray(cfg, cards, found, ledger, todo, progress, say))
         summary = {**ledger.summary(), **info}
