@@ -216,6 +216,39 @@ def _files_fingerprint(paths: list[Path]) -> str:
     return _digest(rows)
 
 
+TRAINING_KEY_FILE = "pipeline_key.txt"
+
+
+def retire_stale_training(model_dir: Path, key: str) -> Path | None:
+    """Make way for a training whose data or config differ from the one in ``model_dir``.
+
+    The trainer resumes from the checkpoints it finds, and refuses (rightly) to resume on other data
+    or another config, so a changed config would stop ``tupac run`` there. A folder trained for
+    another stage key (recorded in :data:`TRAINING_KEY_FILE` when the training starts; a folder
+    without it is from outside the pipeline) moves whole to ``MODELS/superseded/<UTC time>/``;
+    nothing is deleted. A folder with the same key is an interrupted training: it stays, and the
+    trainer resumes it.
+
+    Returns
+    -------
+    Path or None
+        Where the old folder went; None when nothing moved.
+    """
+    from datetime import datetime, timezone
+
+    model_dir = Path(model_dir)
+    marker = model_dir / TRAINING_KEY_FILE
+    moved = None
+    if model_dir.is_dir() and any(model_dir.iterdir()):
+        if not (marker.is_file() and marker.read_text().strip() == key):
+            dest = model_dir.parent / "superseded" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            dest.mkdir(parents=True, exist_ok=True)
+            moved = model_dir.rename(dest / model_dir.name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key + "\n")
+    return moved
+
+
 @dataclass
 class StageRecord:
     name: str
@@ -292,14 +325,19 @@ class Pipeline:
             return weights_hash(model_dir)
         cfg = self.config.tumor_config() if task == "tumor" else self.config.mitosis_config()
 
+        key_parts = [data_fp, cfg.to_dict()]
+
         def run() -> None:
             if task == "tumor":
                 from tupac.tumor.tracking import tracked_tumor_training as tracked
             else:
                 from tupac.mitosis.tracking import tracked_mitosis_training as tracked
+            moved = retire_stale_training(model_dir, _digest(key_parts))
+            if moved is not None:
+                self.say(f"[train_{task}] data or config changed: the previous {task} model moved to {moved}")
             tracked(self.data, model_dir, cfg, say=self.say)
 
-        return self._stage(f"train_{task}", [data_fp, cfg.to_dict()],
+        return self._stage(f"train_{task}", key_parts,
                            [model_dir / "model.safetensors", model_dir / "card.json"], run)
 
     def _infer(self, data_fp: str, k_tumor: str, k_mitosis: str) -> str:
