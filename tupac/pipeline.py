@@ -234,16 +234,14 @@ def retire_stale_training(model_dir: Path, key: str) -> Path | None:
     Path or None
         Where the old folder went; None when nothing moved.
     """
-    from datetime import datetime, timezone
+    from tupac.infer.commit import move_aside
 
     model_dir = Path(model_dir)
     marker = model_dir / TRAINING_KEY_FILE
     moved = None
     if model_dir.is_dir() and any(model_dir.iterdir()):
         if not (marker.is_file() and marker.read_text().strip() == key):
-            dest = model_dir.parent / "superseded" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-            dest.mkdir(parents=True, exist_ok=True)
-            moved = model_dir.rename(dest / model_dir.name)
+            moved = move_aside([model_dir], model_dir.parent) / model_dir.name
     model_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(key + "\n")
     return moved

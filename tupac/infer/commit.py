@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from tupac.errors import HeatmapStoreError
 
@@ -42,6 +42,7 @@ __all__ = [
     "models_fingerprint",
     "code_version",
     "atomic_write_bytes",
+    "move_aside",
     "write_commit",
     "read_commit",
     "is_committed",
@@ -166,6 +167,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return path
+
+
+def move_aside(paths: Sequence[str | Path], parent: str | Path) -> Path:
+    """Move ``paths`` (those that exist) into a new ``parent/superseded/<UTC time>/`` folder.
+
+    How tupac replaces results without overwriting them: one ``rename`` per path (atomic on one
+    file system), nothing deleted. Returns the new folder.
+    """
+    from datetime import datetime, timezone
+
+    dest = Path(parent) / "superseded" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in map(Path, paths):
+        if path.exists():
+            path.rename(dest / path.name)
+    _fsync_dir(dest)
+    return dest
 
 
 @dataclass(frozen=True)

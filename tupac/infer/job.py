@@ -547,9 +547,6 @@ def _actor_plan(cfg: JobConfig) -> tuple[int, float, int]:
     return n, per, threads
 
 
-SUPERSEDED_DIR = "superseded"
-
-
 def supersede_stale_outputs(run_dir: Path, slide_id: str) -> Path | None:
     """Move a slide's committed outputs that are about to be recomputed out of ``RUN/slides``.
 
@@ -564,20 +561,13 @@ def supersede_stale_outputs(run_dir: Path, slide_id: str) -> Path | None:
     Path or None
         The folder the outputs moved to; None when there was no committed store.
     """
-    from datetime import datetime, timezone
-
-    from tupac.infer.commit import is_committed
+    from tupac.infer.commit import is_committed, move_aside
     from tupac.infer.store import store_path
 
     store = store_path(run_dir, slide_id)
     if not is_committed(store):
         return None
-    dest = Path(run_dir) / SUPERSEDED_DIR / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in (store, store.with_name(f"{slide_id}.mitoses.csv")):
-        if path.exists():
-            path.rename(dest / path.name)
-    return dest
+    return move_aside([store, store.with_name(f"{slide_id}.mitoses.csv")], run_dir)
 
 
 def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable[[str], None] | None = None) -> dict:
