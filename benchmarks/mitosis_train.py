@@ -23,22 +23,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
 
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (all threads, user + system)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        r = resource.getrusage(who)
-        total += r.ru_utime + r.ru_stime
-    return total
+from bench_common import cpu_seconds as _cpu_seconds  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_common import load_avg as _load  # noqa: E402
 
 
 def ensure_set(root: Path, seed: int, n: int) -> Path:
