@@ -158,6 +158,7 @@ def discover_slides(run: str | Path, slides: str | Path | None = None) -> tuple[
     """
     from tupac.errors import HeatmapStoreError
     from tupac.infer.commit import read_commit
+    from tupac.infer.store import detections_path
 
     folder = Path(run) / "slides"
     if not folder.is_dir():
@@ -171,7 +172,7 @@ def discover_slides(run: str | Path, slides: str | Path | None = None) -> tuple[
         except HeatmapStoreError as e:
             skipped.append((sid, e.problem))
             continue
-        csv = store.with_name(f"{sid}.mitoses.csv")
+        csv = detections_path(store)
         if not csv.is_file():
             skipped.append((sid, f"no detections table {csv.name}"))
             continue

@@ -562,12 +562,12 @@ def supersede_stale_outputs(run_dir: Path, slide_id: str) -> Path | None:
         The folder the outputs moved to; None when there was no committed store.
     """
     from tupac.infer.commit import is_committed, move_aside
-    from tupac.infer.store import store_path
+    from tupac.infer.store import detections_path, store_path
 
     store = store_path(run_dir, slide_id)
     if not is_committed(store):
         return None
-    return move_aside([store, store.with_name(f"{slide_id}.mitoses.csv")], run_dir)
+    return move_aside([store, detections_path(store)], run_dir)
 
 
 def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable[[str], None] | None = None) -> dict:

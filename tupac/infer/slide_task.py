@@ -307,7 +307,7 @@ def finalize_slide(
         ``mitoses`` (count or None), ``seconds``.
     """
     from tupac.infer.commit import atomic_write_bytes
-    from tupac.infer.store import HeatmapStore
+    from tupac.infer.store import HeatmapStore, detections_path
 
     t0 = time.perf_counter()
     store = HeatmapStore.open(store_path)
@@ -324,7 +324,7 @@ def finalize_slide(
         # there is not on the slide, and QuPath (or any viewer) would place it off the image.
         w, h = plan.dimensions
         det = det[(det["x"] >= 0) & (det["x"] < w) & (det["y"] >= 0) & (det["y"] < h)].reset_index(drop=True)
-        csv_path = Path(store_path).with_name(f"{slide_id}.mitoses.csv")
+        csv_path = detections_path(store_path)
         atomic_write_bytes(csv_path, det.to_csv(index=False).encode())
         outputs["mitoses.csv"] = csv_path
         n_mitoses = int(len(det))

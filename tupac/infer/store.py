@@ -46,7 +46,7 @@ from tupac.errors import ConfigError, HeatmapStoreError, StoreExistsError
 from tupac.infer.commit import COMMIT_FILE, CommitRecord, InputFingerprint, file_sha256, is_committed, write_commit
 from tupac.infer.manifest import slide_id_problem
 
-__all__ = ["ArraySpec", "HeatmapStore", "store_path", "ngff_multiscales", "STORE_FORMAT"]
+__all__ = ["ArraySpec", "HeatmapStore", "store_path", "detections_path", "ngff_multiscales", "STORE_FORMAT"]
 
 STORE_FORMAT = 1
 NGFF_VERSION = "0.5"
@@ -59,6 +59,12 @@ def store_path(run_dir: str | Path, slide_id: str) -> Path:
     if problem:
         raise ValueError(problem)
     return Path(run_dir) / "slides" / f"{slide_id}.zarr"
+
+
+def detections_path(store: str | Path) -> Path:
+    """The detections table beside a slide's store: ``RUN/slides/<id>.zarr`` -> ``RUN/slides/<id>.mitoses.csv``."""
+    store = Path(store)
+    return store.with_name(f"{store.name.removesuffix('.zarr')}.mitoses.csv")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def list_slides(run_dir: str | Path) -> list[SlideEntry]:
     """Every ``RUN/slides/*.zarr`` folder, sorted by slide ID (hidden temporaries skipped)."""
     from tupac.errors import HeatmapStoreError
     from tupac.infer.commit import read_commit
+    from tupac.infer.store import detections_path
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -68,7 +69,7 @@ def list_slides(run_dir: str | Path) -> list[SlideEntry]:
             rec, problem = read_commit(store), None
         except HeatmapStoreError as e:
             rec, problem = None, e.problem
-        out.append(SlideEntry(sid, store, rec, problem, store.with_name(f"{sid}.mitoses.csv")))
+        out.append(SlideEntry(sid, store, rec, problem, detections_path(store)))
     return out
 
 
