@@ -44,11 +44,11 @@ import os
 import platform
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import PeakSampler  # benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "cohort_pipeline.json"
@@ -112,33 +112,6 @@ def _tree_rss(root_pid: int) -> int:
     return sum(rss.get(p, 0) for p in keep)
 
 
-class TreeRss:
-    """Samples :func:`_tree_rss` of this process every ``period`` s; keeps (time, bytes) samples."""
-
-    def __init__(self, period: float = 0.2) -> None:
-        self.period, self.samples = period, []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        pid = os.getpid()
-        while not self._stop.is_set():
-            self.samples.append((time.time(), _tree_rss(pid)))
-            self._stop.wait(self.period)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-
-    def peak(self, t0: float = -np.inf, t1: float = np.inf) -> int:
-        inside = [b for t, b in self.samples if t0 <= t <= t1]
-        return max(inside) if inside else 0
-
-
 # --- the run --------------------------------------------------------------------------------------
 
 
@@ -179,12 +152,12 @@ class StageClock:
                 self.spans[name][1] = now
 
 
-def run(data: Path, out: Path, seed: int) -> tuple[dict, StageClock, TreeRss, float]:
+def run(data: Path, out: Path, seed: int) -> tuple[dict, StageClock, PeakSampler, float]:
     from tupac.pipeline import run_pipeline
 
     clock = StageClock()
     t0 = time.perf_counter()
-    with TreeRss() as rss:
+    with PeakSampler(lambda: _tree_rss(os.getpid())) as rss:
         summary = run_pipeline(data, out, bench_config(seed), None, clock)
     return summary, clock, rss, time.perf_counter() - t0
 
@@ -268,7 +241,7 @@ def detection(out: Path, data: Path) -> dict:
             "f1": 2 * tp / max(2 * tp + fp + fn, 1), "prob_quantiles_10_50_90_tp": q(p_tp), "prob_quantiles_10_50_90_fp": q(p_fp)}
 
 
-def speed(out: Path, n_slides: int, clock: StageClock, rss: TreeRss, wall: float, ran: list[str], previous: dict) -> dict:
+def speed(out: Path, n_slides: int, clock: StageClock, rss: PeakSampler, wall: float, ran: list[str], previous: dict) -> dict:
     """Per-stage seconds/throughput/peak RSS; stages not run now keep their previous memory figures."""
     from tupac.pipeline import STAGES
 

@@ -43,11 +43,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import PeakSampler  # benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -79,40 +79,21 @@ def _slide(root: Path, size_um) -> Path:
     return sorted((root / "training_image_data").glob("*.svs"))[0]
 
 
-class RssSampler:
-    """Peak of the summed RSS of this process and every process whose command line names ``tag``."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag, self.peak, self._stop = tag, 0, threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _rss(self) -> int:
-        total = 0
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
+def tagged_rss(tag: str) -> int:
+    """Summed RSS (bytes) of this process and every process whose command line names ``tag``."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if int(d.name) != os.getpid() and tag not in (d / "cmdline").read_bytes().decode(errors="replace"):
                 continue
-            try:
-                if int(d.name) != os.getpid() and self.tag not in (d / "cmdline").read_bytes().decode(errors="replace"):
-                    continue
-                for line in (d / "status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-            except (OSError, ValueError):
-                continue
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
+            for line in (d / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def _cfg(models: Path, out: Path, chunk: int, **kw):
@@ -143,7 +124,7 @@ def run_job_local(slide: Path, models: Path, out: Path, chunk: int, cpus: int) -
     try:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        with RssSampler(str(temp)) as rss:
+        with PeakSampler(lambda: tagged_rss(str(temp))) as rss:
             s = run_job([ManifestEntry(slide.stem, slide)], _cfg(models, out, chunk), progress=_quiet)
         wall = time.perf_counter() - t0
     finally:
@@ -155,7 +136,7 @@ def run_job_local(slide: Path, models: Path, out: Path, chunk: int, cpus: int) -
     tumor = HeatmapStore.open(out / "slides" / f"{slide.stem}.zarr", mode="r").read("tumor")
     timings = json.loads((out / "slides" / f"{slide.stem}.zarr" / "commit.json").read_text())["timings_s"]
     return {"windows": s["throughput"]["tiles"], "wall_s": wall, "ray_init_s": t_init, "slide_timings_s": timings,
-            "peak_rss_mb": rss.peak / 2**20, "load_avg": os.getloadavg()}, tumor
+            "peak_rss_mb": rss.peak() / 2**20, "load_avg": os.getloadavg()}, tumor
 
 
 def sequential_windows(slide: Path, models: Path, chunk: int, cpus: int) -> tuple[dict, np.ndarray]:
