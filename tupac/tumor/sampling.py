@@ -3,7 +3,15 @@
 TUPAC16's ROI boxes mark *part* of the tumor (they are not exhaustive), so negatives drawn from
 tissue outside the boxes are noisy: some of them are unannotated tumor. The paper's second stage
 (:mod:`tupac.tumor.training`) adds the regions a stage-1 model calls tumor with high confidence to
-the positives and takes them out of the negative pool; ``extra_positive`` carries that mask here.
+the positives and takes them out of the negative pool; ``extra_positive`` carries that mask here,
+and ``not_negative`` the wider area where the stage-1 model sees possible tumor.
+
+A patch is labelled by its center. Negative centers keep a margin from every positive or
+possible-tumor area, so that the unannotated rim of a tumor region (patches centered in tumor, half
+of them stroma) is not taught as non-tumor; without it the localized tumor shrinks all around, on
+small regions by a third of their area. The margin also sets where the boundary lands: the wider it
+is, the more tumor-stroma patches are left unlabelled and the further out the model calls tumor
+(see :class:`tupac.tumor.training.TumorTrainConfig` for the measured effect).
 
 Everything is pure: masks and boxes in, patch centers in level-0 pixels out.
 """
@@ -73,6 +81,7 @@ def sample_patch_centers(
     rng: np.random.Generator,
     *,
     extra_positive: np.ndarray | None = None,
+    not_negative: np.ndarray | None = None,
     negative_margin_um: float = 50.0,
 ) -> PatchCenters:
     """Sample tumor and non-tumor patch centers for one slide.
@@ -92,9 +101,12 @@ def sample_patch_centers(
         Seeded by the caller.
     extra_positive : ndarray of bool, shape (h, w), optional
         Further tumor (stage 2: confident stage-1 predictions); excluded from negatives.
+    not_negative : ndarray of bool, shape (h, w), optional
+        Possible tumor that is not a positive (stage 2: tissue the stage-1 model scores above its
+        decision threshold); negatives keep ``negative_margin_um`` from it too.
     negative_margin_um : float
-        Negatives keep this distance from every positive area, so a patch straddling an ROI edge is
-        not labelled non-tumor.
+        Negatives keep this distance from every positive and possible-tumor area, so a patch
+        centered on an unannotated tumor rim is not labelled non-tumor.
 
     Returns
     -------
@@ -106,9 +118,10 @@ def sample_patch_centers(
     annotated = roi_mask(rois_l0, tissue.shape, mask_mpp, slide_mpp) & tissue
     extra = np.zeros_like(tissue) if extra_positive is None else (np.asarray(extra_positive, bool) & tissue & ~annotated)
     positive_any = annotated | extra
-    if positive_any.any():
-        # Euclidean distance (in um) from each pixel to the nearest positive pixel.
-        far = ndi.distance_transform_edt(~positive_any) * mask_mpp >= max(negative_margin_um, mask_mpp)
+    avoid = positive_any if not_negative is None else positive_any | (np.asarray(not_negative, bool) & tissue)
+    if avoid.any():
+        # Euclidean distance (in um) from each pixel to the nearest pixel to avoid.
+        far = ndi.distance_transform_edt(~avoid) * mask_mpp >= max(negative_margin_um, mask_mpp)
     else:
         far = np.ones_like(tissue)
     negative_pool = tissue & far
