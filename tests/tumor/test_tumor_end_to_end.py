@@ -104,3 +104,6 @@ def test_held_out_quality(trained_models, held_out_cohort):
     print(table.to_string(), pooled)
     assert pooled["auroc"] >= 0.95
     assert pooled["dice"] >= 0.85
+    # The tumor area the features report comes from this map: within 10 % of the true area on
+    # every held-out slide (the rim of each region used to be taught as non-tumor: -35 %).
+    assert pooled["area_rel_error_max_abs"] <= 0.10, table[["slide_id", "area_rel_error"]]

@@ -45,8 +45,9 @@ def evaluate_cohort(trained, root: str | Path, slide_ids: list[str] | None = Non
     Returns
     -------
     (table, pooled)
-        ``table``: one row per slide (auroc, dice, fp/fn/tumor/pred areas in mm²); ``pooled``:
-        pixel AUROC over all slides, Dice over all pixels, total false-positive area.
+        ``table``: one row per slide (auroc, dice, fp/fn/tumor/pred areas in mm², ``area_rel_error``:
+        predicted / true tumor area - 1); ``pooled``: pixel AUROC over all slides, Dice over all
+        pixels, total false-positive area, median and largest absolute relative area error.
     """
     from tupac.tumor.regions import pixel_auroc
 
@@ -67,10 +68,15 @@ def evaluate_cohort(trained, root: str | Path, slide_ids: list[str] | None = Non
         total += float(pred.sum() + t.sum())
         rows.append({"slide_id": sid, **q})
     table = pd.DataFrame(rows)
+    if len(table):
+        table["area_rel_error"] = table["pred_area_mm2"] / table["tumor_area_mm2"].where(table["tumor_area_mm2"] > 0) - 1.0
+    rel = table["area_rel_error"].dropna() if len(table) else pd.Series(dtype=float)
     pooled = {
         "auroc": pixel_auroc(np.concatenate(scores), np.concatenate(truths)) if scores else float("nan"),
         "dice": 2 * inter / total if total else float("nan"),
         "fp_area_mm2": float(table["fp_area_mm2"].sum()) if len(table) else 0.0,
+        "area_rel_error_median": float(rel.median()) if len(rel) else float("nan"),
+        "area_rel_error_max_abs": float(rel.abs().max()) if len(rel) else float("nan"),
         "slides": len(table),
     }
     return table, pooled

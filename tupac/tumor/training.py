@@ -60,9 +60,9 @@ class TumorTrainConfig:
         None: a quarter of the patch's field of view (35 um for LocNet's 140 um). It places the
         boundary: on 15 held-out phantom slides the median tumor area error was +15 % with half the
         field of view (too many tumor-stroma patches left unlabelled, tumor called too far out),
-        -0.2 % with a quarter (all slides within 4 %), -0.8 % with 50 um (within 5 %). Before possible tumor was kept out of the
-        negatives (50 um from annotated and confident tumor only), the 60-slide pipeline benchmark
-        measured -35 %.
+        -0.2 % with a quarter (all slides within 4 %), -0.8 % with 50 um (within 5 %). Before
+        possible tumor was kept out of the negatives (50 um from annotated and confident tumor
+        only), the 60-slide pipeline benchmark measured -35 %.
     stage_tolerance : float
         Stage 2 is kept unless its validation AUROC is lower than stage 1's by more than this
         (the paper uses the second stage; validation negatives are noisy, so small differences
