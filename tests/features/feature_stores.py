@@ -40,8 +40,10 @@ def write_run_slide(
     arrays: Mapping[str, Heatmap],
     detections: pd.DataFrame | None,
     commit: bool = True,
+    extra: Mapping | None = None,
 ) -> Path:
-    """``RUN/slides/<id>.zarr`` (+ ``<id>.mitoses.csv`` with ``x,y,prob``), committed last like the job does."""
+    """``RUN/slides/<id>.zarr`` (+ ``<id>.mitoses.csv`` with ``x,y,prob``), committed last like the job does
+    (``extra``: the commit record's ``extra``)."""
     path = store_path(run, slide_id)
     store = write_heatmaps(path, slide_id, arrays)
     outputs = {}
@@ -51,7 +53,7 @@ def write_run_slide(
         outputs["mitoses.csv"] = csv
     if commit:
         store.commit(slide_file, input_fingerprint(slide_file), {"tumor:test": "0" * 64}, outputs=outputs,
-                     durable=False)
+                     extra=extra, durable=False)
     return path
 
 

@@ -110,3 +110,38 @@ def test_slides_without_tumor_or_mitoses_get_defined_values(phantom, tmp_path):
     tasks = json.loads((run / "features" / "summary.json").read_text())["dask_tasks"]
     print("dask tasks per slide:", tasks)
     assert all(0 < n <= 60 for n in tasks.values())
+
+
+def test_mitosis_patches_use_the_tumor_stain_statistics_the_job_recorded(phantom, tmp_path):
+    # The inference job standardizes the mitosis stage with statistics measured on the tumor regions
+    # and records them; the features stage must read the mitosis network's patches the same way,
+    # not refit on the whole tissue.
+    from types import SimpleNamespace
+
+    from feature_stores import write_run_slide
+
+    from tupac.features.cohort import RunSlide, _mitosis_stats_of, _SlidePixels
+    from tupac.preprocess import stain
+    from tupac.slide import open_slide
+
+    root, meta, _ = phantom
+    slides = sorted((root / "data" / "training_image_data").glob("*.svs"))
+    slide_file = slides[0]
+    with open_slide(slides[1]) as reader:  # the template: another slide's field
+        trained = SimpleNamespace(reference=stain.StainReference(stain.fit_image(reader.read_region_mpp((0, 0), (512, 512), 1.0))))
+    with open_slide(slide_file) as reader:
+        tile = reader.read_region_mpp((400, 400), (64, 64), 0.25)
+        recorded = stain.fit_image(reader.read_region_mpp((0, 0), (512, 512), 1.0), method=trained.reference.method)
+    heat = (np.zeros((4, 4), np.float32), 16.0, None, 4)
+    store = write_run_slide(tmp_path / "run", "S1", slide_file, {"tumor": heat}, None,
+                            extra={"mitosis_stain_stats": recorded.to_dict()})
+    preset = _mitosis_stats_of(store, trained)
+    assert list(preset) == [trained.reference.key] and preset[trained.reference.key].key == recorded.key
+    px = _SlidePixels(RunSlide("S1", store, store.with_suffix(".csv"), slide_file), None, 0, preset)
+    try:
+        np.testing.assert_array_equal(px.standardize(tile, trained.reference), stain.transform(tile, recorded, trained.reference))
+    finally:
+        px.close()
+    # A store without the record (an older run, or no tumor) falls back to the slide's own statistics.
+    bare = write_run_slide(tmp_path / "run2", "S2", slide_file, {"tumor": heat}, None)
+    assert _mitosis_stats_of(bare, trained) == {} and _mitosis_stats_of(store, SimpleNamespace(reference=None)) == {}

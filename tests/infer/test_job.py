@@ -103,6 +103,22 @@ def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, m
         det = pd.read_csv(run / "slides" / f"{e.slide_id}.mitoses.csv")
         assert list(det.columns) == ["x", "y", "prob"] and len(det) == rec.extra["mitoses"]
         assert (det.x >= 0).all() and (det.y >= 0).all() and (det.prob >= 0.5).all()
+        # The mitosis stage standardized with stain statistics measured on the tumor regions (tissue
+        # at or above the tumor threshold), recorded in the commit for the features stage.
+        from tupac.preprocess import stain
+        from tupac.preprocess.tissue import TissueMask
+        from tupac.slide import open_slide
+        from tupac.tumor.regions import heatmap_on_grid
+
+        tissue = store.read("tissue").astype(bool)
+        prob = heatmap_on_grid(tumor, store.mpp("tumor"), store.spec("tumor").offset_um[0], tissue.shape, store.mpp("tissue"))
+        regions = tissue & (prob >= load_trained(models / "tumor").threshold)
+        recorded = stain.SlideStainStats.from_dict(rec.extra["mitosis_stain_stats"])
+        with open_slide(e.path) as reader:
+            measured = stain.fit_slide(reader, TissueMask(tissue, store.mpp("tissue")),
+                                       region=TissueMask(regions, store.mpp("tissue")), method=recorded.method)
+        assert recorded.method == load_trained(models / "mitosis").reference.method
+        assert recorded.key == measured.key and recorded.n_tiles > 0
 
     # Re-running skips DONE slides: attempts stay 1, files are untouched.
     mtimes = {p: p.stat().st_mtime_ns for p in (run / "slides").rglob("*") if p.is_file()}

@@ -229,15 +229,20 @@ def _load_networks(models: Path | None, cfg: FeatureRunConfig, want_general: boo
 
 
 class _SlidePixels:
-    """An open slide with its stain standardization towards a model's template (slide statistics, fitted once)."""
+    """An open slide with its stain standardization towards a model's template (slide statistics, fitted once).
 
-    def __init__(self, slide: RunSlide, tissue: tuple[np.ndarray, float] | None, seed: int) -> None:
+    ``preset`` maps a template's key to statistics already measured for it (the inference job's
+    tumor-region statistics of the mitosis stage), so features see the pixels the detector saw.
+    """
+
+    def __init__(self, slide: RunSlide, tissue: tuple[np.ndarray, float] | None, seed: int,
+                 preset: Mapping[str, Any] | None = None) -> None:
         from tupac.slide import open_slide
 
         self.reader = open_slide(slide.slide_path, mpp=slide.mpp)
         self.mpp = float(self.reader.mpp)
         self.dimensions = tuple(int(v) for v in self.reader.dimensions)
-        self._tissue, self._seed, self._stats = tissue, seed, {}
+        self._tissue, self._seed, self._stats = tissue, seed, dict(preset or {})
 
     def standardize(self, rgb: np.ndarray, reference) -> np.ndarray:
         if reference is None:
@@ -318,6 +323,20 @@ def _tissue_of(store_path: Path) -> tuple[np.ndarray, float] | None:
     return store.read("tissue").astype(bool), store.mpp("tissue")
 
 
+def _mitosis_stats_of(store_path: Path, trained) -> dict[str, Any]:
+    """The mitosis stage's stain statistics recorded in the slide's commit (tumor regions), keyed by
+    the mitosis template; empty when the job recorded none (no tumor, or an older run)."""
+    from tupac.infer.commit import read_commit
+    from tupac.preprocess.stain import SlideStainStats
+
+    if trained is None or trained.reference is None:
+        return {}
+    recorded = read_commit(store_path).extra.get("mitosis_stain_stats")
+    if not recorded or recorded.get("method") != trained.reference.method:
+        return {}
+    return {trained.reference.key: SlideStainStats.from_dict(recorded)}
+
+
 def _one_slide(slide: RunSlide, cfg: FeatureRunConfig, nets: _Networks, want_general: bool, scheduler) -> _SlideResult:
     from tupac.features.aggregate import open_heatmaps, slide_features
 
@@ -332,7 +351,7 @@ def _one_slide(slide: RunSlide, cfg: FeatureRunConfig, nets: _Networks, want_gen
     if not slide.slide_path.is_file():
         raise FeatureFileError(slide.slide_path, f"slide file of {slide.slide_id} not found (pass --slides, or --no-pixels)")
     tissue = _tissue_of(slide.store)
-    px = _SlidePixels(slide, tissue, cfg.seed)
+    px = _SlidePixels(slide, tissue, cfg.seed, _mitosis_stats_of(slide.store, nets.mitosis))
     try:
         ref = nets.mitosis.reference if nets.mitosis is not None else None
         r = slide_features(hm, det, px.mpp, read_patch=lambda o: px.read(o, 1000, MPP_40X, ref),

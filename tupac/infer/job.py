@@ -180,6 +180,7 @@ class _Slide:
     windows: dict = field(default_factory=dict)
     timings: dict = field(default_factory=lambda: {"read_s": 0.0, "model_s": 0.0})
     extra: dict = field(default_factory=dict)
+    stage_stats: dict = field(default_factory=dict)  # task -> stain statistics replacing the slide's (mitosis: tumor regions)
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -294,7 +295,7 @@ class _Driver:
 
         plan = s.plan
         info = self.cards[task]
-        stats = plan.stats.get(info.stain_method) if info.stain_method else None
+        stats = s.stage_stats.get(task) or (plan.stats.get(info.stain_method) if info.stain_method else None)
         wins = [tuple(int(v) for v in rc) for rc in np.asarray(windows).reshape(-1, 2)]
         b = self.batch_size
         order = 0 if task == "tumor" else 1
@@ -315,7 +316,8 @@ class _Driver:
         sid = s.entry.slide_id
         if s.stage == "tumor" and "mitosis" in self.cards:
             s.stage = "regions"
-            self._submit("regions", s, s.store, s.plan, self.cards["tumor"].threshold)
+            self._submit("regions", s, s.store, s.plan, self.cards["tumor"].threshold, str(s.entry.path), s.entry.mpp,
+                         self.cards["mitosis"].stain_method)
             return
         s.stage = "finalize"
         mitosis_windows = s.extra.pop("_mitosis_windows", None) if "mitosis" in self.cards else None
@@ -437,6 +439,9 @@ class _Driver:
             s.extra["tumor_area_mm2"] = value["tumor_area_mm2"]
             s.timings["regions_s"] = value["seconds"]
             s.extra["_mitosis_windows"] = value["windows"]
+            if value.get("stats") is not None:
+                # Kept in the commit record: the features stage standardizes its mitosis patches the same way.
+                s.stage_stats["mitosis"] = s.extra["mitosis_stain_stats"] = value["stats"]
             self._enqueue(s, "mitosis", value["windows"])
         elif kind == "finalize":
             self.slides.pop(sid)

@@ -101,6 +101,21 @@ def test_fit_slide_samples_tissue_across_the_slide_deterministically(fake_slide)
     assert s1.key == s2.key
 
 
+def test_fit_slide_on_a_region_draws_its_tiles_there(fake_slide):
+    # The mitosis stage measures a slide's statistics on its tumor only: tiles come from the
+    # region (here the left half of the tissue), glass still from the whole tissue mask.
+    reader, mask, p = fake_slide
+    left = Mask(mask.mask.copy(), 8.0)
+    left.mask[:, 32:] = False  # mask px 32 = level-0 x 512
+    reader.reads.clear()
+    region_stats = stain.fit_slide(reader, mask, region=left, method="wsics", mpp=1.0, tile_px=128, max_tiles=6, seed=4)
+    origins = np.array([r[0] for r in reader.reads])
+    assert len(origins) == region_stats.n_tiles > 0
+    assert origins[:, 0].max() + 256 <= 512
+    whole = stain.fit_slide(reader, mask, method="wsics", mpp=1.0, tile_px=128, max_tiles=6, seed=4)
+    assert whole.key != region_stats.key
+
+
 def test_empty_tissue_mask_is_an_error(fake_slide):
     reader, mask, _ = fake_slide
     with pytest.raises(StainError, match="tissue mask is empty"):

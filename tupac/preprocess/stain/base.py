@@ -444,6 +444,7 @@ class StainMethod:
         reader,
         tissue_mask,
         *,
+        region=None,
         mpp: float = 1.0,
         tile_px: int = 256,
         max_tiles: int = 48,
@@ -451,8 +452,14 @@ class StainMethod:
     ) -> SlideStainStats:
         """Statistics of a whole slide, from tissue tiles sampled across it (see
         :func:`sample_tissue_tiles` for the parameters); methods with a ``fit_slide_tiles``
-        estimator also get the glass pixels of those tiles (:func:`glass_pixels`)."""
-        tiles, cells = _sample_tissue(reader, tissue_mask, mpp, tile_px, max_tiles, 0.5, seed)
+        estimator also get the glass pixels of those tiles (:func:`glass_pixels`).
+
+        ``region`` (same kind of mask as ``tissue_mask``, e.g. the slide's tumor) restricts where
+        the tiles are drawn: a model trained on tumor fields standardized with their own
+        statistics sees the same statistics when a slide's are measured on its tumor, not on a
+        mixture of tumor and stroma. Glass is still found from ``tissue_mask``.
+        """
+        tiles, cells = _sample_tissue(reader, region if region is not None else tissue_mask, mpp, tile_px, max_tiles, 0.5, seed)
         source = str(getattr(reader, "path", "slide"))
         if self.fit_slide_tiles is None:
             return self._stats(tiles, seed, source)
