@@ -68,9 +68,8 @@ def bench_config(seed: int):
         seed=seed,
         # 25 + 25 patches per slide: on 60 slides that is already ~2x the demo's training set; 60 + 60
         # took ~3 min per epoch on 2 shared cores, too slow for a benchmark that is meant to be rerun.
-        # Tried: confident 0.8 instead of 0.95 (with 0.95 the stage-1 confident area outside the ROIs was
-        # 0.006 mm2 over 51 slides, so stage 2 adds nothing and the tumor comes out ~39 % too small). It did
-        # not help (area -35 %, grade accuracy 0.63): see "iteration_confident_0.8" in the result file.
+        # The stage-2 sampling (positives, negative margin) is TumorTrainConfig's default; its docstring
+        # has the table of what was tried on this cohort.
         tumor={**DEMO_CONFIG.tumor, "positives_per_slide": 25, "negatives_per_slide": 25},
         # The demo's 6 epochs on 12 images leave a validation set of 3 mitoses to pick the detection
         # threshold from; train on the whole auxiliary set (30 images) instead. One stage of 4 epochs:

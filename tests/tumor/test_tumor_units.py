@@ -50,7 +50,7 @@ def test_sampling_is_deterministic_and_uses_stage2_positives():
 
 
 def test_possible_tumor_keeps_negatives_half_a_patch_away():
-    # Stage 2: a region the stage-1 model scores above its threshold (but below "confident") is
+    # Stage 2 with a fixed cutoff: a region the stage-1 model scores above its threshold (but below the cutoff) is
     # neither positive nor negative, and no negative patch center comes within the margin of it,
     # so no negative patch contains that tumor.
     tissue = np.ones((60, 60), bool)
