@@ -10,11 +10,13 @@ import pandas as pd
 from tupac.tumor.regions import heatmap_on_grid, map_quality
 
 
-def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64) -> dict:
+def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, area_threshold: float = 0.5) -> dict:
     """Map one slide with ``trained`` and compare it with ``truth_dir/tumor.png`` inside ``tissue.png``.
 
-    Returns the :func:`tupac.tumor.regions.map_quality` figures plus the pixel scores needed to pool
-    an AUROC over slides (``_scores``, ``_truth``).
+    Returns the :func:`tupac.tumor.regions.map_quality` figures (at the card's threshold),
+    ``feature_area_mm2`` (tumor at ``area_threshold``, the features stage's default 0.5: the area
+    ``tumor_area_mm2`` reports) and the pixel scores needed to pool an AUROC over slides
+    (``_scores``, ``_truth``).
     """
     from tupac.infer.heatmap import heatmap_to_array
     from tupac.preprocess import stain
@@ -35,6 +37,7 @@ def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64) 
     prob = heatmap_on_grid(heat, geom.cell_um, geom.offset_px * geom.mpp, truth.shape, truth_mpp)
     q = map_quality(prob, truth, true_tissue, trained.threshold, truth_mpp)
     inside = true_tissue | truth
+    q["feature_area_mm2"] = float(((prob >= area_threshold) & inside).sum() * (truth_mpp / 1000.0) ** 2)
     q["_scores"], q["_truth"] = prob[inside], truth[inside]
     return q
 
@@ -46,8 +49,9 @@ def evaluate_cohort(trained, root: str | Path, slide_ids: list[str] | None = Non
     -------
     (table, pooled)
         ``table``: one row per slide (auroc, dice, fp/fn/tumor/pred areas in mm², ``area_rel_error``:
-        predicted / true tumor area - 1); ``pooled``: pixel AUROC over all slides, Dice over all
-        pixels, total false-positive area, median and largest absolute relative area error.
+        the features' tumor area (:func:`evaluate_slide`'s ``feature_area_mm2``) / true area - 1);
+        ``pooled``: pixel AUROC over all slides, Dice over all pixels, total false-positive area,
+        median and largest absolute relative area error.
     """
     from tupac.tumor.regions import pixel_auroc
 
@@ -69,7 +73,7 @@ def evaluate_cohort(trained, root: str | Path, slide_ids: list[str] | None = Non
         rows.append({"slide_id": sid, **q})
     table = pd.DataFrame(rows)
     if len(table):
-        table["area_rel_error"] = table["pred_area_mm2"] / table["tumor_area_mm2"].where(table["tumor_area_mm2"] > 0) - 1.0
+        table["area_rel_error"] = table["feature_area_mm2"] / table["tumor_area_mm2"].where(table["tumor_area_mm2"] > 0) - 1.0
     rel = table["area_rel_error"].dropna() if len(table) else pd.Series(dtype=float)
     pooled = {
         "auroc": pixel_auroc(np.concatenate(scores), np.concatenate(truths)) if scores else float("nan"),
