@@ -230,11 +230,11 @@ def naive(slide: Path, models: Path, chunk: int, n_tiles: int, job_tumor: np.nda
     nz = np.argwhere(job_tumor != 0)
     start = int(np.random.default_rng(seed).integers(0, max(1, len(nz) - n_tiles)))
     cells = nz[start : start + n_tiles]
-    p, s = geom.patch_px, geom.stride_px
+    p, s, lead = geom.patch_px, geom.stride_px, geom.lead_px
     diffs = []
     t0 = time.perf_counter()
     for i, j in cells:
-        x0, y0 = int(j * s * ds), int(i * s * ds)
+        x0, y0 = int((j * s - lead) * ds), int((i * s - lead) * ds)
         patch = composite_on_white(np.asarray(osr.read_region((x0, y0), level, (p, p))))
         patch = stain.transform(patch, stats, trained.reference)
         x = torch.from_numpy(patch[None]).permute(0, 3, 1, 2).float().div(255.0)

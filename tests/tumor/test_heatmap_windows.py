@@ -33,10 +33,14 @@ def test_cells_equal_the_patch_classifier(small_cohort, tiny_locnet):
     path = small_cohort / "training_image_data" / "TUPAC-TR-002.svs"
     with open_slide(path) as reader:
         heat, geom = heatmap_to_array(reader, tiny_locnet, chunk=16)
-        p, s = geom.patch_px, geom.stride_px
-        for i, j in [(3, 5), (20, 31), (40, 60)]:
-            # cell (i, j) reads the window starting at (j*s, i*s) px at 1 um/px = x4 at level 0
-            patch = reader.read_region_mpp((j * s * 4, i * s * 4), (p, p), 1.0)
+        p, s, lead = geom.patch_px, geom.stride_px, geom.lead_px
+        # Cell (i, j) covers the slide's [i*s, (i+1)*s) x [j*s, (j+1)*s) at 1 um/px: the raster tiles
+        # the slide from its origin, so tumor along the top and left edges is mapped too.
+        assert geom.offset_px == pytest.approx((s - 1) / 2) and lead == round(tiny_locnet.card.output_offset - (s - 1) / 2)
+        for i, j in [(0, 0), (0, 7), (3, 5), (20, 31), (40, 60)]:
+            # cell (i, j) reads the window starting at (j*s - lead, i*s - lead) px at 1 um/px = x4 at
+            # level 0; the first row and column start before the slide's edge, in white padding
+            patch = reader.read_region_mpp(((j * s - lead) * 4, (i * s - lead) * 4), (p, p), 1.0)
             with torch.no_grad():
                 prob = tiny_locnet(to_input(patch[None]))[0, 1].item()
             assert heat[i, j] == pytest.approx(prob, abs=1e-5)

@@ -2,8 +2,12 @@
 
 The heatmap of a model with card ``(patch_size P, output_stride s, output_offset o, mpp m)`` over a
 slide is a raster at ``s * m`` um/px whose cell ``(i, j)`` is the model's probability for the
-``P x P`` window (at ``m`` um/px) centered on the point ``(o + j*s, o + i*s)`` pixels at ``m`` from
-the slide origin. The slide is cut into *windows* of ``chunk`` x ``chunk`` output cells; a window
+``P x P`` window (at ``m`` um/px) centered on the point ``(o - L + j*s, o - L + i*s)`` pixels at ``m``
+from the slide origin. The lead ``L = round(o - (s - 1) / 2)`` starts the first windows before the
+slide's top and left edges (read as white padding, as past the right and bottom edges), so that cell
+``(i, j)`` covers ``[i*s, (i+1)*s) x [j*s, (j+1)*s)``: the raster tiles the slide from its origin.
+Without it the band of width ``o - (s - 1) / 2`` along the top and left edges (62 um for LocNet)
+would never be mapped, and tumor touching those edges would be lost. The slide is cut into *windows* of ``chunk`` x ``chunk`` output cells; a window
 reads ``(chunk - 1) * s + P`` input pixels (the cells' receptive fields, so neighbouring windows
 overlap by ``P - s`` pixels) and yields exactly its cells: there are no seams, because every cell is
 computed from the same pixels whichever window holds it. Windows with no tissue under them are skipped
@@ -37,11 +41,14 @@ class HeatmapGeometry:
     patch_px, stride_px : int
         Model input patch and output stride, in pixels at ``mpp``.
     offset_px : float
-        Center of cell 0, in pixels at ``mpp`` from the slide origin.
+        Center of cell 0, in pixels at ``mpp`` from the slide origin (the card's output offset
+        less ``lead_px``).
     mpp : float
         Model input resolution (um/px); the heatmap resolution is ``stride_px * mpp``.
     slide_mpp : float
         Level-0 resolution of the slide (um/px).
+    lead_px : int
+        Input pixels (at ``mpp``) by which the first window starts before the slide origin.
     """
 
     shape: tuple[int, int]
@@ -51,6 +58,7 @@ class HeatmapGeometry:
     offset_px: float
     mpp: float
     slide_mpp: float
+    lead_px: int = 0
 
     @property
     def cell_um(self) -> float:
@@ -70,12 +78,14 @@ class HeatmapGeometry:
     def window_origin_l0(self, rc_chunk: tuple[int, int]) -> tuple[int, int]:
         """Level-0 ``(x, y)`` of the top-left input pixel of window ``rc_chunk``.
 
-        Cell ``k`` of the heatmap starts its window at ``k * stride`` input pixels, so the window
-        of chunk ``(r, c)`` starts at ``(c * chunk * s, r * chunk * s)`` pixels at ``mpp``.
+        Cell ``k`` of the heatmap starts its window at ``k * stride - lead`` input pixels, so the
+        window of chunk ``(r, c)`` starts at ``(c * chunk * s - lead, r * chunk * s - lead)`` pixels
+        at ``mpp`` (negative for the first row and column: white padding).
         """
         r, c = rc_chunk
         f = self.mpp / self.slide_mpp
-        return (int(round(c * self.chunk * self.stride_px * f)), int(round(r * self.chunk * self.stride_px * f)))
+        s, k, lead = self.stride_px, self.chunk, self.lead_px
+        return (int(round((c * k * s - lead) * f)), int(round((r * k * s - lead) * f)))
 
     def cells(self, rc_chunk: tuple[int, int]) -> tuple[slice, slice]:
         """Heatmap slices ``(rows, cols)`` that window ``rc_chunk`` fills (clipped at the edge)."""
@@ -112,10 +122,13 @@ def heatmap_geometry(
     """
     w, h = size_at_mpp(dimensions_l0, slide_mpp, card.mpp)
     s, p = int(card.output_stride), int(card.patch_size)
-    # Cells whose window starts inside the slide; windows at the edge read white padding.
+    # Cell k covers [k*s, (k+1)*s) of the slide: its window starts `lead` pixels earlier (white
+    # padding before the origin, as past the far edges), and ceil(size / s) cells cover the slide.
+    lead = max(0, int(round(float(card.output_offset) - (s - 1) / 2.0)))
     rows = max(1, math.ceil(h / s))
     cols = max(1, math.ceil(w / s))
-    return HeatmapGeometry((rows, cols), int(chunk), p, s, float(card.output_offset), float(card.mpp), float(slide_mpp))
+    return HeatmapGeometry((rows, cols), int(chunk), p, s, float(card.output_offset) - lead, float(card.mpp),
+                           float(slide_mpp), lead)
 
 
 def window_tissue(geom: HeatmapGeometry, tissue_mask: np.ndarray, tissue_mpp: float) -> np.ndarray:
