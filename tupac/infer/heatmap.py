@@ -7,11 +7,13 @@ from the slide origin. The lead ``L = round(o - (s - 1) / 2)`` starts the first 
 slide's top and left edges (read as white padding, as past the right and bottom edges), so that cell
 ``(i, j)`` covers ``[i*s, (i+1)*s) x [j*s, (j+1)*s)``: the raster tiles the slide from its origin.
 Without it the band of width ``o - (s - 1) / 2`` along the top and left edges (62 um for LocNet)
-would never be mapped, and tumor touching those edges would be lost. The slide is cut into *windows* of ``chunk`` x ``chunk`` output cells; a window
-reads ``(chunk - 1) * s + P`` input pixels (the cells' receptive fields, so neighbouring windows
-overlap by ``P - s`` pixels) and yields exactly its cells: there are no seams, because every cell is
-computed from the same pixels whichever window holds it. Windows with no tissue under them are skipped
-and stay 0.
+would never be mapped, and tumor touching those edges would be lost.
+
+The slide is cut into *windows* of ``chunk`` x ``chunk`` output cells; a window reads
+``(chunk - 1) * s + P`` input pixels (the cells' receptive fields, so neighbouring windows overlap by
+``P - s`` pixels) and yields exactly its cells: there are no seams, because every cell is computed
+from the same pixels whichever window holds it. Windows with no tissue under them are skipped and
+stay 0.
 
 This module reads pixels through a :class:`tupac.slide.SlideReader` and calls a model; where the
 output goes (Zarr, numpy) is the caller's choice through the ``sink`` callback.

@@ -180,7 +180,6 @@ class _Slide:
     windows: dict = field(default_factory=dict)
     timings: dict = field(default_factory=lambda: {"read_s": 0.0, "model_s": 0.0})
     extra: dict = field(default_factory=dict)
-    stage_stats: dict = field(default_factory=dict)  # task -> stain statistics replacing the slide's (mitosis: tumor regions)
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -295,7 +294,8 @@ class _Driver:
 
         plan = s.plan
         info = self.cards[task]
-        stats = s.stage_stats.get(task) or (plan.stats.get(info.stain_method) if info.stain_method else None)
+        # A stage with its own statistics (the mitosis stage's, measured on the tumor regions) uses them.
+        stats = s.extra.get(f"{task}_stain_stats") or (plan.stats.get(info.stain_method) if info.stain_method else None)
         wins = [tuple(int(v) for v in rc) for rc in np.asarray(windows).reshape(-1, 2)]
         b = self.batch_size
         order = 0 if task == "tumor" else 1
@@ -441,7 +441,7 @@ class _Driver:
             s.extra["_mitosis_windows"] = value["windows"]
             if value.get("stats") is not None:
                 # Kept in the commit record: the features stage standardizes its mitosis patches the same way.
-                s.stage_stats["mitosis"] = s.extra["mitosis_stain_stats"] = value["stats"]
+                s.extra["mitosis_stain_stats"] = value["stats"]
             self._enqueue(s, "mitosis", value["windows"])
         elif kind == "finalize":
             self.slides.pop(sid)
