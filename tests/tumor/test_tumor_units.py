@@ -108,7 +108,11 @@ def test_best_threshold_separates_clean_scores():
     prob = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
     y = np.array([1, 1, 1, 0, 0, 0])
     thr, f1 = best_threshold(prob, y)
-    assert 0.3 < thr < 0.7 and f1 == 1.0
+    assert thr == 0.5 and f1 == 1.0  # any cut in (0.3, 0.7] separates them: the balanced-class cutoff
+    thr, f1 = best_threshold(prob * 0.2, y)  # all scores low: the gap (0.06, 0.14] lies below 0.5
+    assert thr == pytest.approx(0.1) and f1 == 1.0
+    thr, f1 = best_threshold(np.array([0.9, 0.45, 0.4, 0.1]), np.array([1, 0, 1, 0]))
+    assert thr == pytest.approx(0.25) and f1 == pytest.approx(0.8)  # best cut between 0.4 and 0.1 (F1 0.8)
 
 
 def test_heatmap_on_grid_maps_cell_centers():

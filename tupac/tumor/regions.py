@@ -113,8 +113,11 @@ def best_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     Returns
     -------
     (threshold, f1)
-        Predictions ``prob > threshold`` are tumor; the threshold is the midpoint between the
-        chosen score and the next lower one, so it does not sit on a sample.
+        Predictions ``prob > threshold`` are tumor. Every threshold between the chosen score and
+        the next lower one gives the same F1; the threshold is 0.5 when it lies there (the
+        natural cutoff of a model trained on balanced classes), else their midpoint, so it does
+        not sit on a sample. Without that rule, validation patches that separate perfectly
+        leave the threshold anywhere in a wide gap (0.04 to 0.82 were seen across trainings).
     """
     prob = np.asarray(prob, np.float64)
     y = np.asarray(labels).astype(bool)
@@ -130,4 +133,5 @@ def best_threshold(prob: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     f1 = np.where(last_of_run, f1, -1.0)
     k = int(np.argmax(f1))
     nxt = p[k + 1] if k + 1 < p.size else p[k] - 1e-6
-    return float((p[k] + nxt) / 2), float(f1[k])
+    thr = 0.5 if nxt <= 0.5 < p[k] else (p[k] + nxt) / 2
+    return float(thr), float(f1[k])

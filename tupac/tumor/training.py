@@ -53,6 +53,7 @@ import numpy as np
 from tupac.errors import ConfigError, DatasetLayoutError
 from tupac.train.data import training_set_hash
 from tupac.train.tracking import StageTracker, flatten_params, is_number
+from tupac.tumor.edges import edge_composites
 from tupac.tumor.regions import best_threshold, heatmap_on_grid
 from tupac.tumor.sampling import read_patches, sample_patch_centers
 
@@ -87,6 +88,11 @@ class TumorTrainConfig:
         Distance negative patch centers keep from annotated, stage-2 positive and possible tumor
         (um). It places the boundary: a negative patch near a tumor is partly tumor, and the wider
         the margin, the further out the model calls tumor (see the table above).
+    edge_patches : float
+        Synthetic tumor-edge patches per slide, as a multiple of ``positives_per_slide``: a tumor
+        and a non-tumor patch of the slide cut along a random line, labelled by the side the
+        center falls on (:mod:`tupac.tumor.edges`). They teach the model the rule the ground
+        truth uses, so the boundary does not depend on the margin's gap. 0 turns them off.
     stage_tolerance : float
         Stage 2 is kept unless its validation AUROC is lower than stage 1's by more than this
         (the paper uses the second stage; validation negatives are noisy, so small differences
@@ -108,6 +114,7 @@ class TumorTrainConfig:
     val_fraction: float = 0.25
     confident: float | None = None
     negative_margin_um: float = 50.0
+    edge_patches: float = 1.0
     stage_tolerance: float = 0.01
     two_stage: bool = True
     seed: int = 0
@@ -127,6 +134,8 @@ class TumorTrainConfig:
             raise ConfigError(f"confident={self.confident}, expected in (0, 1) or None (the stage-1 threshold)")
         if not self.negative_margin_um >= 0:
             raise ConfigError(f"negative_margin_um={self.negative_margin_um}, expected >= 0 um")
+        if not self.edge_patches >= 0:
+            raise ConfigError(f"edge_patches={self.edge_patches}, expected >= 0 (a multiple of positives_per_slide)")
         if not self.stage_tolerance >= 0:
             raise ConfigError(f"stage_tolerance={self.stage_tolerance}, expected >= 0")
         if self.positives_per_slide < 1 or self.negatives_per_slide < 1:
@@ -208,7 +217,8 @@ def slide_patches(
     """Sample and read one slide's labelled patches: ``(n, P, P, 3)`` uint8 and ``(n,)`` int64 labels.
 
     ``stage1`` (stage 2 only) adds its confident tumor to the positives and keeps negatives away
-    from its possible tumor.
+    from its possible tumor. Synthetic edge patches (``config.edge_patches``) follow the sampled
+    ones, on slides that give both kinds.
     """
     from tupac.slide import open_slide
 
@@ -233,8 +243,9 @@ def slide_patches(
         pre = _preprocess(ctx, reference)
         pos = read_patches(reader, centers.positive_xy_l0, card.patch_size, card.mpp, pre)
         neg = read_patches(reader, centers.negative_xy_l0, card.patch_size, card.mpp, pre)
-    labels = np.r_[np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)]
-    return np.concatenate([pos, neg]), labels
+    edge, edge_labels = edge_composites(pos, neg, int(round(config.edge_patches * config.positives_per_slide)), rng)
+    labels = np.r_[np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64), edge_labels]
+    return np.concatenate([pos, neg, edge]), labels
 
 
 def build_patch_set(contexts, reference, card, config, seed_stream: int, stage1: "dict[str, Stage1Map] | None" = None):
