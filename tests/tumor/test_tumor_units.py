@@ -122,3 +122,12 @@ def test_heatmap_on_grid_maps_cell_centers():
     centers = (np.arange(12) + 0.5) * 8
     expect = np.clip(np.rint((centers - 70) / 16), 0, 4)
     np.testing.assert_array_equal(g[0], expect)
+
+
+@pytest.mark.parametrize("bad", [{"edge_patches": -0.5}, {"negative_margin_um": -1.0}, {"confident": 1.0}])
+def test_config_rejects_values_that_cannot_sample(bad):
+    from tupac.errors import ConfigError
+    from tupac.tumor.training import TumorTrainConfig
+
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        TumorTrainConfig(**bad)

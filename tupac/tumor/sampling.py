@@ -9,9 +9,9 @@ and ``not_negative`` the wider area where the stage-1 model sees possible tumor.
 A patch is labelled by its center. Negative centers keep a margin from every positive or
 possible-tumor area, so that the unannotated rim of a tumor region (patches centered in tumor, half
 of them stroma) is not taught as non-tumor; without it the localized tumor shrinks all around, on
-small regions by a third of their area. The margin also sets where the boundary lands: the wider it
-is, the more tumor-stroma patches are left unlabelled and the further out the model calls tumor
-(see :class:`tupac.tumor.training.TumorTrainConfig` for the measured effect).
+small regions by a third of their area. The band the margin leaves unlabelled is filled by
+synthetic edge patches (:mod:`tupac.tumor.edges`); without them the margin also set where the
+boundary landed (see :mod:`tupac.tumor.training` for the measured effect).
 
 Everything is pure: masks and boxes in, patch centers in level-0 pixels out.
 """

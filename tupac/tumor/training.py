@@ -10,27 +10,32 @@ Why stage 2 matters here: ROI boxes cover the inside of the largest tumor region
 positives never reach a tumor's edge while its negatives include the unannotated rims and small
 regions. The stage-1 map is therefore drawn inside the true outline, and on small regions that is
 a large share of their area. Stage 2 labels the stage-1 tumor as tumor up to its edge and keeps
-negatives ``negative_margin_um`` away, so the boundary settles near the true one. Measured on the
-60-slide phantom benchmark cohort (narrow LocNet, 25 + 25 patches per slide, 6 epochs; tumor area
-against the true mask on 15 slides, median / largest error; the first row on all 60, from the
-pipeline's own heatmaps):
+negatives ``negative_margin_um`` away from it.
 
-=========================================================  ==============
-stage-2 sampling                                           area error
-=========================================================  ==============
-paper's cutoff 0.95 (nothing reached it), 50 um margin      -35 % / 49 %
-stage-1 tumor excluded from negatives, 35 um margin         -26 % / 30 %
-stage-1 tumor excluded from negatives, 70 um margin         -4 % / 7 %
-stage-1 tumor as positives, 35 um margin                    -8 % / 12 %
-stage-1 tumor as positives, 50 um margin                    +1 % / 5 %
-stage-1 tumor as positives, 70 um margin                    +2 % / 6 %
-=========================================================  ==============
+Why edge patches (:mod:`tupac.tumor.edges`): the margin leaves a band around every tumor without
+labels, and without them the model placed the boundary anywhere in that band, steeply with the
+margin. Both stages therefore also train on synthetic edges (a tumor and a non-tumor patch of the
+slide cut along a random line, labelled by the side the center falls on), which is the rule the
+ground truth follows. Measured on the 60-slide phantom benchmark cohort (narrow LocNet, 25 + 25
+patches per slide, 6 epochs; tumor area at 0.5 against the true mask on 15 slides, median and
+range of the relative error; the rows without edge patches predate the heatmap edge fix of
+:mod:`tupac.infer.heatmap`, which added +3 to +6 %, so they compare with each other only):
 
-These were measured before the heatmap raster covered the slides' top and left 62 um (see
-:mod:`tupac.infer.heatmap`), which cut tumor touching those edges. With that fixed, the 50 um
-margin gave +7 % median on all 60 slides (all between -2 % and +13 %), and 40 um gave -13 % (up
-to -20 %): the margin sets the boundary steeply, so it stays at 50 um, which errs on the side of
-calling tumor (the features count mitoses inside it).
+==========================================================  =====================
+stage-2 sampling                                            area error
+==========================================================  =====================
+paper's cutoff 0.95 (nothing reached it), 50 um margin      -35 % (largest 49 %)
+stage-1 tumor excluded from negatives, 35 um margin         -26 % (largest 30 %)
+stage-1 tumor excluded from negatives, 70 um margin         -4 % (largest 7 %)
+stage-1 tumor as positives, 35 / 50 / 70 um margin          -8 / +1 / +2 %
+after the heatmap edge fix, 40 / 50 um margin (60 slides)   -13 % / +7 %
+edge patches (1 per positive), 50 um margin                 +0.3 % (-2.0 to +3.1)
+edge patches (1 per positive), 25 um margin                 -1.0 % (-3.5 to +1.1)
+==========================================================  =====================
+
+With edge patches the margin hardly moves the boundary (25 or 50 um: 1.3 points apart, where 40
+and 50 um were 20 points apart without them), and the stage-1 map at 0.5 errs -8 % instead of
+-28 %.
 
 Every patch is read at the model's mpp (1.0 um/px, "10x") and stain-standardized to the training
 template, which is saved beside the model so that inference uses the same template.
@@ -86,8 +91,8 @@ class TumorTrainConfig:
         possible tumor: neither positive nor negative, and no negatives near it.
     negative_margin_um : float
         Distance negative patch centers keep from annotated, stage-2 positive and possible tumor
-        (um). It places the boundary: a negative patch near a tumor is partly tumor, and the wider
-        the margin, the further out the model calls tumor (see the table above).
+        (um), so that an unannotated tumor rim is not taught as non-tumor. Without edge patches it
+        also placed the boundary, steeply (see the table above).
     edge_patches : float
         Synthetic tumor-edge patches per slide, as a multiple of ``positives_per_slide``: a tumor
         and a non-tumor patch of the slide cut along a random line, labelled by the side the
