@@ -104,9 +104,9 @@ def test_held_out_quality(trained_models, held_out_cohort):
     print(table.to_string(), pooled)
     assert pooled["auroc"] >= 0.95
     assert pooled["dice"] >= 0.85
-    # The tumor area the features report (this map at their 0.5 threshold) on every held-out slide.
-    # Before the stage-2 change the rims of the regions were taught as non-tumor and the area came
-    # out -35 %; this two-annotated-slide model now errs outward (+3 % to +20 % measured over runs:
-    # CPU training is not bit-reproducible). The 10 % target is checked on 60 slides by
-    # benchmarks/cohort_pipeline.py; here the guard catches a return of the shrinking.
-    assert pooled["area_rel_error_max_abs"] <= 0.25, table[["slide_id", "area_rel_error"]]
+    # The tumor area the features report (this map at their 0.5 threshold) on every held-out slide,
+    # within the 10 %. Before the stage-2 change the rims of the regions were taught as
+    # non-tumor (-35 %); with stage 2 alone this two-annotated-slide model erred outward by +3 % to
+    # +20 % across runs, depending on where it put the boundary in the margin's unlabelled band.
+    # Edge patches teach it the center rule: -3 % on both slides.
+    assert pooled["area_rel_error_max_abs"] <= 0.10, table[["slide_id", "area_rel_error"]]
