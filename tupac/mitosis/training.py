@@ -280,7 +280,7 @@ def _train_stage(stage, config, train_ds, val_ds, val_images, val_truths, out, t
     from tupac.train import TrainConfig, train
 
     tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
-    model = create_model(config.arch, task="mitosis", **config.model_kwargs)
+    model = create_model(config.arch, task="mitosis", seed=tcfg.seed, **config.model_kwargs)
     stage_tracker = StageTracker(tracker, stage) if tracker is not None else None
     callbacks = []
     if config.epoch_selection == "f1" and val_images:

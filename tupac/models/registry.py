@@ -75,7 +75,7 @@ def _entry(name: str) -> _Entry:
         raise ModelError(f"unknown model {name!r}; registered: {sorted(_REGISTRY)}") from None
 
 
-def create_model(name: str, task: str | None = None, **kwargs: Any):
+def create_model(name: str, task: str | None = None, *, seed: int | None = None, **kwargs: Any):
     """Build a registered model with freshly initialized weights (no downloads, ever).
 
     Parameters
@@ -84,6 +84,10 @@ def create_model(name: str, task: str | None = None, **kwargs: Any):
         A name from :func:`list_models`.
     task : {"tumor", "mitosis"}, optional
         Default: the architecture's usual task (mitosis for mitosnet/googlenet_fcn, else tumor).
+    seed : int, optional
+        Draw the initial weights from a generator seeded with this, without touching the global
+        torch RNG. Training code passes it: torch seeds its global generator randomly in every
+        process, so unseeded weights differ from run to run.
     **kwargs
         Architecture options (JSON values), recorded in ``model.card.model_kwargs``.
     """
@@ -97,12 +101,22 @@ def create_model(name: str, task: str | None = None, **kwargs: Any):
     except TypeError as e:
         raise ModelError(f"{name}: model options must be JSON values so the card can rebuild it ({e})") from None
     try:
-        model = entry.fn(task=task, **kwargs)
+        model = _build(entry, task, seed, kwargs)
     except TypeError as e:  # unknown keyword
         raise ModelError(f"{name}: {e}") from None
     if model.card.model_kwargs != json.loads(json.dumps(kwargs)):
         raise ModelError(f"{name}: factory did not record its kwargs in the card")
     return model
+
+
+def _build(entry: _Entry, task: str, seed: int | None, kwargs: dict[str, Any]):
+    if seed is None:
+        return entry.fn(task=task, **kwargs)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return entry.fn(task=task, **kwargs)
 
 
 def make_card(

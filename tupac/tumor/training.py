@@ -333,7 +333,7 @@ def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir
     tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
     if val_ds is None and tcfg.monitor != "loss":
         tcfg = tcfg.replace(monitor="loss")
-    model = create_model(config.arch, task="tumor", **config.model_kwargs)
+    model = create_model(config.arch, task="tumor", seed=tcfg.seed, **config.model_kwargs)
     t0 = time.perf_counter()
     stage_tracker = StageTracker(tracker, stage) if tracker is not None else None
     result = train(model, train_ds, val_ds, tcfg, out_dir / f"stage{stage}", tracker=stage_tracker)
