@@ -108,5 +108,5 @@ def test_held_out_quality(trained_models, held_out_cohort):
     # within the 10 %. Before the stage-2 change the rims of the regions were taught as
     # non-tumor (-35 %); with stage 2 alone this two-annotated-slide model erred outward by +3 % to
     # +20 % across runs, depending on where it put the boundary in the margin's unlabelled band.
-    # Edge patches teach it the center rule: -3 % on both slides.
+    # Edge patches teach it the center rule: -0.3 % and +2.3 % (seeded; earlier unseeded runs -3 to +1 %).
     assert pooled["area_rel_error_max_abs"] <= 0.10, table[["slide_id", "area_rel_error"]]
