@@ -15,8 +15,8 @@ def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, 
 
     Returns the :func:`tupac.tumor.regions.map_quality` figures (at the card's threshold),
     ``feature_area_mm2`` (tumor at ``area_threshold``, the features stage's default 0.5, inside
-    the predicted tissue mask: the area the features' ``tumor_area_mm2`` reports) and the pixel scores needed to pool an AUROC over slides
-    (``_scores``, ``_truth``).
+    the predicted tissue mask: the area the features' ``tumor_area_mm2`` reports) and the pixel
+    scores needed to pool an AUROC over slides (``_scores``, ``_truth``).
     """
     from tupac.infer.heatmap import heatmap_to_array
     from tupac.preprocess import stain
