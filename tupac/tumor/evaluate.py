@@ -18,6 +18,7 @@ def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, 
     the predicted tissue mask: the area the features' ``tumor_area_mm2`` reports) and the pixel
     scores needed to pool an AUROC over slides (``_scores``, ``_truth``).
     """
+    from tupac.features.aggregate import resample_onto
     from tupac.infer.heatmap import heatmap_to_array
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
@@ -37,23 +38,11 @@ def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, 
     prob = heatmap_on_grid(heat, geom.cell_um, geom.offset_px * geom.mpp, truth.shape, truth_mpp)
     q = map_quality(prob, truth, true_tissue, trained.threshold, truth_mpp)
     inside = true_tissue | truth
-    # The features count tumor inside the *predicted* tissue mask; so does this figure.
-    on_tissue = _nearest_onto(tissue.mask, tissue.mpp, truth.shape, truth_mpp)
+    # The features count tumor inside the *predicted* tissue mask, resampled the same way.
+    on_tissue = resample_onto(tissue.mask, tissue.mpp, (0.0, 0.0), truth.shape, truth_mpp, (0.0, 0.0))
     q["feature_area_mm2"] = float(((prob >= area_threshold) & on_tissue).sum() * (truth_mpp / 1000.0) ** 2)
     q["_scores"], q["_truth"] = prob[inside], truth[inside]
     return q
-
-
-def _nearest_onto(mask: np.ndarray, mpp: float, shape: tuple[int, int], out_mpp: float) -> np.ndarray:
-    """``mask`` (pixel k covers ``[k*mpp, (k+1)*mpp)`` um) sampled at the pixel centers of a grid of
-    ``shape`` at ``out_mpp``; outside the mask is False."""
-    def index(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-        i = np.floor((np.arange(n_out) + 0.5) * out_mpp / mpp).astype(np.int64)
-        return np.minimum(i, n_in - 1), i < n_in
-
-    rows, rok = index(shape[0], mask.shape[0])
-    cols, cok = index(shape[1], mask.shape[1])
-    return mask[rows[:, None], cols[None, :]] & rok[:, None] & cok[None, :]
 
 
 def evaluate_cohort(trained, root: str | Path, slide_ids: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
