@@ -227,6 +227,22 @@ def test_commit_record_contents_and_read_only_after(tmp_path: Path, slide_file: 
     assert (HeatmapStore.open(path).read("tumor") == 0.25).all()
 
 
+def test_commit_removes_chunk_writes_orphaned_by_a_killed_writer(tmp_path: Path, slide_file: Path) -> None:
+    path = tmp_path / "S1.zarr"
+    store = HeatmapStore.create(path, "S1", SPECS)
+    _fill(store, "tumor", np.full((100, 140), 0.5, np.float32))
+    chunk = path / "tumor" / "0" / "c" / "0" / "1"
+    assert chunk.is_file()
+    # What zarr's LocalStore leaves when its process is killed between the temp write and the rename.
+    orphan = chunk.with_suffix(".9634e4a3d896489fb35d1985b0581055.partial")
+    orphan.write_bytes(b"")
+    lookalike = chunk.parent / "notes.partial"  # not zarr's temp-file form: left alone
+    lookalike.write_text("keep")
+    store.commit(slide_file, input_fingerprint(slide_file), {"locnet": "h1"})
+    assert not orphan.exists() and lookalike.read_text() == "keep"
+    assert (HeatmapStore.open(path, mode="r").read("tumor") == 0.5).all()
+
+
 def test_streamed_hash_matches_hashlib_for_odd_block_sizes(slide_file: Path) -> None:
     import hashlib
 

@@ -34,6 +34,7 @@ file system for ``RUN/``.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -401,6 +402,9 @@ class HeatmapStore:
     ) -> CommitRecord:
         """Write the commit record, last. After this the store is read-only.
 
+        Chunk temp files orphaned by a writer killed mid-chunk (whose batch was re-run) are
+        removed first, so the committed store holds exactly the arrays' chunks.
+
         Parameters
         ----------
         input_path, input_fp
@@ -417,6 +421,7 @@ class HeatmapStore:
             leave a record that vouches for chunks still in the page cache.
         """
         self._check_writable()
+        _remove_orphaned_writes(self.path)
         if durable:
             _fsync_tree(self.path)
         side = {}
@@ -443,6 +448,26 @@ class HeatmapStore:
 
     def __repr__(self) -> str:
         return f"HeatmapStore({str(self.path)!r}, slide_id={self.slide_id!r}, images={list(self.names)})"
+
+
+# Zarr's LocalStore writes each chunk to ``<key>.<32 hex>.partial`` and renames it into place.
+_PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _remove_orphaned_writes(root: Path) -> list[Path]:
+    """Delete chunk temp files left by a writer killed mid-write; return what was removed.
+
+    A model actor killed (or its node lost) between Zarr's temp write and its rename leaves an
+    orphan next to the chunk; the re-queued batch rewrites the chunk itself, but the orphan would
+    stay in the committed store. By commit time every batch of the slide has finished, so any temp
+    file left is an orphan. Only names of Zarr's exact temp-file form are touched.
+    """
+    removed = []
+    for p in root.rglob("*.partial"):
+        if p.is_file() and _PARTIAL_WRITE.search(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _fsync_tree(root: Path) -> None:
