@@ -166,7 +166,7 @@ def read_windows(reader, geom, windows: Sequence[tuple[int, int]]) -> np.ndarray
     return out
 
 
-def predict_windows(model, pixels: np.ndarray, device: str = "cpu") -> np.ndarray:
+def predict_windows(model, pixels: np.ndarray, device: str | None = None) -> np.ndarray:
     """Positive-class probabilities of a batch of windows.
 
     Parameters
@@ -174,6 +174,8 @@ def predict_windows(model, pixels: np.ndarray, device: str = "cpu") -> np.ndarra
     model : TupacModel
     pixels : ndarray of uint8, shape (B, n, n, 3)
         Stain-standardized windows at the model's mpp.
+    device : str, optional
+        Torch device to run on; default: where the model's weights are.
 
     Returns
     -------
@@ -182,10 +184,11 @@ def predict_windows(model, pixels: np.ndarray, device: str = "cpu") -> np.ndarra
     """
     import torch
 
-    from tupac.models import to_input
+    from tupac.models import model_device, to_input
 
+    device = model_device(model, device)
     x = to_input(pixels).to(device)
-    if device != "cpu":
+    if device.type != "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         probs = model.heatmap(x)

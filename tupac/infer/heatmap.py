@@ -165,7 +165,7 @@ def iter_windows(geom: HeatmapGeometry, keep: np.ndarray | None = None) -> Itera
                 yield (r, c)
 
 
-def window_probabilities(model, window_rgb: np.ndarray, device: str = "cpu") -> np.ndarray:
+def window_probabilities(model, window_rgb: np.ndarray, device: str | None = None) -> np.ndarray:
     """Positive-class probability map of one window, ``(h, w)`` float32.
 
     Parameters
@@ -174,13 +174,16 @@ def window_probabilities(model, window_rgb: np.ndarray, device: str = "cpu") -> 
         Registered tupac model (applies its own normalization).
     window_rgb : ndarray, uint8, shape (H, W, 3)
         Pixels at the model's mpp, already stain-standardized.
+    device : str, optional
+        Torch device to run on; default: where the model's weights are.
     """
     import torch
 
-    from tupac.models import to_input
+    from tupac.models import model_device, to_input
 
+    device = model_device(model, device)
     x = to_input(window_rgb[None]).to(device)
-    if device != "cpu":
+    if device.type != "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         probs = model.heatmap(x)
@@ -196,7 +199,7 @@ def compute_slide_heatmap(
     tissue_mpp: float | None = None,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     chunk: int = 64,
-    device: str = "cpu",
+    device: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> HeatmapGeometry:
     """Run ``model`` over a slide window by window and hand each window's cells to ``sink``.
@@ -216,6 +219,8 @@ def compute_slide_heatmap(
         ``uint8 (H, W, 3) -> uint8 (H, W, 3)`` applied to each window (stain standardization).
     chunk : int
         Window edge in output cells (see :func:`heatmap_geometry`).
+    device : str, optional
+        Torch device to run on; default: where the model's weights are.
     progress : callable, optional
         Called with the number of windows done after each window.
 

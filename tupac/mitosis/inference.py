@@ -135,7 +135,7 @@ class Heatmap:
     offset_px: float
 
 
-def mitosis_heatmap(model, rgb: np.ndarray, window_cells: int = 64, device: str = "cpu") -> Heatmap:
+def mitosis_heatmap(model, rgb: np.ndarray, window_cells: int = 64, device: str | None = None) -> Heatmap:
     """Heatmap of a (standardized) image, computed in windows of ``window_cells`` cells a side.
 
     The image is mirror-padded by the model's cell offset on every side, so that cell ``(i, j)``
@@ -149,8 +149,8 @@ def mitosis_heatmap(model, rgb: np.ndarray, window_cells: int = 64, device: str 
         The image at ``model.card.mpp``.
     window_cells : int
         Cells per window side; bounds the memory of one forward pass.
-    device : str
-        Torch device the model is on.
+    device : str, optional
+        Torch device to run on; default: where the model's weights are.
 
     Returns
     -------
@@ -158,8 +158,9 @@ def mitosis_heatmap(model, rgb: np.ndarray, window_cells: int = 64, device: str 
     """
     import torch
 
-    from tupac.models import to_input
+    from tupac.models import model_device, to_input
 
+    device = model_device(model, device)
     card = model.card
     s, p = int(card.output_stride), int(card.patch_size)
     h, w = rgb.shape[:2]
@@ -193,7 +194,7 @@ def detect_mitoses(
     sigma_px: float = DEFAULT_SIGMA_PX,
     nms_radius_px: float = DEFAULT_NMS_RADIUS_PX,
     standardized: bool = False,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Mitosis detections in one image.
 
@@ -210,6 +211,8 @@ def detect_mitoses(
         Heatmap smoothing and suppression radius, image pixels.
     standardized : bool
         ``rgb`` is already standardized.
+    device : str, optional
+        Torch device to run on; default: where the model's weights are.
 
     Returns
     -------

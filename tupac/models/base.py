@@ -31,6 +31,18 @@ def to_input(patches: "torch.Tensor") -> torch.Tensor:
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def model_device(model: nn.Module, device: "str | torch.device | None" = None) -> torch.device:
+    """``device`` if given, else the device the model's weights are on (CPU for a model without any).
+
+    Inference helpers take ``device=None`` and resolve it here, so that a network still on the GPU
+    it was trained on (training's validation heatmaps, stage-2 mining) gets its inputs there too.
+    """
+    if device is not None:
+        return torch.device(device)
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 class TupacModel(nn.Module):
     """Base class: holds the card and the normalization; subclasses define ``logits``/``heatmap``."""
 
