@@ -30,7 +30,8 @@ correctness
     windows of each network), :func:`tupac.infer.heatmap.window_probabilities`,
     :func:`tupac.mitosis.inference.mitosis_heatmap` on a phantom 40x field and
     :func:`tupac.infer.heatmap.heatmap_to_array` on a phantom slide (OpenSlide); plus, as a
-    diagnostic, the predict_windows comparisons again with cuDNN TF32 off.
+    diagnostic, the predict_windows comparisons again with cuDNN TF32 the other way round from the
+    job's GPU actors (``JobConfig.gpu_tf32``, off by default: heatmaps match the CPU's).
 throughput
     Windows/s, heatmap cells/s and Mpx/s through ``predict_windows``: on the device at batch 1,
     the job's GPU batch (``DEFAULT_BATCH``) and a larger one, and model-only (input already on
@@ -146,7 +147,7 @@ class Ctx:
         self.has_slides = False
         self.mitosis_ds = None  # the mitosis training loop's PatchDataset
         self.trained: dict[str, Any] = {}  # task -> network the CPU training loop trained
-        self.cpu_refs: dict[str, np.ndarray] = {}  # CPU results reused by the TF32-off diagnostic
+        self.cpu_refs: dict[str, np.ndarray] = {}  # CPU results reused by the TF32 diagnostic
 
     def left(self) -> float:
         """Seconds left of the time budget."""
@@ -430,20 +431,31 @@ def correctness(ctx: Ctx) -> dict:
     guarded(res, "mitosis_heatmap_image", lambda: check_mitosis_heatmap(ctx))
     guarded(res, "tumor_slide_heatmap", lambda: check_slide_heatmap(ctx))
     if ctx.device.startswith("cuda"):
-        res["tf32_off"] = {}
+        res["tf32_flipped"] = {}
         for task in ("tumor", "mitosis"):
-            guarded(res["tf32_off"], f"{task}_predict_windows",
-                    lambda t=task: with_tf32_off(lambda: check_predict_windows(ctx, t)))
+            guarded(res["tf32_flipped"], f"{task}_predict_windows",
+                    lambda t=task: with_tf32_flipped(lambda: check_predict_windows(ctx, t)))
     return res
 
 
-def with_tf32_off(fn: Callable[[], dict]) -> dict:
+def job_tf32() -> bool:
+    """cuDNN TF32 as the cohort job's GPU actors set it (``JobConfig.gpu_tf32``'s default)."""
+    import dataclasses
+
+    from tupac.infer.job import JobConfig
+
+    return next(f.default for f in dataclasses.fields(JobConfig) if f.name == "gpu_tf32")
+
+
+def with_tf32_flipped(fn: Callable[[], dict]) -> dict:
+    """Run ``fn`` with cuDNN TF32 the other way round from the job's setting (a diagnostic)."""
     import torch
 
     prev = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = not job_tf32()
     try:
-        return {"note": "diagnostic: cuDNN TF32 off (tupac runs with the default, on)", **fn()}
+        return {"note": f"diagnostic: cuDNN TF32 {'on' if not job_tf32() else 'off'} "
+                        f"(the job's GPU actors run with it {'on' if job_tf32() else 'off'})", **fn()}
     finally:
         torch.backends.cudnn.allow_tf32 = prev
 
@@ -545,7 +557,25 @@ def device_rates(ctx: Ctx, task: str, job_batch: int) -> dict:
         t = timed(lambda: predict_windows(model, px[:b], ctx.device), ctx.device, ctx.plan.device_min_s)
         out[f"batch_{b}"] = {**rates(t, b, ctx, task), "peak_mib": peak_mib(ctx.device), "job_batch": b == job_batch}
         log(f"throughput {task} {ctx.device} batch {b}: {out[f'batch_{b}']['windows_per_s']:.2f} windows/s")
+    if ctx.device.startswith("cuda"):
+        out[f"batch_{job_batch}_host_float_path"] = host_float_rates(ctx, task, model, px[:job_batch])
     return out
+
+
+def host_float_rates(ctx: Ctx, task: str, model, px: np.ndarray) -> dict:
+    """The previous input path, for comparison: float32 conversion on the host, then the copy."""
+    import torch
+
+    from tupac.models import to_input
+
+    def call():
+        x = to_input(px).to(ctx.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return model.heatmap(x)[:, 1].float().cpu().numpy()
+
+    r = rates(timed(call, ctx.device, ctx.plan.device_min_s), len(px), ctx, task)
+    log(f"throughput {task} {ctx.device} batch {len(px)} host-float path: {r['windows_per_s']:.2f} windows/s")
+    return r
 
 
 def model_only_rates(ctx: Ctx, task: str, batch: int) -> dict:
@@ -569,6 +599,14 @@ def model_only_rates(ctx: Ctx, task: str, batch: int) -> dict:
                 return m.heatmap(x)
 
         out[name] = rates(timed(call, ctx.device, ctx.plan.device_min_s), batch, ctx, task)
+    if ctx.device.startswith("cuda"):
+        def call_strict(m=variants["as_loaded"]):
+            with torch.inference_mode():
+                return m.heatmap(x)
+
+        out["tf32_flipped"] = with_tf32_flipped(lambda: rates(timed(call_strict, ctx.device, ctx.plan.device_min_s), batch, ctx, task))
+        log(f"model-only {task} batch {batch}: {out['as_loaded']['windows_per_s']:.1f} windows/s as the job runs, "
+            f"{out['tf32_flipped']['windows_per_s']:.1f} flipped (job TF32: {job_tf32()})")
     return out
 
 
@@ -701,7 +739,10 @@ def check_trained(ctx: Ctx, task: str) -> dict:
     n = ctx.geometry[task]["window_px"]
     px = make_windows(ctx.plan.correctness_batch, n, seed=5)
     ref, got = predict_windows(cpu, px, "cpu"), predict_windows(dev, px, ctx.device)
-    return {"windows": len(px), "window_px": n, **compare(ref, got, ctx.tol)}
+    res = {"windows": len(px), "window_px": n, **compare(ref, got, ctx.tol)}
+    if ctx.device.startswith("cuda"):
+        res["tf32_flipped"] = with_tf32_flipped(lambda: compare(ref, predict_windows(dev, px, ctx.device), ctx.tol))
+    return res
 
 
 def loop_speedup(res: dict, task: str) -> float | None:
@@ -770,16 +811,16 @@ def run_train_tumor(ctx: Ctx, device: str) -> dict:
 # --- summary and main --------------------------------------------------------------------------------
 
 
-#: Checks that inform but do not decide ``all_checks_pass``: TF32 off is not how tupac runs, and the
+#: Checks that inform but do not decide ``all_checks_pass``: TF32 flipped is not how the job runs, and the
 #: tumor loop's labels are a stand-in rule on a handful of epochs.
-DIAGNOSTIC = ("correctness.tf32_off", "training_loop.tumor_")
+DIAGNOSTIC = ("correctness.tf32_flipped", "training_loop.tumor_")
 
 
 def collect(doc: Any, path: str, checks: list, errors: list) -> None:
     """Walk the result tree: every ``pass`` / ``loss_decreased`` is a check, every ``ok: False`` an error."""
     if not isinstance(doc, dict):
         return
-    diagnostic = path.startswith(DIAGNOSTIC)
+    diagnostic = path.startswith(DIAGNOSTIC) or ".tf32_flipped" in path
     if "pass" in doc:
         checks.append({"check": path + ".max_abs_diff<tol", "pass": doc["pass"], "value": doc.get("max_abs_diff"),
                        "diagnostic": diagnostic})
@@ -843,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(args.device, plan, work, args.tol)
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = job_tf32()  # what the job's GPU actors run with
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc: dict[str, Any] = {"meta": {"script": "benchmarks/gpu_check.py", "argv": sys.argv[1:], "device": args.device,
                                     "quick": args.quick, "tol": args.tol, "started": started}}

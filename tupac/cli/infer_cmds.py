@@ -46,6 +46,9 @@ def infer_cmd(
     object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", min=64, help="Object store of a local Ray (MiB)."),
     dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Dashboard of a local Ray."),
     local_temp_dir: Optional[str] = typer.Option(None, "--local-temp-dir", help="Temp folder of a local Ray (short path)."),
+    gpu_tf32: bool = typer.Option(
+        False, "--gpu-tf32/--no-gpu-tf32",
+        help="TF32 convolutions on GPU actors: faster, but heatmaps then differ from a CPU run's by up to ~2e-3."),
 ) -> None:
     """Run the tumor and mitosis models over a cohort on Ray: heatmaps, detections, ledger, summary."""
     from tupac.infer.job import JobConfig
@@ -58,7 +61,7 @@ def infer_cmd(
         JobConfig, models=models, out=out, address=address, num_gpus_per_actor=num_gpus_per_actor, actors=actors,
         batch_size=batch_size, max_attempts=max_attempts, cpus_per_actor=cpus_per_actor, threads_per_actor=threads_per_actor, tumor_chunk=tumor_chunk,
         mitosis_chunk=mitosis_chunk, backend=backend, local_cpus=local_cpus, object_store_mb=object_store_mb,
-        include_dashboard=dashboard, local_temp_dir=local_temp_dir,
+        include_dashboard=dashboard, local_temp_dir=local_temp_dir, gpu_tf32=gpu_tf32,
     )
     summary = run_guarded(_run, entries, cfg)
     _print_summary(summary, out)

@@ -184,12 +184,9 @@ def predict_windows(model, pixels: np.ndarray, device: str | None = None) -> np.
     """
     import torch
 
-    from tupac.models import model_device, to_input
+    from tupac.models import model_device, to_device_input
 
-    device = model_device(model, device)
-    x = to_input(pixels).to(device)
-    if device.type != "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = to_device_input(pixels, model_device(model, device))
     with torch.inference_mode():
         probs = model.heatmap(x)
     return probs[:, 1].float().cpu().numpy()
@@ -228,9 +225,11 @@ class ModelActor:
         Task (``tumor``, ``mitosis``) to a trained model folder.
     threads : int
         torch intra-op threads on CPU (fixed, so results do not depend on the node's core count).
+    gpu_tf32 : bool
+        Let cuDNN use TF32 on a GPU (see :class:`tupac.infer.job.JobConfig`); off: full FP32.
     """
 
-    def __init__(self, model_dirs: Mapping[str, str], threads: int = 1) -> None:
+    def __init__(self, model_dirs: Mapping[str, str], threads: int = 1, gpu_tf32: bool = False) -> None:
         import torch
 
         from tupac.infer.models import load_trained
@@ -240,8 +239,12 @@ class ModelActor:
 
         gpu_ids = ray.get_gpu_ids()
         self.device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+        if self.device == "cuda":
+            # Process-wide, and this process runs nothing but this actor.
+            torch.backends.cudnn.allow_tf32 = bool(gpu_tf32)
         self.trained = {task: load_trained(d, device=self.device) for task, d in model_dirs.items()}
-        self.info = {**device_info(self.device), "torch_threads": torch.get_num_threads()}
+        self.info = {**device_info(self.device), "torch_threads": torch.get_num_threads(),
+                     "tf32": self.device == "cuda" and bool(gpu_tf32)}
         self._model_lock = threading.Lock()
         self._handles_lock = threading.Lock()
         self._lut_lock = threading.Lock()  # one build per slide, not one per concurrent call

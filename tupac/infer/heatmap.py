@@ -179,12 +179,9 @@ def window_probabilities(model, window_rgb: np.ndarray, device: str | None = Non
     """
     import torch
 
-    from tupac.models import model_device, to_input
+    from tupac.models import model_device, to_device_input
 
-    device = model_device(model, device)
-    x = to_input(window_rgb[None]).to(device)
-    if device.type != "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = to_device_input(window_rgb[None], model_device(model, device))
     with torch.inference_mode():
         probs = model.heatmap(x)
     return probs[0, 1].float().cpu().numpy()

@@ -122,6 +122,12 @@ class JobConfig:
         Temp/session folder of a local Ray (keep it short: socket paths are limited to ~100 chars).
     actor_timeout_s : float
         Give up when no model actor is alive for this long.
+    gpu_tf32 : bool
+        Let cuDNN run the convolutions of GPU actors in TF32. Off by default, so that a GPU run's
+        heatmaps match a CPU run's: on an H200 (``benchmarks/gpu_check.py``), TF32 moved a trained
+        MitosNet's probabilities by up to 2e-3 against the CPU (1.4e-6 without it), enough to flip
+        a detection at a card threshold near 1 (the benchmark's is 0.998). On, LocNet ran 3x
+        faster model-only (644 vs 218 windows of 1148 px per second; MitosNet 2349 vs 1426).
     """
 
     models: Path
@@ -146,6 +152,7 @@ class JobConfig:
     include_dashboard: bool | None = None
     local_temp_dir: str | None = None
     actor_timeout_s: float = 600.0
+    gpu_tf32: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
@@ -249,7 +256,7 @@ class _Driver:
             h = self.actor_cls.options(
                 num_gpus=num_gpus, num_cpus=self.cfg.cpus_per_actor, max_restarts=-1, max_task_retries=0,
                 max_concurrency=2,
-            ).remote(dirs, threads)
+            ).remote(dirs, threads, self.cfg.gpu_tf32)
             a = _Actor(h)
             self.actors.append(a)
             self._ping(len(self.actors) - 1)

@@ -158,7 +158,7 @@ def mitosis_heatmap(model, rgb: np.ndarray, window_cells: int = 64, device: str 
     """
     import torch
 
-    from tupac.models import model_device, to_input
+    from tupac.models import model_device, to_device_input
 
     device = model_device(model, device)
     card = model.card
@@ -178,7 +178,7 @@ def mitosis_heatmap(model, rgb: np.ndarray, window_cells: int = 64, device: str 
             for j0 in range(0, n_cols, window_cells):
                 y0, x0 = i0 * s, j0 * s
                 tile = padded[y0 : y0 + span, x0 : x0 + span]
-                x = to_input(np.ascontiguousarray(tile)[None]).to(device)
+                x = to_device_input(np.ascontiguousarray(tile)[None], device)
                 heat = model.heatmap(x)[0, 1].float().cpu().numpy()
                 hh, ww = min(heat.shape[0], n_rows - i0), min(heat.shape[1], n_cols - j0)
                 out[i0 : i0 + hh, j0 : j0 + ww] = heat[:hh, :ww]

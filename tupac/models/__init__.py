@@ -12,7 +12,7 @@ Registered names: ``locnet``, ``mitosnet``, ``googlenet_fcn`` (fully convolution
 (``task="tumor"`` reads at 1.0 um/px, ``task="mitosis"`` at 0.25 um/px); each name has a default task.
 """
 
-from tupac.models.base import FCNModel, PatchClassifier, TupacModel, model_device, to_input
+from tupac.models.base import FCNModel, PatchClassifier, TupacModel, model_device, to_device_input, to_input
 from tupac.models.card import TASK_MPP, TASKS, ModelCard
 from tupac.models.io import load_model, save_model
 from tupac.models.receptive import Geometry, geometry, measure_geometry, output_size
@@ -32,6 +32,7 @@ __all__ = [
     "load_model",
     "measure_geometry",
     "model_device",
+    "to_device_input",
     "output_size",
     "register_model",
     "save_model",

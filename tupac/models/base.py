@@ -43,6 +43,23 @@ def model_device(model: nn.Module, device: "str | torch.device | None" = None) -
     return param.device if param is not None else torch.device("cpu")
 
 
+def to_device_input(pixels, device: "str | torch.device") -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` in [0, 1] on ``device`` (as :func:`to_input`).
+
+    The uint8 pixels cross to the device and are converted there: a quarter of the bytes of a
+    float32 copy, and no host-side float pass. On a GPU the H200 check measured the host-side
+    conversion as most of a 1148 px window batch's time (``benchmarks/gpu_check.py``). Off the
+    CPU the result is channels_last (cuDNN's fast layout for these convolutions); values are
+    identical to ``to_input(pixels).to(device)``.
+    """
+    device = torch.device(device)
+    t = torch.as_tensor(pixels)
+    if device.type == "cpu":
+        return to_input(t)
+    x = to_input(t.to(device))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class TupacModel(nn.Module):
     """Base class: holds the card and the normalization; subclasses define ``logits``/``heatmap``."""
 
