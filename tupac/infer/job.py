@@ -127,7 +127,7 @@ class JobConfig:
         heatmaps match a CPU run's: on an H200 (``benchmarks/gpu_check.py``), TF32 moved a trained
         MitosNet's probabilities by up to 2e-3 against the CPU (1.4e-6 without it), enough to flip
         a detection at a card threshold near 1 (the benchmark's is 0.998). On, LocNet ran 3x
-        faster model-only (644 vs 218 windows of 1148 px per second; MitosNet 2349 vs 1426).
+        faster model-only (641 vs 217 windows of 1148 px per second; MitosNet 2314 vs 1425).
     """
 
     models: Path
