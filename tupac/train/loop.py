@@ -202,6 +202,7 @@ def train(
     mode = MONITORS[config.monitor]
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_bench = torch.backends.cudnn.benchmark
+    prev_cudnn_det = torch.backends.cudnn.deterministic
     try:
         if device.type == "cpu":
             torch.use_deterministic_algorithms(config.deterministic)
@@ -210,8 +211,11 @@ def train(
             torch.backends.cudnn.benchmark = not config.deterministic
         return _run(model, train_ds, val_ds, config, out, tracker, callbacks, resume, device, mode)
     finally:
+        # Process-wide flags: leave them as found (an inference actor in the same process must not
+        # inherit a training run's cuDNN settings).
         torch.use_deterministic_algorithms(prev_det)
         torch.backends.cudnn.benchmark = prev_bench
+        torch.backends.cudnn.deterministic = prev_cudnn_det
 
 
 def _run(model, train_ds, val_ds, config, out, tracker, callbacks, resume, device, mode) -> TrainResult:
