@@ -583,12 +583,10 @@ def model_only_rates(ctx: Ctx, task: str, batch: int) -> dict:
     weights in channels_last too: how much of a call is host-side conversion and copy."""
     import torch
 
-    from tupac.models import to_input
+    from tupac.models import to_device_input
 
     n = ctx.geometry[task]["window_px"]
-    x = to_input(make_windows(batch, n, seed=3)).to(ctx.device)
-    if ctx.device != "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = to_device_input(make_windows(batch, n, seed=3), ctx.device)
     out: dict[str, Any] = {}
     variants = {"as_loaded": ctx.models[task]["device"]}
     if ctx.device.startswith("cuda"):
@@ -771,21 +769,28 @@ def _progress(msgs: list) -> Callable[[str], None]:
     return say
 
 
+def _run_training(fn: Callable, ctx: Ctx, name: str, device: str, cfg) -> tuple[Any, dict]:
+    """``fn(cohort, out, cfg, progress=...)`` (train_mitosis / train_tumor) in its own folder; the
+    result and its record. On failure the progress so far is attached to the exception."""
+    msgs: list[str] = []
+    out = ctx.work / f"{name}_{device.replace(':', '_')}"
+    try:
+        r = fn(ctx.cohort, out, cfg, progress=_progress(msgs))
+    except Exception as e:
+        e.add_note(f"progress: {msgs}")
+        raise
+    return r, {"device": device, "progress": msgs, "chosen_stage": r.chosen_stage, "threshold": r.threshold,
+               "stages": r.stages}
+
+
 def run_train_mitosis(ctx: Ctx, device: str) -> dict:
     from tupac.mitosis.training import MitosisTrainConfig, train_mitosis
 
     require_device(device)
     cfg = MitosisTrainConfig(negatives_per_image=40, background_per_image=10, positive_copies=4, two_stage=False,
                              train={"epochs": 2, "batch_size": 64, "lr": 2e-3, "monitor": "auroc", "device": device})
-    msgs: list[str] = []
-    out = ctx.work / f"train_mitosis_{device.replace(':', '_')}"
-    try:
-        r = train_mitosis(ctx.cohort, out, cfg, progress=_progress(msgs))
-    except Exception as e:
-        e.add_note(f"progress: {msgs}")
-        raise
-    return {"device": device, "progress": msgs, "chosen_stage": r.chosen_stage, "threshold": r.threshold,
-            "stages": r.stages, "train_images": len(r.train_images), "val_images": len(r.val_images)}
+    r, rec = _run_training(train_mitosis, ctx, "train_mitosis", device, cfg)
+    return {**rec, "train_images": len(r.train_images), "val_images": len(r.val_images)}
 
 
 def run_train_tumor(ctx: Ctx, device: str) -> dict:
@@ -797,15 +802,7 @@ def run_train_tumor(ctx: Ctx, device: str) -> dict:
     cfg = TumorTrainConfig(model_kwargs={"widths": [8, 16, 24, 32, 64], "fc_width": 64}, positives_per_slide=24,
                            negatives_per_slide=24, two_stage=False,
                            train={"epochs": 2, "batch_size": 32, "lr": 3e-3, "monitor": "loss", "device": device})
-    msgs: list[str] = []
-    out = ctx.work / f"train_tumor_{device.replace(':', '_')}"
-    try:
-        r = train_tumor(ctx.cohort, out, cfg, progress=_progress(msgs))
-    except Exception as e:
-        e.add_note(f"progress: {msgs}")
-        raise
-    return {"device": device, "progress": msgs, "chosen_stage": r.chosen_stage, "threshold": r.threshold,
-            "stages": r.stages}
+    return _run_training(train_tumor, ctx, "train_tumor", device, cfg)[1]
 
 
 # --- summary and main --------------------------------------------------------------------------------

@@ -315,14 +315,14 @@ def tumor_probability_on_tissue_grid(ctx: SlideContext, model, reference) -> np.
 def _validation_scores(model, val_ds) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    from tupac.models import model_device, to_input
+    from tupac.models import model_device, to_device_input
 
     model.eval()
     device = model_device(model)  # still on the training device
     probs = []
     with torch.inference_mode():
         for start in range(0, len(val_ds), 256):
-            x = to_input(val_ds.images[start : start + 256]).to(device)
+            x = to_device_input(val_ds.images[start : start + 256], device)
             probs.append(model(x)[:, 1].float().cpu().numpy())
     return (np.concatenate(probs) if probs else np.zeros(0)), np.asarray(val_ds.labels)
 
