@@ -109,7 +109,7 @@ GT_CASES = [
     ("mitosis,prolif\n1,0.5\n", 1, "no header"),
     ("1,0.5\n2.5,0.1\n3,0.2\n", 2, "whole number"),
     ("1,0.5\n2,nan\n3,0.2\n", 2, "not finite"),
-    ("1,0.5\n\n2\n", 3, "expected 2 columns.*found 1"),
+    ("1,0.5\n\n2\n", 2, "blank line inside the ground-truth file"),
 ]
 
 
@@ -128,6 +128,52 @@ def test_ground_truth_tolerates_bom_crlf_and_trailing_blank_lines(tmp_path):
     assert df["slide_id"].tolist() == ["TUPAC-TR-001", "TUPAC-TR-002"]
     assert df["mitosis_score"].tolist() == [1, 3] and df["proliferation_score"].tolist() == [0.25, -1.5]
     assert df["mitosis_score"].dtype == np.int64
+
+
+# A blank line must never shift a label: row i of training_ground_truth.csv *is* slide i.
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"1,0.5\n\n2,0.1\n3,0.2\n", 2),            # blank line in the middle
+        (b"1,0.5\n2,0.1\n   \t\n3,0.2\n", 3),       # a line of whitespace
+        (b"\n1,0.5\n2,0.1\n", 1),                    # a blank first line
+        (b"1,0.5\r\n2,0.1\r\n\r\n3,0.2\r\n", 3),  # Windows line endings
+        (b"1,0.5\r2,0.1\r\r3,0.2\r", 3),            # old Mac line endings
+        (b"1,0.5\n2,0.1\x0c\n\n3,0.2\n", 3),         # a form feed is not a line break in an editor
+    ],
+)
+def test_ground_truth_blank_line_inside_is_an_error_at_the_editor_line(tmp_path, data, line):
+    p = tmp_path / "training_ground_truth.csv"
+    p.write_bytes(data)
+    with expect(p, line, "blank line inside the ground-truth file"):
+        read_ground_truth(p)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_ground_truth_trailing_blank_lines_are_fine_and_labels_stay_on_their_slides(tmp_path, ending):
+    p = tmp_path / "training_ground_truth.csv"
+    p.write_text(ending.join(["1,0.5", "2,0.1", "3,0.2", "", "  ", ""]), newline="")
+    df = read_ground_truth(p)
+    assert df["slide_id"].tolist() == ["TUPAC-TR-001", "TUPAC-TR-002", "TUPAC-TR-003"]
+    assert df["mitosis_score"].tolist() == [1, 2, 3]
+    assert df["proliferation_score"].tolist() == [0.5, 0.1, 0.2]
+
+
+def test_roi_and_mitosis_files_refuse_a_blank_line_inside_and_keep_trailing_ones(tmp_path):
+    roi = tmp_path / "TUPAC-TR-001-ROI.csv"
+    roi.write_bytes(b"1,2,3,4\r\n\r\n5,6,7,8\r\n")
+    with expect(roi, 2, "blank line inside the ROI file"):
+        read_roi_csv(roi)
+    roi.write_bytes(b"1,2,3,4\r\n5,6,7,8\r\n\r\n")
+    assert read_roi_csv(roi).tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    mit = tmp_path / "01.csv"
+    mit.write_bytes(b"10,20\n \n30,40\n")
+    with expect(mit, 2, "blank line inside the mitosis ground-truth file"):
+        read_mitosis_csv(mit)
+    mit.write_bytes(b"10,20\n30,40\n\n\n")
+    assert read_mitosis_csv(mit).tolist() == [[10.0, 20.0], [30.0, 40.0]]
+    mit.write_bytes(b"\n\n")
+    assert read_mitosis_csv(mit).shape == (0, 2)
 
 
 def test_empty_and_missing_ground_truth(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,17 @@ import pandas as pd
 from tupac.data.ids import slide_id_for
 from tupac.errors import DatasetLayoutError
 
-__all__ = ["read_rows", "parse_number", "parse_integer", "read_ground_truth", "read_roi_csv", "read_mitosis_csv", "read_detection_csv"]
+__all__ = ["read_rows", "editor_lines", "parse_number", "parse_integer", "read_ground_truth", "read_roi_csv", "read_mitosis_csv", "read_detection_csv"]
 
 
 def read_rows(path: str | Path, n_columns: int | tuple[int, ...], what: str) -> list[tuple[int, list[str]]]:
-    """The non-blank rows of a header-less CSV, each with its 1-based line number.
+    """The rows of a header-less CSV, each with its 1-based line number as an editor shows it.
+
+    These files have no key column (row ``i`` of ``training_ground_truth.csv`` *is* slide ``i``),
+    so a row must never move: a blank line (or one of only whitespace) before the last row is an
+    error, not something to skip, because skipping it would give every later row the meaning of
+    the row above. Blank lines after the last row (a trailing newline, an editor's extra line)
+    are fine.
 
     Parameters
     ----------
@@ -31,6 +38,17 @@ def read_rows(path: str | Path, n_columns: int | tuple[int, ...], what: str) -> 
         Allowed numbers of columns.
     what : str
         What the file is, for messages ("ground-truth file", "ROI file").
+
+    Returns
+    -------
+    list of (int, list of str)
+        ``(line number, stripped fields)`` per row, in file order.
+
+    Raises
+    ------
+    DatasetLayoutError
+        Missing or unreadable file, a blank line inside the file, or a row with another number of
+        columns; the message names the file and the line.
     """
     path = Path(path)
     allowed = (n_columns,) if isinstance(n_columns, int) else tuple(n_columns)
@@ -41,16 +59,34 @@ def read_rows(path: str | Path, n_columns: int | tuple[int, ...], what: str) -> 
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetLayoutError(path, f"cannot read {what}: {e}") from e
+    lines = editor_lines(text)
+    while lines and not lines[-1].strip():
+        lines.pop()  # trailing blank lines change nothing
     rows = []
-    for line_no, fields in enumerate(csv.reader(text.splitlines()), start=1):
-        fields = [f.strip() for f in fields]
-        if not any(fields):
-            continue
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise DatasetLayoutError(
+                path, f"blank line inside the {what}: rows are read by position, so every later row would be "
+                      "misread; delete the line (or fill it in)", line_no)
+        fields = [f.strip() for f in next(csv.reader([line]))]
         if len(fields) not in allowed:
             want = " or ".join(str(n) for n in allowed)
             raise DatasetLayoutError(path, f"expected {want} columns in the {what}, found {len(fields)}", line_no)
         rows.append((line_no, fields))
     return rows
+
+
+def editor_lines(text: str) -> list[str]:
+    """Split ``text`` into lines the way text editors number them: at ``\\r\\n``, ``\\n`` or ``\\r``.
+
+    Not ``str.splitlines``, which also breaks at form feeds, ``\\x1c``-``\\x1e``, NEL and the Unicode
+    line separators, so a stray control character would shift every later line number away from
+    what the user sees. A final line break does not start an empty last line.
+    """
+    lines = re.split(r"\r\n|\r|\n", text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def parse_number(path: Path, line: int, text: str, column: str) -> float:
