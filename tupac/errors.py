@@ -139,3 +139,13 @@ class ReportError(TupacError, OSError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class RunFolderBusyError(TupacError, BlockingIOError):
+    """Another tupac job holds the run folder's lock (``RUN/run.lock``); ``path`` names the folder
+    and the message names the other job (command, pid, host, start time)."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -272,3 +272,33 @@ def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
         assert output_digests(run) == clean
     finally:
         _stop_cluster(temp)
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 2.0, 5.0])
+def test_two_jobs_on_one_run_folder_one_runs_and_the_other_is_refused(models, cohort, clean, tmp_path, delay_s):
+    """Before the run-folder lock, the second job treated the first one's RUNNING slides as
+    interrupted and cleared their stores, and the first then committed what was left."""
+    run = tmp_path / "run"
+    procs = [_spawn(local_args(models, run, data=cohort))]
+    try:
+        time.sleep(delay_s)
+        procs.append(_spawn(local_args(models, run, data=cohort)))
+        _wait(lambda: any(p.poll() is not None for p in procs), 300, "one job to end")
+        ended = next(p for p in procs if p.poll() is not None)
+        winner = next(p for p in procs if p is not ended)
+        assert winner.poll() is None, "the refused job must end at once, while the other one still runs"
+        _, refused_err = ended.communicate()
+        _, err = winner.communicate(timeout=900)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert ended.returncode == 2 and winner.returncode == 0, err[-3000:]
+    lines = [ln for ln in refused_err.splitlines() if ln.strip()]
+    assert len(lines) == 1, refused_err
+    assert f"{run.resolve()}: run folder is in use by another tupac job (tupac infer, pid {winner.pid} on host " \
+           f"{socket.gethostname()}, started " in lines[0]
+    assert _done(run)["counts"]["DONE"] == 3
+    assert all(attempts == 1 for _, attempts in _states(run).values())  # nobody interrupted anybody
+    assert not (run / "superseded").exists()
+    assert output_digests(run) == clean

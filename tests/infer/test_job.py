@@ -135,6 +135,18 @@ def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, m
     with Ledger.open(run) as led:
         assert led.get(entries[1].slide_id).attempts == 2
 
+    # A committed store that lost a chunk (or whose chunks are not those its record lists) is never
+    # adopted as done: it is recomputed, and the damaged store is kept under RUN/superseded/.
+    first = run / "slides" / f"{entries[0].slide_id}.zarr"
+    lost = sorted((first / "tumor" / "0" / "c").rglob("*"))[-1]
+    lost.unlink()
+    fourth = run_job(entries, _cfg(models, run), progress=_quiet)
+    assert fourth["skipped"] == [entries[1].slide_id] and fourth["ok"]
+    assert len(fourth["superseded"]) == 1 and "tumor/0 holds" in fourth["superseded"][0]
+    assert lost.is_file()  # recomputed
+    kept = list((run / "superseded").glob(f"*/{first.name}"))
+    assert len(kept) == 1 and not (kept[0] / lost.relative_to(first)).exists()
+
 
 @pytest.mark.slow
 def test_mitosis_stage_skipped_without_mitosis_model(local_ray, cohort, tmp_path):

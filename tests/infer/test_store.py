@@ -243,6 +243,45 @@ def test_commit_removes_chunk_writes_orphaned_by_a_killed_writer(tmp_path: Path,
     assert (HeatmapStore.open(path, mode="r").read("tumor") == 0.5).all()
 
 
+def test_a_store_with_a_missing_chunk_is_never_committed(tmp_path: Path, slide_file: Path) -> None:
+    """What a second job on the same folder did: it cleared the store mid-slide, and the first job
+    went on writing its later windows into the fresh one."""
+    path = tmp_path / "S1.zarr"
+    store = HeatmapStore.create(path, "S1", SPECS)
+    planned = [(r, c) for r in range(4) for c in range(5)]  # the tumor grid is 4 x 5 chunks
+    for rc in planned:
+        ys, xs = store.chunk_bounds("tumor", rc)
+        # all-zero windows (no tumor) are still written: a missing file must mean a lost write
+        store.write_tile("tumor", rc, np.zeros((ys.stop - ys.start, xs.stop - xs.start), np.float32))
+    assert set(store.chunk_files("tumor")) == set(planned)
+    (path / "tumor" / "0" / "c" / "1" / "2").unlink()
+    with pytest.raises(HeatmapStoreError, match=r"refusing to commit: tumor lacks 1 of the 20 chunks .*\(1, 2\)"):
+        store.commit(slide_file, input_fingerprint(slide_file), {"locnet": "h1"}, expected_chunks={"tumor": planned})
+    assert not is_committed(path) and not (path / COMMIT_FILE).exists()
+    store.write_tile("tumor", (1, 2), np.zeros((32, 32), np.float32))  # the window recomputed
+    rec = store.commit(slide_file, input_fingerprint(slide_file), {"locnet": "h1"}, expected_chunks={"tumor": planned})
+    assert rec.chunks["tumor/0"]["count"] == 20 and rec.chunks["tissue/0"]["count"] == 0
+
+
+def test_a_committed_store_whose_chunks_changed_is_not_trusted(tmp_path: Path, slide_file: Path) -> None:
+    from tupac.infer.store import detections_path, verify_committed
+
+    path = tmp_path / "RUN" / "slides" / "S1.zarr"
+    store = HeatmapStore.create(path, "S1", SPECS)
+    _fill(store, "tumor", np.full((100, 140), 0.5, np.float32))
+    _fill(store, "tissue", np.ones((25, 35), np.uint8))
+    dets = detections_path(path)
+    dets.write_text("x,y,prob\n10,20,0.9\n")
+    store.commit(slide_file, input_fingerprint(slide_file), {"locnet": "h1"}, outputs={"mitoses.csv": dets})
+    assert verify_committed(path) is None
+    dets.write_text("x,y,prob\n")
+    assert "mitoses.csv changed since S1.zarr was committed" in verify_committed(path)
+    dets.write_text("x,y,prob\n10,20,0.9\n")
+    assert verify_committed(path) is None
+    (path / "tumor" / "0" / "c" / "0" / "0").unlink()
+    assert "tumor/0 holds 19 chunk file(s), the commit record 20" in verify_committed(path)
+
+
 def test_streamed_hash_matches_hashlib_for_odd_block_sizes(slide_file: Path) -> None:
     import hashlib
 

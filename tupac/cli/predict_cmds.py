@@ -65,6 +65,14 @@ def _fit(run: Path, labels: Path, features: Path | None, seed: int, repeats: int
                       f"champion moved: {tracked.champion}", highlight=False)
 
 
+def _fit_locked(run: Path, *args) -> None:
+    """:func:`_fit` while holding the run folder (one job per run folder)."""
+    from tupac.runlock import run_lock
+
+    with run_lock(run, "tupac fit", create=False):
+        _fit(run, *args)
+
+
 @app.command("fit")
 def fit_cmd(
     run: Path = typer.Option(..., "--run", help="Run directory holding features.parquet; outputs go to RUN/predict."),
@@ -81,7 +89,7 @@ def fit_cmd(
     run_name: str = typer.Option(None, "--run-name", help="MLflow run name."),
 ) -> None:
     """Cross-validate grade classifiers and RNA regressors; write metrics, figures, biomarkers; track in MLflow."""
-    run_guarded(_fit, run, labels, features, seed, repeats, k_features, grade_models, rna_models, strict, track,
+    run_guarded(_fit_locked, run, labels, features, seed, repeats, k_features, grade_models, rna_models, strict, track,
                 experiment, run_name)
 
 

@@ -40,6 +40,7 @@ import pandas as pd
 
 from tupac.errors import FeatureError, FeatureFileError
 from tupac.geometry import MPP_40X
+from tupac.runlock import run_lock
 
 __all__ = ["FeatureRunConfig", "RunSlide", "RunFeatures", "discover_slides", "read_detections", "run_features"]
 
@@ -594,8 +595,16 @@ def run_features(
     ------
     FeatureTrackingError
         Tracking failed after every output was written.
+    RunFolderBusyError
+        Another job holds the run folder (:func:`tupac.runlock.run_lock`).
     """
-    run = Path(run)
+    with run_lock(run, "tupac features", create=False):
+        return _run_features_locked(Path(run), labels, slides, models, config, scheduler, progress, track,
+                                    tracking_uri)
+
+
+def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunConfig, scheduler, progress, track: bool,
+                         tracking_uri: str | None) -> RunFeatures:
     tick = progress or (lambda _s, _m: None)
     found, skipped = discover_slides(run, slides)
     if not found:

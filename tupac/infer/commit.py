@@ -206,6 +206,11 @@ class CommitRecord:
         Per array: ``shape``, ``chunks``, ``dtype``, ``mpp``, ``levels``.
     outputs : dict
         Side files committed with the store (e.g. ``"mitoses.csv"``): ``size`` and ``sha256``.
+    chunks : dict
+        Per array level (``"tumor/0"``): ``count`` of chunk files and ``sha256`` of their sorted
+        ``key size`` lines, as on disk at commit time (:func:`tupac.infer.store.chunk_manifest`).
+        A store whose chunks no longer match is not done (see
+        :func:`tupac.infer.store.verify_committed`). Empty in records written before it existed.
     created : str
         UTC time, ISO 8601.
     extra : dict
@@ -220,6 +225,7 @@ class CommitRecord:
     timings_s: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    chunks: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
 

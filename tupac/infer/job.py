@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tupac.errors import ConfigError, ModelFileError
+from tupac.runlock import run_lock
 
 __all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
 
@@ -605,13 +606,20 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
     ------
     ModelFileError
         ``MODELS/tumor`` is missing or unreadable.
+    RunFolderBusyError
+        Another job holds ``RUN`` (:func:`tupac.runlock.run_lock`); nothing in it was touched.
     """
+    with run_lock(cfg.out, "tupac infer"):
+        return _run_job_locked(entries, cfg, progress, say)
+
+
+def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> dict:
     from tupac.infer.actors import model_dirs
     from tupac.infer.commit import InputFingerprint, atomic_write_bytes, models_fingerprint, read_commit
     from tupac.infer.ledger import Ledger
     from tupac.infer.progress import CohortProgress
     from tupac.infer.slide_task import CardInfo
-    from tupac.infer.store import store_path
+    from tupac.infer.store import store_path, verify_committed
 
     found, skipped = model_dirs(cfg.models)
     if "tumor" not in found:
@@ -624,12 +632,21 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
     try:
         fps = {e.slide_id: ledger.input_fingerprint(e.path) for e in entries}
 
+        distrusted: dict[str, str] = {}
+
         def committed_ok(sid: str) -> bool:
+            path = store_path(cfg.out, sid)
             try:
-                rec = read_commit(store_path(cfg.out, sid))
+                rec = read_commit(path)
             except Exception:
                 return False
-            return rec.input.key == fps[sid] and rec.models_fp == mfp
+            if rec.input.key != fps[sid] or rec.models_fp != mfp:
+                return False
+            # Never adopt a store whose chunks are not the ones its record vouches for.
+            problem = verify_committed(path)
+            if problem:
+                distrusted[sid] = problem
+            return problem is None
 
         plan = ledger.plan([(e.slide_id, e.path, fps[e.slide_id]) for e in entries], mfp, cfg.max_attempts, committed_ok)
         by_id = {e.slide_id: e for e in entries}
@@ -644,7 +661,8 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
             else:
                 moved = supersede_stale_outputs(cfg.out, sid)
                 if moved is not None:
-                    superseded.append(f"{sid}: committed with other inputs or models, moved to {moved}")
+                    why = distrusted.get(sid) or "committed with other inputs or models"
+                    superseded.append(f"{sid}: {why}; moved to {moved}")
                 _, sha, size = fps[sid].split(":")
                 todo.append((e, InputFingerprint(int(size), sha)))
         progress = (progress or CohortProgress)(len(todo))

@@ -378,8 +378,20 @@ def finalize_slide(
         timings_s={**timings, "finalize_s": time.perf_counter() - t0},
         outputs=outputs,
         extra={**extra, "mitoses": n_mitoses},
+        expected_chunks=planned_chunks(store, plan, mitosis_windows),
     )
     return {"mitoses": n_mitoses, "seconds": time.perf_counter() - t0, "models_fp": record.models_fp}
+
+
+def planned_chunks(store: Any, plan: SlidePlan, mitosis_windows: np.ndarray | None) -> dict[str, list[tuple[int, int]]]:
+    """Every level-0 chunk this job wrote into the slide's store: the whole tissue grid, the tumor
+    windows and the mitosis windows (one chunk each); what the commit checks is on disk."""
+    rows, cols = store.spec("tissue").grid()
+    out = {"tissue": [(r, c) for r in range(rows) for c in range(cols)],
+           "tumor": [tuple(rc) for rc in np.asarray(plan.tumor_windows).reshape(-1, 2).tolist()]}
+    if mitosis_windows is not None and "mitosis" in store.names:
+        out["mitosis"] = [tuple(rc) for rc in np.asarray(mitosis_windows).reshape(-1, 2).tolist()]
+    return out
 
 
 def detection_params(card) -> dict[str, float]:

@@ -33,21 +33,27 @@ file system for ``RUN/``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from tupac.errors import ConfigError, HeatmapStoreError, StoreExistsError
-from tupac.infer.commit import COMMIT_FILE, CommitRecord, InputFingerprint, file_sha256, is_committed, write_commit
+from tupac.infer.commit import (
+    COMMIT_FILE, CommitRecord, InputFingerprint, file_sha256, is_committed, read_commit, write_commit,
+)
 from tupac.infer.manifest import slide_id_problem
 
-__all__ = ["ArraySpec", "HeatmapStore", "store_path", "detections_path", "ngff_multiscales", "STORE_FORMAT"]
+__all__ = [
+    "ArraySpec", "HeatmapStore", "store_path", "detections_path", "ngff_multiscales", "chunk_manifest",
+    "verify_committed", "STORE_FORMAT",
+]
 
 STORE_FORMAT = 1
 NGFF_VERSION = "0.5"
@@ -309,7 +315,12 @@ class HeatmapStore:
             raise HeatmapStoreError(self.path, f"{name} has levels 0..{spec.levels - 1}, asked for {level}")
         key = (name, level)
         if key not in self._arrays:
-            self._arrays[key] = self._group[f"{name}/{level}"]
+            arr = self._group[f"{name}/{level}"]
+            if self._mode != "r":
+                # Zarr skips chunks equal to the fill value; keep them, so that every window the
+                # plan computed has its chunk file and a missing file always means a lost write.
+                arr = arr.with_config({"write_empty_chunks": True})
+            self._arrays[key] = arr
         return self._arrays[key]
 
     def mpp(self, name: str, level: int = 0) -> float:
@@ -399,11 +410,16 @@ class HeatmapStore:
         outputs: Mapping[str, str | Path] | None = None,
         extra: Mapping[str, Any] | None = None,
         durable: bool = True,
+        expected_chunks: Mapping[str, Iterable[Sequence[int]]] | None = None,
     ) -> CommitRecord:
         """Write the commit record, last. After this the store is read-only.
 
         Chunk temp files orphaned by a writer killed mid-chunk (whose batch was re-run) are
-        removed first, so the committed store holds exactly the arrays' chunks.
+        removed first, so the committed store holds exactly the arrays' chunks. Then every chunk
+        the plan computed must be on disk: a store that another process cleared or replaced while
+        this one wrote it lacks the earlier chunks, and committing it would vouch for an all-zero
+        heatmap. The record lists the chunk files found (:func:`chunk_manifest`), so that resume
+        can tell later whether they are still the ones committed (:func:`verify_committed`).
 
         Parameters
         ----------
@@ -419,9 +435,18 @@ class HeatmapStore:
         durable : bool
             fsync every file of the store first, so that a power cut after the commit cannot
             leave a record that vouches for chunks still in the page cache.
+        expected_chunks : mapping of str to iterable of (int, int), optional
+            Per heatmap, the level-0 chunks (windows) the job computed and wrote.
+
+        Raises
+        ------
+        HeatmapStoreError
+            The store is committed already, or a chunk in ``expected_chunks`` has no file.
         """
         self._check_writable()
         _remove_orphaned_writes(self.path)
+        for name, want in (expected_chunks or {}).items():
+            self._check_chunks_present(name, want)
         if durable:
             _fsync_tree(self.path)
         side = {}
@@ -436,10 +461,25 @@ class HeatmapStore:
             timings_s={k: float(v) for k, v in (timings_s or {}).items()},
             arrays={n: self._specs[n].to_dict() for n in self.names},
             outputs=side,
+            chunks=chunk_manifest(self.path, self.names, {n: self._specs[n].levels for n in self.names}),
             extra=dict(extra or {}),
         )
         write_commit(self.path, record)
         return record
+
+    def chunk_files(self, name: str, level: int = 0) -> dict[tuple[int, int], int]:
+        """The chunk files of ``name`` at ``level`` on disk: ``{(row, col): size in bytes}``."""
+        self.array(name, level)  # validates name and level
+        return _chunk_files(self.path / name / str(level))
+
+    def _check_chunks_present(self, name: str, want: Iterable[Sequence[int]]) -> None:
+        planned = {(int(r), int(c)) for r, c in want}
+        missing = sorted(planned - set(self.chunk_files(name)))
+        if missing:
+            raise HeatmapStoreError(
+                self.path, f"refusing to commit: {name} lacks {len(missing)} of the {len(planned)} chunks the job "
+                           f"computed (first {missing[:3]}); another process cleared or replaced this store while it "
+                           "was written, so the slide must be recomputed")
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickles (Ray task arguments, actor state) carry the path and reopen on the other side,
@@ -448,6 +488,87 @@ class HeatmapStore:
 
     def __repr__(self) -> str:
         return f"HeatmapStore({str(self.path)!r}, slide_id={self.slide_id!r}, images={list(self.names)})"
+
+
+def _chunk_files(level_dir: Path) -> dict[tuple[int, int], int]:
+    """``{(row, col): bytes}`` of a 2-D array's chunk files (Zarr v3 default keys ``c/<row>/<col>``)."""
+    out = {}
+    base = level_dir / "c"
+    if not base.is_dir():
+        return out
+    for row_dir in base.iterdir():
+        if not row_dir.name.isdigit():
+            continue
+        for f in row_dir.iterdir():
+            if f.name.isdigit() and f.is_file():  # temp files (``<col>.<hex>.partial``) are not chunks
+                out[(int(row_dir.name), int(f.name))] = f.stat().st_size
+    return out
+
+
+def chunk_manifest(path: str | Path, names: Iterable[str], levels: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """What a commit record vouches for: per array level, the count and digest of its chunk files.
+
+    Parameters
+    ----------
+    path : path-like
+        The store folder.
+    names : iterable of str
+        Heatmap names.
+    levels : mapping of str to int
+        Number of levels per name.
+
+    Returns
+    -------
+    dict
+        ``{"<name>/<level>": {"count": n, "sha256": hex}}``; the digest is over the sorted
+        ``"<row>/<col> <bytes>"`` lines, so a chunk that disappeared, appeared or changed size
+        changes it. Listing only (no chunk is read): cheap even for tens of thousands of chunks.
+    """
+    out = {}
+    for name in names:
+        for k in range(int(levels[name])):
+            files = _chunk_files(Path(path) / name / str(k))
+            lines = "\n".join(f"{r}/{c} {size}" for (r, c), size in sorted(files.items()))
+            out[f"{name}/{k}"] = {"count": len(files), "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+    return out
+
+
+def verify_committed(path: str | Path) -> str | None:
+    """Why a committed store cannot be trusted as done, or None when it can.
+
+    A store is adopted as done (by resume, by a rerun) only when its record is readable, lists
+    its chunks, the chunk files on disk are still exactly those, and its side outputs (the
+    detections CSV) still have the recorded size and SHA-256.
+
+    Returns
+    -------
+    str or None
+        One line naming the store and what does not match.
+    """
+    path = Path(path)
+    try:
+        record = read_commit(path)
+    except HeatmapStoreError as e:
+        return str(e)
+    if not record.chunks:
+        return f"{path}: the commit record lists no chunks (written by an older tupac); recompute to verify"
+    levels = {n: int(spec.get("levels", 1)) for n, spec in record.arrays.items()}
+    now = chunk_manifest(path, levels, levels)
+    for key, want in record.chunks.items():
+        have = now.get(key)
+        if have != want:
+            count = have["count"] if have else 0
+            return (f"{path}: {key} holds {count} chunk file(s), the commit record {want.get('count')}, or they "
+                    "changed since the commit")
+    for key, out in record.outputs.items():
+        side = path.parent / Path(out["path"]).name  # side files live beside the store, wherever RUN now is
+        try:
+            fp = file_sha256(side)
+        except OSError:
+            return f"{side}: {key} committed with {path.name} is missing"
+        if (fp.size, fp.sha256) != (out["size"], out["sha256"]):
+            return f"{side}: {key} changed since {path.name} was committed"
+    return None
 
 
 # Zarr's LocalStore writes each chunk to ``<key>.<32 hex>.partial`` and renames it into place.
