@@ -28,9 +28,65 @@ from typing import Any, Callable
 
 import yaml
 
+from tupac.config_check import RangeCheck, build_checked, check_value, kind, show
 from tupac.errors import ConfigError
+from tupac.slide import BACKENDS
 
 STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
+SECTIONS = ("tumor", "mitosis", "infer", "features", "fit", "report")
+
+# The folders of the inference job come from the command line (--models, --out), never from the file.
+_INFER_RESERVED = ("models", "out")
+# Placeholders that let the `infer:` section be built, and so checked, when the config is loaded.
+_PLACEHOLDER_MODELS, _PLACEHOLDER_OUT = Path("MODELS"), Path("RUN")
+
+
+def _at_least(low: int) -> RangeCheck:
+    """The check of an integer option that must be at least ``low``."""
+    return (lambda v: v >= low, f">= {low}")
+
+
+# Range checks that the stage classes of other modules do not make themselves (FeatureRunConfig,
+# JobConfig); the config file is checked against them at load, like the classes' own checks.
+_FEATURES_RANGES: dict[str, RangeCheck] = {
+    "seed": _at_least(0),
+    "threshold": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "min_prob": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "min_region_mm2": (lambda v: v >= 0, ">= 0 mm^2"),
+    "general_px": _at_least(1),
+    "general_epochs": _at_least(1),
+}
+_INFER_RANGES: dict[str, RangeCheck] = {
+    "tissue_mpp": (lambda v: v > 0, "> 0 um/px"),
+    "backend": (lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
+    "batch_retries": _at_least(0),
+    "task_retries": _at_least(0),
+    "max_active_slides": _at_least(1),
+    "local_cpus": _at_least(1),
+    "object_store_mb": _at_least(1),
+    "actor_timeout_s": (lambda v: v > 0, "> 0 s"),
+}
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Options of the report stage (:func:`tupac.report.html.build_report`).
+
+    Attributes
+    ----------
+    max_side : int
+        Longer side of the slide thumbnails in pixels.
+    n_boot : int
+        Bootstrap resamples of the kappa / Spearman confidence intervals.
+    """
+
+    max_side: int = 640
+    n_boot: int = 2000
+
+    def __post_init__(self) -> None:
+        for name in ("max_side", "n_boot"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -41,7 +97,11 @@ class PipelineConfig:
     :class:`tupac.tumor.training.TumorTrainConfig`, ``mitosis`` ->
     :class:`tupac.mitosis.training.MitosisTrainConfig`, ``infer`` -> :class:`tupac.infer.job.JobConfig`
     (without ``models``/``out``), ``features`` -> :class:`tupac.features.cohort.FeatureRunConfig`,
-    ``fit`` -> :class:`tupac.predict.fit.FitConfig`; ``report`` takes ``max_side`` and ``n_boot``.
+    ``fit`` -> :class:`tupac.predict.fit.FitConfig`, ``report`` -> :class:`ReportOptions`.
+
+    Every section, ``train:`` inside ``tumor:`` and ``mitosis:`` included, is checked for option
+    names, types and ranges at construction (:mod:`tupac.config_check`), so that a bad config fails
+    before any work starts with one line: the dotted key, the value and what was expected.
     """
 
     seed: int = 0
@@ -53,28 +113,47 @@ class PipelineConfig:
     report: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("tumor", "mitosis", "infer", "features", "fit", "report"):
-            if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"config section {name!r} must be a mapping, got {type(getattr(self, name)).__name__}")
-        # Build each stage's config once so a typo fails before hours of work, naming the field.
+        check_value(self.seed, int, "seed")
+        if self.seed < 0:  # numpy's generators refuse negative seeds, and every stage derives from this one
+            raise ConfigError(f"seed = {self.seed}: expected an integer >= 0")
+        for name in SECTIONS:
+            section = getattr(self, name)
+            if not isinstance(section, dict):
+                raise ConfigError(f"{name} = {show(section)}: expected a mapping of options, got {kind(section)}")
+        # Build each stage's config now, so that a typo or a bad value fails before hours of work.
         self.tumor_config(), self.mitosis_config(), self.features_config(), self.fit_config()
-        unknown = set(self.report) - {"max_side", "n_boot"}
-        if unknown:
-            raise ConfigError(f"report: unknown options {sorted(unknown)}; known: max_side, n_boot")
+        self.job_config(_PLACEHOLDER_MODELS, _PLACEHOLDER_OUT)
+        self.report_options()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Load and check a YAML config.
+
+        Raises
+        ------
+        ConfigError
+            One line naming the file, the dotted key, the value and what was expected.
+        FileNotFoundError
+            No file at ``path``.
+        """
         path = Path(path)
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            doc = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        doc = {} if doc is None else doc
         if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
-        unknown = set(doc) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
-        return cls(**doc)
+            raise ConfigError(f"{path}: expected a mapping of sections, got {kind(doc)}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key, value in doc.items():
+            if key not in names:
+                raise ConfigError(f"{path}: {key} = {show(value)}: unknown section; expected one of {', '.join(names)}")
+        # `tumor:` with every option commented out reads as null: an empty section, not an error.
+        doc = {k: ({} if k in SECTIONS and v is None else v) for k, v in doc.items()}
+        try:
+            return cls(**doc)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,14 +168,14 @@ class PipelineConfig:
         for name, cfg in sections.items():
             values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "models", "out")}
             out[name] = json.loads(json.dumps(values, default=str))
-        out["report"] = {"max_side": 640, "n_boot": 2000, **self.report}
+        out["report"] = dataclasses.asdict(self.report_options())
         return out
 
     def to_yaml(self) -> str:
         """The effective config as YAML, each option preceded by its documentation as a comment."""
         classes = {"tumor": "tupac.tumor.training.TumorTrainConfig", "mitosis": "tupac.mitosis.training.MitosisTrainConfig",
                    "infer": "tupac.infer.job.JobConfig", "features": "tupac.features.cohort.FeatureRunConfig",
-                   "fit": "tupac.predict.fit.FitConfig"}
+                   "fit": "tupac.predict.fit.FitConfig", "report": "tupac.pipeline.ReportOptions"}
         lines = ["# tupac run configuration: every option with the value in effect.",
                  "# Sections map onto each stage's config class; omit what you do not change.",
                  "seed: " + str(self.seed) + "  # seeds every stage"]
@@ -113,16 +192,10 @@ class PipelineConfig:
                 lines.append("  " + dumped[1:-1] if dumped.startswith("{") else "  " + dumped)
         return "\n".join(lines) + "\n"
 
-    def _build(self, cls, section: str, **extra):
-        values = {**extra, **getattr(self, section)}
-        for key, value in values.items():  # YAML has lists where the dataclasses want tuples
-            if isinstance(value, list) and key.endswith("_models"):
-                values[key] = tuple(value)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ConfigError(f"{section}: unknown options {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**values)
+    def _build(self, cls, section: str, *, reserved: tuple[str, ...] = (),
+               ranges: dict[str, RangeCheck] | None = None, **given):
+        """``cls`` from the section's options over ``given``, checked (see :func:`tupac.config_check.build_checked`)."""
+        return build_checked(cls, getattr(self, section), section, given=given, reserved=reserved, ranges=ranges)
 
     def tumor_config(self):
         from tupac.tumor.training import TumorTrainConfig
@@ -137,7 +210,7 @@ class PipelineConfig:
     def features_config(self):
         from tupac.features.cohort import FeatureRunConfig
 
-        return self._build(FeatureRunConfig, "features", seed=self.seed)
+        return self._build(FeatureRunConfig, "features", ranges=_FEATURES_RANGES, seed=self.seed)
 
     def fit_config(self):
         from tupac.predict.fit import FitConfig
@@ -147,7 +220,10 @@ class PipelineConfig:
     def job_config(self, models: Path, out: Path):
         from tupac.infer.job import JobConfig
 
-        return self._build(JobConfig, "infer", models=models, out=out)
+        return self._build(JobConfig, "infer", reserved=_INFER_RESERVED, ranges=_INFER_RANGES, models=models, out=out)
+
+    def report_options(self) -> ReportOptions:
+        return self._build(ReportOptions, "report")
 
 
 DEMO_CONFIG = PipelineConfig(

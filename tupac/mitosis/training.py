@@ -31,11 +31,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from tupac.config_check import SCHEMA
 from tupac.errors import ConfigError, DatasetLayoutError
 from tupac.mitosis.detect import choose_threshold, detect_from_heatmap
 from tupac.mitosis.inference import mitosis_heatmap, read_image, standardize_image
 from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negatives, jittered, label_candidates
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
+from tupac.train.config import TrainConfig
 from tupac.train.data import training_set_hash
 from tupac.train.tracking import StageTracker, flatten_params, is_number
 
@@ -101,10 +103,15 @@ class MitosisTrainConfig:
     epoch_selection: str = "f1"
     seed: int = 0
     train: dict[str, Any] = field(
-        default_factory=lambda: {"epochs": 12, "batch_size": 64, "lr": 2e-3, "monitor": "auroc"}
+        default_factory=lambda: {"epochs": 12, "batch_size": 64, "lr": 2e-3, "monitor": "auroc"},
+        metadata={SCHEMA: TrainConfig},  # a config file's `train:` is checked against TrainConfig's fields
     )
 
     def __post_init__(self) -> None:
+        from tupac.models import list_models  # deferred: the registry imports every architecture (torch)
+
+        if self.arch not in list_models("mitosis"):
+            raise ConfigError(f"arch={self.arch!r}, expected one of {', '.join(list_models('mitosis'))}")
         if self.stain_method not in ("wsics", "macenko", "reinhard"):
             raise ConfigError(f"stain_method={self.stain_method!r}, expected wsics, macenko or reinhard")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -113,10 +120,20 @@ class MitosisTrainConfig:
             raise ConfigError(f"epoch_selection={self.epoch_selection!r}, expected 'f1' or 'patch'")
         if not 0.0 < self.hard_min_prob < 1.0:
             raise ConfigError(f"hard_min_prob={self.hard_min_prob}, expected in (0, 1)")
-        if self.positive_copies < 1 or self.negatives_per_image < 0 or self.background_per_image < 0:
-            raise ConfigError("positive_copies must be >= 1, negatives/background_per_image >= 0")
+        if self.positive_copies < 1:
+            raise ConfigError(f"positive_copies={self.positive_copies}, expected >= 1")
+        for name in ("negatives_per_image", "background_per_image", "hard_max_per_image"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}, expected >= 0")
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"max_images={self.max_images}, expected >= 1 or None")
+        if not self.match_radius_px > 0:
+            raise ConfigError(f"match_radius_px={self.match_radius_px}, expected > 0 px")
+        for name in ("positive_jitter_px", "sigma_px", "nms_radius_px"):  # 0 turns each off
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}={getattr(self, name)}, expected >= 0 px")
+        if self.seed < 0:  # numpy's generators refuse negative seeds
+            raise ConfigError(f"seed={self.seed}, expected >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -78,8 +78,11 @@ class FitConfig:
     strict: bool = False
 
     def __post_init__(self) -> None:
-        if self.repeats < 1:
-            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
+        if self.seed < 0:  # numpy's generators and scikit-learn's random_state refuse negative seeds
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for name in ("repeats", "k_features", "n_boot", "importance_repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_splits < 2 or self.inner_splits < 2:
             raise ConfigError(f"n_splits and inner_splits must be >= 2, got {self.n_splits}, {self.inner_splits}")
         if not self.grade_models or not self.rna_models:

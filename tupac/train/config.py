@@ -105,8 +105,13 @@ class TrainConfig:
                 problems.append(f"{name}={getattr(self, name)}, expected >= 1")
         if not self.lr > 0:
             problems.append(f"lr={self.lr}, expected > 0")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             problems.append(f"weight_decay={self.weight_decay}, expected >= 0")
+        if self.seed < 0:  # numpy's generators refuse negative seeds, and would fail at the first epoch
+            problems.append(f"seed={self.seed}, expected >= 0")
+        weights = self.class_weights
+        if weights is not None and not (all(w >= 0 for w in weights) and any(w > 0 for w in weights)):
+            problems.append(f"class_weights={list(weights)}, expected weights >= 0, at least one > 0")
         if self.lr_schedule not in ("constant", "cosine"):
             problems.append(f"lr_schedule={self.lr_schedule!r}, expected 'constant' or 'cosine'")
         if self.monitor not in MONITORS:

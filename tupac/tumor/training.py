@@ -55,7 +55,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tupac.config_check import SCHEMA
 from tupac.errors import ConfigError, DatasetLayoutError
+from tupac.train.config import TrainConfig
 from tupac.train.data import training_set_hash
 from tupac.train.tracking import StageTracker, flatten_params, is_number
 from tupac.tumor.edges import edge_composites
@@ -127,10 +129,15 @@ class TumorTrainConfig:
     # tumor), AUROC saturates in the first epochs, and the loss still rewards calibration, which the
     # stage-2 confidence threshold and the saved decision threshold depend on.
     train: dict[str, Any] = field(
-        default_factory=lambda: {"epochs": 8, "batch_size": 32, "lr": 0.003, "lr_schedule": "cosine", "monitor": "loss"}
+        default_factory=lambda: {"epochs": 8, "batch_size": 32, "lr": 0.003, "lr_schedule": "cosine", "monitor": "loss"},
+        metadata={SCHEMA: TrainConfig},  # a config file's `train:` is checked against TrainConfig's fields
     )
 
     def __post_init__(self) -> None:
+        from tupac.models import list_models  # deferred: the registry imports every architecture (torch)
+
+        if self.arch not in list_models("tumor"):
+            raise ConfigError(f"arch={self.arch!r}, expected one of {', '.join(list_models('tumor'))}")
         if self.stain_method not in ("wsics", "macenko", "reinhard"):
             raise ConfigError(f"stain_method={self.stain_method!r}, expected wsics, macenko or reinhard")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -143,8 +150,13 @@ class TumorTrainConfig:
             raise ConfigError(f"edge_patches={self.edge_patches}, expected >= 0 (a multiple of positives_per_slide)")
         if not self.stage_tolerance >= 0:
             raise ConfigError(f"stage_tolerance={self.stage_tolerance}, expected >= 0")
-        if self.positives_per_slide < 1 or self.negatives_per_slide < 1:
-            raise ConfigError("positives_per_slide and negatives_per_slide must be >= 1")
+        if not self.tissue_mpp > 0:
+            raise ConfigError(f"tissue_mpp={self.tissue_mpp}, expected > 0 um/px")
+        for name in ("positives_per_slide", "negatives_per_slide"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}, expected >= 1")
+        if self.seed < 0:  # numpy's generators refuse negative seeds
+            raise ConfigError(f"seed={self.seed}, expected >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
