@@ -30,6 +30,7 @@ import yaml
 
 from tupac.config_check import RangeCheck, build_checked, check_value, kind, show
 from tupac.errors import ConfigError
+from tupac.runlock import run_lock
 from tupac.slide import BACKENDS
 
 STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
@@ -490,5 +491,11 @@ class Pipeline:
 
 def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig = PipelineConfig(),
                  models: str | Path | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the whole pipeline on a TUPAC16-layout dataset; see the module docstring."""
-    return Pipeline(Path(data), Path(out), config, Path(models) if models else None, say).run()
+    """Run (or resume) the whole pipeline on a TUPAC16-layout dataset; see the module docstring.
+
+    The run folder ``out`` is held for the whole run (:func:`tupac.runlock.run_lock`): a second job
+    on it is refused with :class:`~tupac.errors.RunFolderBusyError` before anything is touched, and
+    the stages take the same lock again without blocking themselves.
+    """
+    with run_lock(out, "tupac run"):
+        return Pipeline(Path(data), Path(out), config, Path(models) if models else None, say).run()

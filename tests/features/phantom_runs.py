@@ -21,11 +21,12 @@ def make_cohort(root: Path, n: int = 8, seed: int = 3) -> dict:
 
 
 def truth_run(root: Path, run: Path, ids: list[str] | None = None, *, spurious: int = 3, seed: int = 0,
-              no_tumor: tuple[str, ...] = ()) -> dict[str, Path]:
+              no_tumor: tuple[str, ...] = (), no_tissue: tuple[str, ...] = ()) -> dict[str, Path]:
     """RUN/slides from the truth: tumor heatmap = the true tumor mask as probabilities at 16 µm/px
     (4 x 4 block means of the 4 µm/px mask), tissue = the true tissue mask, detections = every true
     mitosis (prob 0.6-0.99) plus ``spurious`` low-probability points (prob < 0.3) anywhere on the slide.
-    Slides in ``no_tumor`` get an all-zero tumor heatmap and no detections."""
+    Slides in ``no_tumor`` get an all-zero tumor heatmap and no detections; slides in ``no_tissue``
+    also an empty tissue mask and ``no_tissue`` in their commit (what the job commits for a blank slide)."""
     meta = json.loads((root / "truth" / "cohort.json").read_text())
     rng = np.random.default_rng(seed)
     out = {}
@@ -42,13 +43,15 @@ def truth_run(root: Path, run: Path, ids: list[str] | None = None, *, spurious: 
         fake = pd.DataFrame({"x": rng.uniform(0, w, spurious), "y": rng.uniform(0, h, spurious),
                              "prob": rng.uniform(0.05, 0.3, spurious)})
         det = pd.concat([det, fake], ignore_index=True)
-        if sid in no_tumor:
+        if sid in no_tumor or sid in no_tissue:
             tumor[:] = 0.0
             det = det.iloc[:0]
+        if sid in no_tissue:
+            tissue = np.zeros_like(tissue)
         out[sid] = write_run_slide(run, sid, Path(s["path"]), {
             "tumor": (tumor, TUMOR_MPP, None, 16),
             "tissue": (tissue, tissue_mpp, None, 64),
-        }, det)
+        }, det, extra={"no_tissue": sid in no_tissue})
     return out
 
 

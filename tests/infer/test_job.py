@@ -212,6 +212,13 @@ def test_bad_inputs_fail_alone_and_a_reader_segfault_does_not_kill_the_job(model
     blank = HeatmapStore.open(run / "slides" / "blank.zarr", mode="r")
     assert blank.committed and blank.read("tissue").sum() == 0 and blank.read("tumor").max() == 0
     assert pd.read_csv(run / "slides" / "blank.mitoses.csv").empty
+    # ... and said so: in its commit record, the summary and the printed summary.
+    from tupac.infer import read_commit
+
+    assert read_commit(blank).extra["no_tissue"] is True
+    assert read_commit(run / "slides" / "good.zarr").extra["no_tissue"] is False
+    assert s["no_tissue"] == ["blank"]
+    assert "warning: blank: no tissue found" in " ".join(proc.stdout.split())
     # The failures are given up on the next run (max attempts 1): nothing is recomputed.
     again = infer_cli(local_args(models, run, manifest=manifest) + ["--max-attempts", "1"], timeout=600)
     assert again.returncode == 1

@@ -162,6 +162,26 @@ def test_unmatched_slides_are_reported_and_recorded(tmp_path):
     assert len(pd.read_csv(run / "predict" / "predictions.csv")) == 63 * 2
 
 
+def test_a_slide_without_tissue_is_excluded_with_its_reason_and_the_rest_is_fitted(tmp_path):
+    run, gt = make_run(tmp_path, n=64)
+    feats = pd.read_parquet(run / "features.parquet")
+    # What `tupac features` writes for a blank slide: NaN everywhere but the flag.
+    feats.insert(1, "no_tissue", 0.0)
+    cols = [c for c in feats.columns if c not in ("slide_id", "no_tissue")]
+    feats.loc[feats["slide_id"] == "TUPAC-TR-007", cols] = np.nan
+    feats.loc[feats["slide_id"] == "TUPAC-TR-007", "no_tissue"] = 1.0
+    feats.to_parquet(run / "features.parquet", index=False)
+    args = ["fit", "--run", str(run), "--labels", str(gt), "--no-mlflow", "--repeats", "1",
+            "--grade-models", "logreg_enet", "--rna-models", "elastic_net", "--k-features", "8"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "TUPAC-TR-007" in ln]
+    assert lines == ["excluded TUPAC-TR-007: no tissue on the slide: its features are missing (flag no_tissue)"]
+    m = json.loads((run / "predict" / "metrics.json").read_text())
+    assert m["cohort"]["n_slides"] == 63 and m["cohort"]["n_features"] == len(cols)  # the flag is not a feature
+    assert "TUPAC-TR-007" not in set(pd.read_csv(run / "predict" / "predictions.csv")["slide_id"])
+
+
 def test_mlflow_ui_without_a_store_is_a_clear_error(tmp_path):
     res = runner.invoke(app, ["mlflow-ui", "--run", str(tmp_path)])
     assert res.exit_code == 2 and "no MLflow store" in res.output

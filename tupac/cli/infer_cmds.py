@@ -90,6 +90,9 @@ def _print_summary(summary: dict, out: Path) -> None:
     for f in summary["failed"]:
         gave_up = " (given up)" if f["given_up"] else ""
         console.print(f"[red]FAILED[/] {f['slide_id']} after {f['attempts']} attempt(s){gave_up}: {f['error']}", highlight=False, soft_wrap=True)
+    for sid in summary.get("no_tissue") or []:
+        console.print(f"[yellow]warning:[/] {sid}: no tissue found; committed with empty heatmaps, and its features "
+                      "will be missing (flag no_tissue)", highlight=False, soft_wrap=True)
     for task, why in (summary.get("skipped_stages") or {}).items():
         console.print(f"[yellow]{task} stage skipped:[/] {why}", highlight=False)
     console.print(f"summary: {out / 'summary.json'}", highlight=False)

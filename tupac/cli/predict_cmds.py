@@ -33,7 +33,7 @@ def _fit(run: Path, labels: Path, features: Path | None, seed: int, repeats: int
     table = read_feature_table(features or run / FEATURES_NAME)
     cohort = build_cohort(table, read_ground_truth(labels), strict=strict, labels_source=str(labels))
     for e in cohort.exclusions:
-        err_console.print(f"[yellow]excluded[/] {e.slide_id}: {e.reason}", highlight=False)
+        err_console.print(f"[yellow]excluded[/] {e.slide_id}: {e.reason}", highlight=False, soft_wrap=True)
     s = cohort.summary()
     console.print(f"cohort: {s['n_slides']} slides, {s['n_features']} features, grades {s['grade_counts']}, "
                   f"{s['n_excluded']} excluded (listed in metrics.json)", highlight=False)

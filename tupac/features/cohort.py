@@ -6,7 +6,8 @@ its detections ``RUN/slides/<id>.mitoses.csv`` (``x,y,prob``, level-0 px), and t
 commit record's input path, or ``slides=`` a dataset root, slide folder or manifest) for the pixel
 features. What is written::
 
-    RUN/features.parquet                 slide_id + named columns, one row per slide, no NaN/Inf
+    RUN/features.parquet                 slide_id + named columns, one row per slide, no NaN/Inf except
+                                         in the row of a slide without tissue (flag ``no_tissue``)
     RUN/features/dictionary.csv          name, group, unit, description of every column
     RUN/features/fringe/<id>.csv         x,y,width,height (level-0 px) of the slide's fringe patches
     RUN/features/deep_hist.safetensors   scaler + k-means of the deep-feature histogram (+ deep_hist.json)
@@ -19,6 +20,10 @@ Tracking: a fit of the grade network (a run with labels) is logged to MLflow aft
 written (:mod:`tupac.features.tracking`; the run's own store, as ``tupac fit``): a store that fails
 then raises FeatureTrackingError and leaves the features in place, and the numbers are the same with
 or without tracking.
+
+A slide without tissue (a blank slide, committed by the job with empty heatmaps) does not stop
+the cohort: it gets a row of missing values with ``no_tissue = 1``, the fits leave it out, and the
+notes name it.
 
 No leakage: the fits that see several slides (deep-histogram scaler and k-means; the grade network)
 are fitted on the labelled training slides only, and saved; a run without labels reuses them. New
@@ -39,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from tupac.errors import FeatureError, FeatureFileError
+from tupac.features.dictionary import NO_TISSUE, NO_TISSUE_FEATURE, dictionary_frame
 from tupac.geometry import MPP_40X
 from tupac.runlock import run_lock
 
@@ -535,7 +541,10 @@ def _write_fringe(folder: Path, results: Mapping[str, _SlideResult]) -> None:
         df.to_csv(folder / f"{sid}.csv", index=False)
 
 
-def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clusters: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clusters: int, ids: list[str],
+           blank: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cohort table (``slide_id``, ``no_tissue``, then the groups' columns; rows in ``ids`` order)
+    and its dictionary. Slides in ``blank`` get NaN everywhere but their flag; the others must be finite."""
     from tupac.features import check_finite, feature_dictionary
 
     dictionary = feature_dictionary(groups, n_clusters=n_clusters)
@@ -545,10 +554,30 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
             extra, missing = set(r.features) - set(names), set(names) - set(r.features)
             raise FeatureError(f"slide {sid}: columns differ from the dictionary (extra {sorted(extra)[:5]}, "
                                f"missing {sorted(missing)[:5]})")
-    table = pd.DataFrame([[r.features[n] for n in names] for r in results.values()], columns=names, dtype=np.float64)
-    table.insert(0, "slide_id", pd.Series(list(results), dtype=object))
-    check_finite(table, "cohort feature table")
+    missing_row = [np.nan] * len(names)
+    rows = [[results[sid].features[n] for n in names] if sid in results else missing_row for sid in ids]
+    table = pd.DataFrame(rows, columns=names, dtype=np.float64)
+    flag = pd.Series([float(sid in set(blank)) for sid in ids], dtype=np.float64)
+    check_finite(table[flag.to_numpy() == 0], "cohort feature table")
+    table.insert(0, NO_TISSUE, flag)
+    table.insert(0, "slide_id", pd.Series(ids, dtype=object))
+    dictionary = pd.concat([dictionary_frame([NO_TISSUE_FEATURE]), dictionary], ignore_index=True)
     return table, dictionary
+
+
+def _has_no_tissue(store_path: Path) -> bool:
+    """Whether the job found no tissue on the slide (its commit says so, or its tissue mask is empty)."""
+    from tupac.infer.commit import read_commit
+
+    if read_commit(store_path).extra.get("no_tissue"):
+        return True
+    tissue = _tissue_of(store_path)
+    return tissue is not None and not tissue[0].any()
+
+
+def _some(ids: list[str], n: int = 5) -> str:
+    """At most ``n`` IDs, comma-separated, with an ellipsis when there are more."""
+    return ", ".join(ids[:n]) + (" ..." if len(ids) > n else "")
 
 
 def run_features(
@@ -611,11 +640,20 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
         why = "; ".join(f"{s}: {w}" for s, w in skipped[:3]) or "no stores"
         raise FeatureFileError(run / "slides", f"no committed slide with detections ({why})")
     ids = [s.slide_id for s in found]
+    blank = [s.slide_id for s in found if _has_no_tissue(s.store)]
+    if len(blank) == len(found):
+        raise FeatureError(f"{run / 'slides'}: no committed slide has tissue ({_some(blank)} are blank)")
     training, grades, absent = _labels(Path(labels) if labels else None, ids)
     if labels and not training:
         raise FeatureError(f"{labels}: none of its slides has a committed store in {run / 'slides'}")
+    with_tissue = [i for i, sid in enumerate(training) if sid not in set(blank)]
+    training, grades = [training[i] for i in with_tissue], grades[with_tissue]
+    if labels and not training:
+        raise FeatureError(f"{labels}: every labelled slide in {run / 'slides'} has no tissue ({_some(blank)})")
     out = run / "features"
-    notes = [f"labelled but not in the run: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"] if absent else []
+    notes = [f"labelled but not in the run: {_some(absent)}"] if absent else []
+    if blank:
+        notes.append(f"no tissue: {_some(blank)}: a row of missing values flagged {NO_TISSUE}, left out of every fit")
     general_dir = out / "general"
     want_general = config.general
     if want_general is None:
@@ -627,7 +665,8 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     results: dict[str, _SlideResult] = {}
     general_fit = None
     for s in found:
-        results[s.slide_id] = _one_slide(s, config, nets, want_general, scheduler)
+        if s.slide_id not in blank:
+            results[s.slide_id] = _one_slide(s, config, nets, want_general, scheduler)
         tick(s.slide_id, "done")
     out.mkdir(parents=True, exist_ok=True)
     groups = next(iter(results.values())).groups
@@ -648,13 +687,14 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
         for sid, r in results.items():
             r.features.update(zip(names, rows[sid].tolist()))
         groups += ("general",)
-    table, dictionary = _table(results, groups, n_clusters)
+    table, dictionary = _table(results, groups, n_clusters, ids, blank)
     _atomic_parquet(table, run / "features.parquet")
     dictionary.to_csv(out / "dictionary.csv", index=False)
     _write_fringe(out / "fringe", results)
     n_tasks = {sid: r.n_tasks for sid, r in results.items()}
     new = [s for s in ids if s not in set(training)]
-    summary = {"slides": ids, "skipped": [{"slide_id": s, "reason": w} for s, w in skipped], "training": training,
+    summary = {"slides": ids, "skipped": [{"slide_id": s, "reason": w} for s, w in skipped], "no_tissue": blank,
+               "training": training,
                "new": new, "groups": list(groups), "n_clusters": n_clusters if fit is not None else None,
                "dask_tasks": n_tasks, "notes": notes, "config": config.__dict__}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -16,7 +16,7 @@ import pandas as pd
 
 from tupac.errors import FeatureError
 
-__all__ = ["Feature", "dictionary_frame", "ordered_row", "check_finite", "safe_stats"]
+__all__ = ["Feature", "NO_TISSUE", "NO_TISSUE_FEATURE", "dictionary_frame", "ordered_row", "check_finite", "safe_stats"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,15 @@ class Feature:
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip() or " " in self.name:
             raise ValueError(f"feature name must be a non-empty identifier, got {self.name!r}")
+
+
+NO_TISSUE = "no_tissue"
+"""The cohort table's row flag of a slide without tissue (a blank or glass-only slide)."""
+
+NO_TISSUE_FEATURE = Feature(
+    NO_TISSUE, "flags", "flag",
+    "1 when the slide has no tissue (blank, glass only): every other value of its row is missing (NaN), and the "
+    "fits (deep histogram, grade network, tupac fit) leave the slide out. The only NaN the table ever holds.")
 
 
 def dictionary_frame(features: Iterable[Feature]) -> pd.DataFrame:

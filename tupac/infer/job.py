@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tupac.errors import ConfigError, ModelFileError
+from tupac.errors import ConfigError, HeatmapStoreError, ModelFileError
 from tupac.runlock import run_lock
 
 __all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
@@ -330,7 +330,10 @@ class _Driver:
         s.stage = "finalize"
         mitosis_windows = s.extra.pop("_mitosis_windows", None) if "mitosis" in self.cards else None
         extra = {**s.extra, "windows": s.windows, "backend": s.plan.backend, "tissue_fraction": s.plan.tissue_fraction,
-                 "tumor_threshold": self.cards["tumor"].threshold}
+                 "tumor_threshold": self.cards["tumor"].threshold,
+                 # Committed like any slide (its empty heatmaps are its true result), but said so: the
+                 # features stage gives it a flagged row of missing values instead of stopping.
+                 "no_tissue": not len(s.plan.tumor_windows)}
         timings = {**s.timings, "prepare_s": s.plan.seconds}
         if "mitosis" in self.cards and mitosis_windows is None:
             mitosis_windows = np.zeros((0, 2), np.int64)
@@ -678,10 +681,26 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
         if todo:
             info.update(_run_on_ray(cfg, cards, found, ledger, todo, progress, say))
         summary = {**ledger.summary(), **info}
+        summary["no_tissue"] = _no_tissue(cfg.out, summary["done"])
         atomic_write_bytes(cfg.out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode())
         return summary
     finally:
         ledger.close()
+
+
+def _no_tissue(run_dir: Path, done: Sequence[str]) -> list[str]:
+    """The DONE slides whose commit record says the job found no tissue on them."""
+    from tupac.infer.commit import read_commit
+    from tupac.infer.store import store_path
+
+    out = []
+    for sid in done:
+        try:
+            if read_commit(store_path(run_dir, sid)).extra.get("no_tissue"):
+                out.append(sid)
+        except (HeatmapStoreError, ValueError):  # a record gone since the ledger said DONE: not ours to judge here
+            continue
+    return out
 
 
 def _run_on_ray(cfg, cards, found, ledger, todo, progress, say) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tupac.errors import CohortError
+from tupac.features.dictionary import NO_TISSUE
 
 __all__ = ["Cohort", "Exclusion", "read_feature_table", "validate_feature_table", "feature_table_hash", "build_cohort"]
 
@@ -169,6 +170,11 @@ def build_cohort(
     grade = pd.to_numeric(lab["mitosis_score"], errors="coerce")
     rna = pd.to_numeric(lab["proliferation_score"], errors="coerce")
 
+    # A slide without tissue has a row of missing values and the flag; the flag is not a feature.
+    blank: set[str] = set()
+    if NO_TISSUE in features.columns:
+        blank = set(features.index[features[NO_TISSUE].fillna(0) > 0])
+        features = features.drop(columns=NO_TISSUE)
     exclusions: list[Exclusion] = []
     for sid in lab.index:
         if not np.isfinite(grade[sid]):
@@ -179,11 +185,13 @@ def build_cohort(
             exclusions.append(Exclusion(sid, f"proliferation score is missing or not finite in {labels_source}"))
         elif sid not in features.index:
             exclusions.append(Exclusion(sid, "labelled but has no row in the feature table"))
+        elif sid in blank:
+            exclusions.append(Exclusion(sid, f"no tissue on the slide: its features are missing (flag {NO_TISSUE})"))
     for sid in features.index.difference(lab.index, sort=False):
         exclusions.append(Exclusion(sid, f"has features but no label in {labels_source}"))
     all_nan = features.index[features.isna().all(axis=1)]
     for sid in all_nan:
-        if sid in lab.index:
+        if sid in lab.index and sid not in blank:
             exclusions.append(Exclusion(sid, "every feature is NaN"))
 
     if strict and exclusions:

@@ -150,7 +150,17 @@ def _section_summary(ctx: _Context) -> str:
     note = "" if s is not None else _missing(f"job summary ({ctx.summary_source}); counts come from the slide stores only")
     if s is None:
         ctx.missing["summary"] = ctx.summary_source
-    return _table(["", ""], rows, "kv") + note
+    return _table(["", ""], rows, "kv") + _no_tissue_warning(done) + note
+
+
+def _no_tissue_warning(done: list[SlideEntry]) -> str:
+    """A warning naming the committed slides on which the job found no tissue (blank slides)."""
+    blank = [e.slide_id for e in done if (e.record.extra or {}).get("no_tissue")]
+    if not blank:
+        return ""
+    return (f'<p class="warning">Warning: no tissue found on {len(blank)} slide(s): {_e(", ".join(blank))}. They are '
+            "committed with empty heatmaps; their features are missing (flag no_tissue) and the predictive models "
+            "leave them out.</p>")
 
 
 def _slide_card(ctx: _Context, e: SlideEntry) -> str:
@@ -480,6 +490,7 @@ table.kv thead { display:none; }
 .dim, .src { color:var(--dim); }
 .src { font-size:12px; display:block; }
 .missing { color:#8a5a00; background:#fff7e0; border:1px solid #f0d890; padding:6px 10px; border-radius:6px; }
+.warning { color:#7a1d00; background:#fff0e8; border:1px solid #f0b090; padding:6px 10px; border-radius:6px; }
 .ok { color:#1f6f3a; }
 .slides { display:grid; grid-template-columns:repeat(auto-fill,minmax(520px,1fr)); gap:16px; }
 figure { margin:0; }
