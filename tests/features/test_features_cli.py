@@ -49,3 +49,20 @@ def test_heatmap_only_features_from_a_manifest(tmp_path):
     assert t["slide_id"].tolist() == ["b"] and t.loc[0, "arch_n_mitoses"] == 2 and t.loc[0, "arch_n_in_tumor"] == 2
     assert t.loc[0, "tumor_area_mm2"] == np.float64(100 * 0.016**2)
     assert not any(c.startswith(("bio_", "deep_hist", "general")) for c in t.columns)
+
+
+def test_grades_too_few_for_the_folds_are_a_clear_error_before_any_slide_is_read(tmp_path):
+    """Before: scikit-learn's traceback ("n_splits=5 cannot be greater than the number of members
+    in each class") after every slide's features were computed."""
+    run = tmp_path / "run"
+    for i in range(1, 5):
+        _slide(tmp_path, run, f"TUPAC-TR-00{i}", pd.DataFrame({"x": [1.0], "y": [2.0], "prob": [0.9]}))
+    labels = tmp_path / "training_ground_truth.csv"
+    labels.write_text("1,0.1\n1,0.2\n2,0.3\n3,0.4\n")
+    r = _invoke("--run", run, "--labels", labels, "--models", tmp_path / "models", "--folds", "5")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(labels) in lines[0]
+    assert "cross-fitting in 5 folds needs at least 5 slides of one grade, and has grade 1: 2, grade 2: 1, " \
+           "grade 3: 1 (use --folds 2 or fewer, or label more slides)" in lines[0]
+    assert not (run / "features.parquet").exists()

@@ -249,3 +249,16 @@ def test_report_renders_in_headless_chromium(run_dir: Path, predict_dir: Path, t
     im = np.asarray(Image.open(shot).convert("RGB"))
     assert im.shape[:2] == (3000, 1400)
     assert im.reshape(-1, 3).std(axis=0).mean() > 20  # something was drawn, not a blank page
+
+
+def test_report_warns_about_slides_without_tissue(run_dir: Path, tmp_path: Path) -> None:
+    run = _copy_run(run_dir, tmp_path / "run")
+    record = run / "slides" / f"{IDS[1]}.zarr" / "commit.json"
+    data = json.loads(record.read_text())
+    data["extra"]["no_tissue"] = True  # what the job records for a blank slide
+    record.write_text(json.dumps(data))
+    sec = _sections(build_report(run, tmp_path / "report", max_side=200).index.read_text())
+    assert (f'<p class="warning">Warning: no tissue found on 1 slide(s): {IDS[1]}. They are committed with empty '
+            "heatmaps") in sec["summary"]
+    clean = _sections(build_report(run_dir, tmp_path / "clean", max_side=200).index.read_text())
+    assert "no tissue found" not in clean["summary"]

@@ -660,6 +660,11 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
         want_general = models is not None and config.pixels and (bool(training) or (general_dir / "general.json").is_file())
     if want_general and (models is None or not config.pixels):
         raise FeatureError("general features need --models (the frozen network) and the slide pixels")
+    if want_general and training:
+        from tupac.features.general import check_fold_sizes
+
+        # Before any slide is read: a split that cannot be made must not cost the cohort's features first.
+        notes += check_fold_sizes(grades, config.n_splits, f"{labels}")
     nets = _load_networks(Path(models) if models else None, config, want_general)
 
     results: dict[str, _SlideResult] = {}

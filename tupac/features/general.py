@@ -322,6 +322,43 @@ class CrossFit:
     fold_nets: tuple = ()
 
 
+def check_fold_sizes(grades: np.ndarray, n_splits: int, source: str = "the training slides") -> list[str]:
+    """Check that the grades can be split into ``n_splits`` stratified folds, before any work.
+
+    Stratified K-fold puts every grade into every fold when it has ``n_splits`` slides; a grade with
+    fewer is allowed (some folds then train without it, which is said), but when no grade has
+    ``n_splits`` slides scikit-learn cannot split at all.
+
+    Parameters
+    ----------
+    grades : ndarray of int, shape (n_slides,)
+    n_splits : int
+    source : str
+        Where the grades come from (the labels file), for the message.
+
+    Returns
+    -------
+    list of str
+        Notes on grades with fewer slides than folds.
+
+    Raises
+    ------
+    FeatureError
+        No grade has ``n_splits`` slides; the message gives the counts and the largest possible
+        number of folds.
+    """
+    y = np.asarray(grades, dtype=np.int64)
+    counts = {int(g): int((y == g).sum()) for g in GRADES}
+    shown = ", ".join(f"grade {g}: {n}" for g, n in counts.items())
+    if max(counts.values(), default=0) < n_splits:
+        most = max(counts.values(), default=0)
+        fix = f"use --folds {most} or fewer, or label more slides" if most >= 2 else "label more slides"
+        raise FeatureError(f"{source}: the general features' cross-fitting in {n_splits} folds needs at least "
+                           f"{n_splits} slides of one grade, and has {shown} ({fix})")
+    return [f"general: grade {g} has {n} training slide(s), fewer than the {n_splits} folds: some folds train "
+            "without it" for g, n in counts.items() if 0 < n < n_splits]
+
+
 def cross_fit(
     train_volumes: Sequence[np.ndarray],
     grades: Sequence[int],
@@ -359,8 +396,7 @@ def cross_fit(
     from tupac.predict.cv import outer_splitter
 
     y = np.asarray(grades, dtype=np.int64)
-    if len(y) < n_splits:
-        raise FeatureError(f"{len(y)} training slides cannot make {n_splits} folds for the general features")
+    check_fold_sizes(y, n_splits)
     oof = np.zeros((len(y), config.dim + len(GRADES)))
     folds = np.full(len(y), -1, dtype=np.int64)
     with warnings.catch_warnings():
