@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tupac.cli.app import app
+from tupac.cli.app import app, guarded_main
 
 # Each import registers its commands on ``app``; keep one line per command module.
 # (command modules are added here as they land)
@@ -22,8 +22,9 @@ import tupac.cli.features_cmds  # noqa: E402,F401  (features)
 
 
 def main() -> None:
-    """Entry point of the ``tupac`` console script."""
-    app()
+    """Entry point of the ``tupac`` console script and of ``python -m tupac``: runs ``app`` on
+    ``sys.argv`` with unexpected errors as one line plus a log file (see ``app.guarded_main``)."""
+    guarded_main()
 
 
 __all__ = ["app", "main"]

@@ -512,15 +512,26 @@ class _Driver:
 
 
 def _init_ray(cfg: JobConfig):
-    """Connect to the given Ray (or start a local one); returns (started_here, dashboard_url)."""
+    """Connect to the given Ray (or start a local one); returns (started_here, dashboard_url).
+
+    The workers' cuCIM writes cuFile's log to ``RUN/logs/cufile.log``, never to their current
+    folder: a local Ray inherits this process's environment, a cluster's workers get the variable
+    through ``runtime_env`` (left out when the user set it: it might be the job's own runtime_env,
+    which Ray refuses to see redefined).
+    """
     import os
 
     import ray
 
+    from tupac.slide.quiet import route_cufile_log
+
     if ray.is_initialized():
         return False, _dashboard_url()
+    cufile_env = route_cufile_log(cfg.out / "logs")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
     if cfg.address or os.environ.get("RAY_ADDRESS"):
+        if cufile_env:
+            kwargs["runtime_env"] = {"env_vars": cufile_env}
         ctx = ray.init(address=cfg.address, **kwargs)
     else:
         if cfg.local_cpus is not None:

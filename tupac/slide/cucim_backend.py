@@ -1,21 +1,20 @@
 """The cuCIM backend: fast JPEG / Aperio JPEG 2000 tiled TIFF reading, with batched reads.
 
-Three cuCIM behaviours are handled here so that callers never see them:
+Four cuCIM behaviours are handled here so that callers never see them:
 
 - crashes on unsupported files: the constructor asks ``probe.probe_cucim`` (a child process)
   before opening the file in this process;
 - silent decode failures (garbage pixels for a corrupt tile): ``tiles.TileChecker`` checks each
   tile's bytes before its first decode; a suspect tile is read through OpenSlide instead, which
   either decodes it or raises, and that error becomes ``SlideDecodeError``;
-- unitless spacing for Aperio SVS: MPP comes from the Aperio metadata instead (``metadata``).
+- unitless spacing for Aperio SVS: MPP comes from the Aperio metadata instead (``metadata``);
+- cuFile's side effects when it initializes (a ``cufile.log`` in the current directory, "dlopen
+  error libcuda.so.1" lines on a machine without a GPU): see ``quiet``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import threading
 from pathlib import Path
 
@@ -25,42 +24,32 @@ from tupac.errors import SlideDecodeError, SlideError, SlideOpenError
 from tupac.slide.base import BaseSlideReader, _origins, _size, white
 from tupac.slide.metadata import build_info
 from tupac.slide.probe import PROBE_TIMEOUT_S, probe_cucim
+from tupac.slide.quiet import native_noise_filtered, prepare_cufile_log
 from tupac.slide.tiles import TileChecker
 
 _import_lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def _silenced_c_output():
-    """Send the process's stdout/stderr file descriptors to /dev/null for the duration.
-
-    On a machine without a CUDA driver, importing cuCIM prints "dlopen error libcuda.so.1 ...
-    cuFile initialization failed" from C code, straight to the descriptors; it is harmless (cuCIM
-    decodes on the CPU) but would land in every command's output.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-
-
 def _cuimage_class():
+    """cuCIM's ``CuImage``, imported with cuFile's log routed and its no-driver lines dropped.
+
+    Deferred: importing cuCIM loads its native libraries (and, after torch, initializes cuFile).
+    """
     with _import_lock:
+        prepare_cufile_log()
         try:
-            with _silenced_c_output():
+            with native_noise_filtered():
                 from cucim import CuImage
         except ImportError as e:
             raise ImportError(f"cuCIM is not installed ({e})") from None
     return CuImage
+
+
+def _open_cuimage(path: Path):
+    """``CuImage(path)``; building one loads cuCIM's format plugin, which initializes cuFile again."""
+    cls = _cuimage_class()
+    with native_noise_filtered():
+        return cls(str(path))
 
 
 def cucim_properties(img) -> dict[str, str]:
@@ -114,7 +103,7 @@ class CuCIMReader(BaseSlideReader):
         if not verdict.ok:
             raise SlideOpenError(path, verdict.reason)
         try:
-            img = _cuimage_class()(str(path))
+            img = _open_cuimage(path)
         except ImportError as e:
             raise SlideOpenError(path, str(e)) from None
         except Exception as e:  # cuCIM raises ValueError / RuntimeError for unreadable files

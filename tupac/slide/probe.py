@@ -20,6 +20,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tupac.slide.quiet import cufile_child_env, is_no_driver_noise
+
 PROBE_TIMEOUT_S = 60.0
 
 # Runs in the child; the path arrives as argv[1], never interpolated into code.
@@ -152,6 +154,7 @@ def _run_child(path: Path, timeout: float) -> tuple[ProbeVerdict, bool]:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE_SCRIPT, str(path.resolve())],
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            env=cufile_child_env(),  # its cuFile log goes where this process's goes, never to ./cufile.log
         )
     except subprocess.TimeoutExpired:
         # Not cached on disk: a loaded machine can be slow without the file being at fault.
@@ -170,5 +173,6 @@ def _run_child(path: Path, timeout: float) -> tuple[ProbeVerdict, bool]:
 
 def _last_error(stderr: str) -> str:
     """The most telling line of a child's stderr (the exception, not cuFile noise)."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "cufile" not in ln.lower()]
+    lines = [ln.strip() for ln in stderr.splitlines()
+             if ln.strip() and "cufile" not in ln.lower() and not is_no_driver_noise(ln)]
     return lines[-1] if lines else "the probe process failed without a message"
