@@ -38,8 +38,10 @@ def dirs(tmp_path):
 
 
 def test_truth_and_detection_readers_use_x_col_y_row(tmp_path):
-    t = read_truth_csv(_write(tmp_path / "t.csv", "10,20\n\n30,40\n"))
+    t = read_truth_csv(_write(tmp_path / "t.csv", "10,20\n30,40\n\n"))  # trailing blank lines are fine
     assert t[["x", "y"]].to_numpy().tolist() == [[20, 10], [40, 30]]
+    with pytest.raises(DatasetLayoutError, match=r"t2.csv:2: blank line inside"):  # a blank line inside is not
+        read_truth_csv(_write(tmp_path / "t2.csv", "10,20\n\n30,40\n"))
     assert read_truth_csv(_write(tmp_path / "e.csv", "")).shape == (0, 2)
     d = read_detections_csv(_write(tmp_path / "d.csv", "10,20,0.25\n30,40\n"))
     assert d.to_numpy().tolist() == [[20, 10, 0.25], [40, 30, 1.0]]

@@ -69,6 +69,23 @@ def test_predict_writes_a_tupac16_submission(fitted_run, tmp_path):
     assert np.allclose(preds[["p_1", "p_2", "p_3"]].sum(1), 1.0)
 
 
+def test_predict_warns_about_a_slide_without_tissue(fitted_run, tmp_path):
+    run, _, _ = fitted_run
+    feats = pd.read_parquet(run / "features.parquet")
+    feats["slide_id"] = feats["slide_id"].str.replace("TUPAC-TR", "TUPAC-TE")
+    cols = [c for c in feats.columns if c != "slide_id"]
+    feats.insert(1, "no_tissue", 0.0)
+    feats.loc[feats["slide_id"] == "TUPAC-TE-005", cols] = np.nan
+    feats.loc[feats["slide_id"] == "TUPAC-TE-005", "no_tissue"] = 1.0
+    feats.to_parquet(tmp_path / "f.parquet", index=False)
+    res = runner.invoke(app, ["predict", "--run", str(run), "--features", str(tmp_path / "f.parquet"),
+                              "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.output.splitlines() if "TUPAC-TE-005" in ln]
+    assert warned == ["warning: TUPAC-TE-005: no tissue on the slide; its scores come from imputed features "
+                      "(every feature is missing)"]
+
+
 def test_predict_refuses_features_the_model_lacks(fitted_run, tmp_path):
     run, _, _ = fitted_run
     feats = pd.read_parquet(run / "features.parquet").drop(columns="mitotic_density")

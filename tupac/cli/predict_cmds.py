@@ -104,6 +104,10 @@ def _predict(run: Path, model_uri: str, rna_model_uri: str | None, features: Pat
 
     path = features or run / FEATURES_NAME
     table = read_feature_table(path)
+    if "no_tissue" in table.columns:
+        for sid in table.index[table["no_tissue"] > 0]:
+            err_console.print(f"[yellow]warning:[/] {sid}: no tissue on the slide; its scores come from imputed "
+                              "features (every feature is missing)", highlight=False, soft_wrap=True)
 
     def columns_for(model) -> list[str]:
         names = getattr(model, "feature_names_in_", None)
