@@ -28,10 +28,9 @@ from typing import Any, Callable
 
 import yaml
 
-from tupac.config_check import RangeCheck, build_checked, check_value, kind, show
+from tupac.config_check import build_checked, check_value, kind, show
 from tupac.errors import ConfigError
 from tupac.runlock import run_lock
-from tupac.slide import BACKENDS
 
 STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
 SECTIONS = ("tumor", "mitosis", "infer", "features", "fit", "report")
@@ -40,33 +39,6 @@ SECTIONS = ("tumor", "mitosis", "infer", "features", "fit", "report")
 _INFER_RESERVED = ("models", "out")
 # Placeholders that let the `infer:` section be built, and so checked, when the config is loaded.
 _PLACEHOLDER_MODELS, _PLACEHOLDER_OUT = Path("MODELS"), Path("RUN")
-
-
-def _at_least(low: int) -> RangeCheck:
-    """The check of an integer option that must be at least ``low``."""
-    return (lambda v: v >= low, f">= {low}")
-
-
-# Range checks that the stage classes of other modules do not make themselves (FeatureRunConfig,
-# JobConfig); the config file is checked against them at load, like the classes' own checks.
-_FEATURES_RANGES: dict[str, RangeCheck] = {
-    "seed": _at_least(0),
-    "threshold": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "min_prob": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "min_region_mm2": (lambda v: v >= 0, ">= 0 mm^2"),
-    "general_px": _at_least(1),
-    "general_epochs": _at_least(1),
-}
-_INFER_RANGES: dict[str, RangeCheck] = {
-    "tissue_mpp": (lambda v: v > 0, "> 0 um/px"),
-    "backend": (lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
-    "batch_retries": _at_least(0),
-    "task_retries": _at_least(0),
-    "max_active_slides": _at_least(1),
-    "local_cpus": _at_least(1),
-    "object_store_mb": _at_least(1),
-    "actor_timeout_s": (lambda v: v > 0, "> 0 s"),
-}
 
 
 @dataclass(frozen=True)
@@ -193,10 +165,9 @@ class PipelineConfig:
                 lines.append("  " + dumped[1:-1] if dumped.startswith("{") else "  " + dumped)
         return "\n".join(lines) + "\n"
 
-    def _build(self, cls, section: str, *, reserved: tuple[str, ...] = (),
-               ranges: dict[str, RangeCheck] | None = None, **given):
+    def _build(self, cls, section: str, *, reserved: tuple[str, ...] = (), **given):
         """``cls`` from the section's options over ``given``, checked (see :func:`tupac.config_check.build_checked`)."""
-        return build_checked(cls, getattr(self, section), section, given=given, reserved=reserved, ranges=ranges)
+        return build_checked(cls, getattr(self, section), section, given=given, reserved=reserved)
 
     def tumor_config(self):
         from tupac.tumor.training import TumorTrainConfig
@@ -211,7 +182,7 @@ class PipelineConfig:
     def features_config(self):
         from tupac.features.cohort import FeatureRunConfig
 
-        return self._build(FeatureRunConfig, "features", ranges=_FEATURES_RANGES, seed=self.seed)
+        return self._build(FeatureRunConfig, "features", seed=self.seed)
 
     def fit_config(self):
         from tupac.predict.fit import FitConfig
@@ -221,7 +192,7 @@ class PipelineConfig:
     def job_config(self, models: Path, out: Path):
         from tupac.infer.job import JobConfig
 
-        return self._build(JobConfig, "infer", reserved=_INFER_RESERVED, ranges=_INFER_RANGES, models=models, out=out)
+        return self._build(JobConfig, "infer", reserved=_INFER_RESERVED, models=models, out=out)
 
     def report_options(self) -> ReportOptions:
         return self._build(ReportOptions, "report")

@@ -108,6 +108,17 @@ class FeatureRunConfig:
             raise FeatureError("n_patches, n_clusters, max_deep_per_slide, general_patches, n_splits must be >= 1")
         if self.n_splits < 2:
             raise FeatureError(f"cross-fitting needs at least 2 folds, got n_splits={self.n_splits}")
+        checks = [
+            (self.seed >= 0, f"seed={self.seed!r}, expected >= 0"),
+            (0 <= self.threshold <= 1, f"threshold={self.threshold!r}, expected a probability in [0, 1]"),
+            (0 <= self.min_prob <= 1, f"min_prob={self.min_prob!r}, expected a probability in [0, 1]"),
+            (self.min_region_mm2 >= 0, f"min_region_mm2={self.min_region_mm2!r}, expected >= 0 mm^2"),
+            (self.general_px >= 1, f"general_px={self.general_px!r}, expected >= 1"),
+            (self.general_epochs >= 1, f"general_epochs={self.general_epochs!r}, expected >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise FeatureError(msg)
 
 
 @dataclass(frozen=True)

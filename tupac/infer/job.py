@@ -43,6 +43,7 @@ import numpy as np
 
 from tupac.errors import ConfigError, HeatmapStoreError, ModelFileError
 from tupac.runlock import run_lock
+from tupac.slide.factory import BACKENDS
 
 __all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
 
@@ -169,6 +170,16 @@ class JobConfig:
              f"threads_per_actor must be >= 1, got {self.threads_per_actor}"),
             (self.tumor_chunk >= 1 and self.mitosis_chunk >= 1, "chunks must be >= 1 cell"),
             (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
+            (self.tissue_mpp > 0, f"tissue_mpp={self.tissue_mpp!r}, expected > 0 um/px"),
+            (self.backend in BACKENDS, f"backend={self.backend!r}, expected one of {', '.join(BACKENDS)}"),
+            (self.batch_retries >= 0, f"batch_retries={self.batch_retries!r}, expected >= 0"),
+            (self.task_retries >= 0, f"task_retries={self.task_retries!r}, expected >= 0"),
+            (self.max_active_slides is None or self.max_active_slides >= 1,
+             f"max_active_slides={self.max_active_slides!r}, expected >= 1"),
+            (self.local_cpus is None or self.local_cpus >= 1, f"local_cpus={self.local_cpus!r}, expected >= 1"),
+            (self.object_store_mb is None or self.object_store_mb >= 1,
+             f"object_store_mb={self.object_store_mb!r}, expected >= 1"),
+            (self.actor_timeout_s > 0, f"actor_timeout_s={self.actor_timeout_s!r}, expected > 0 s"),
         ]
         for ok, msg in checks:
             if not ok:
