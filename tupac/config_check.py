@@ -40,10 +40,6 @@ from tupac.errors import ConfigError
 #: Key of a field's ``metadata`` naming the config class that a ``dict`` field's mapping follows.
 SCHEMA = "schema"
 
-#: An extra range check of one field: a predicate of the (type-checked, non-null) value and the
-#: words for what is expected, e.g. ``(lambda v: v > 0, "> 0")``.
-RangeCheck = tuple[Callable[[Any], bool], str]
-
 _SHOW_CHARS = 60
 
 
@@ -61,7 +57,6 @@ def build_checked(
     *,
     given: Mapping[str, Any] | None = None,
     reserved: Collection[str] = (),
-    ranges: Mapping[str, RangeCheck] | None = None,
 ) -> Any:
     """Check ``values`` against the fields of dataclass ``cls``, then construct ``cls``.
 
@@ -78,8 +73,6 @@ def build_checked(
         win over them. They are not checked: they come from code, not from the user.
     reserved : collection of str
         Fields the user may not set: the caller fills them in (JobConfig's folders come from the command).
-    ranges : mapping of str to (predicate, expected), optional
-        Range checks the class itself lacks, applied to non-null values after the type check.
 
     Returns
     -------
@@ -108,7 +101,6 @@ def build_checked(
         schema = fields[key].metadata.get(SCHEMA)
         if schema is not None:
             build_checked(schema, value, dotted)
-        _check_range(checked[key], (ranges or {}).get(key), dotted)
     return _construct(cls, dict(given or {}), checked, values, where)
 
 
@@ -257,14 +249,6 @@ def _conform_sequence(value: Any, origin: type, args: tuple, dotted: str) -> Any
     item = args[0] if args else Any
     items = [_conform(v, item, dotted) for v in value]
     return tuple(items) if origin is tuple else items
-
-
-def _check_range(value: Any, check: RangeCheck | None, dotted: str) -> None:
-    if check is None or value is None:
-        return
-    ok, expected = check
-    if not ok(value):
-        raise ConfigError(f"{dotted} = {show(value)}: expected {expected}")
 
 
 def _construct(cls: type, given: dict[str, Any], checked: dict[str, Any], original: Mapping[str, Any],
