@@ -147,7 +147,7 @@ def test_mitosis_patches_use_the_tumor_stain_statistics_the_job_recorded(phantom
     assert _mitosis_stats_of(bare, trained) == {} and _mitosis_stats_of(store, SimpleNamespace(reference=None)) == {}
 
 
-def test_a_blank_slide_gets_a_flagged_row_and_the_rest_get_features_and_a_fit(phantom, tmp_path):
+def test_a_blank_slide_gets_a_flagged_row_the_rest_get_features_and_the_cohort_leaves_it_out(phantom, tmp_path):
     """Before: one slide without tissue stopped `tupac features` for the whole cohort ("the tissue
     mask is empty"). Now it gets a row of missing values flagged no_tissue, and the fits skip it."""
     from tupac.data import read_ground_truth
