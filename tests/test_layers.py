@@ -1,0 +1,175 @@
+"""The layer order of ``tupac/`` (../shared/ARCHITECTURE.md), enforced on the import graph.
+
+Every ``import tupac...`` / ``from tupac... import`` in the package, at the top of a file or inside a
+function, is an edge of the graph (read with :mod:`ast`, nothing is imported). A module may import
+its own layer and the layers below it, and the graph has no loops.
+
+The imports that break the order today are listed in ``KNOWN_UPWARD`` and ``KNOWN_LOOPS``: moving
+them is issue 16 (the Ray-free heatmap layer out of ``infer/`` and the rest). The lists only shrink:
+a new upward import or loop fails with its file and line, and an entry that no longer exists fails
+too, so that it is taken off the list when the code moves.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tupac"
+
+# Bottom to top; a layer may import itself and any layer before it.
+LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(names) for names in (
+    {"__init__", "errors", "geometry", "runlock", "config_check"},  # import nothing above errors
+    {"slide"},
+    {"data"},
+    {"preprocess"},
+    {"models"},
+    {"heatmaps"},
+    {"train"},
+    {"tumor", "mitosis"},
+    {"features"},
+    {"predict"},
+    {"tracking"},
+    {"report"},
+    {"synth"},
+    {"infer"},
+    {"pipeline"},
+    {"cli", "__main__"},
+))
+
+# (importer, imported) module pairs that run upward today; see the module docstring.
+KNOWN_UPWARD = frozenset({
+    ("tupac.data.masks", "tupac.preprocess.tissue"),
+    ("tupac.features.aggregate", "tupac.infer.store"),
+    ("tupac.features.cohort", "tupac.infer.commit"),
+    ("tupac.features.cohort", "tupac.infer.manifest"),
+    ("tupac.features.cohort", "tupac.infer.models"),
+    ("tupac.features.cohort", "tupac.infer.store"),
+    ("tupac.features.cohort", "tupac.predict.tracking"),
+    ("tupac.features.general", "tupac.predict.cv"),
+    ("tupac.features.tracking", "tupac.predict.tracking"),
+    ("tupac.mitosis.inference", "tupac.infer.models"),
+    ("tupac.report.html", "tupac.infer.commit"),
+    ("tupac.report.qupath", "tupac.infer.commit"),
+    ("tupac.report.qupath", "tupac.infer.store"),
+    ("tupac.report.run", "tupac.infer.commit"),
+    ("tupac.report.run", "tupac.infer.ledger"),
+    ("tupac.report.run", "tupac.infer.store"),
+    ("tupac.report.thumbnails", "tupac.infer.store"),
+    ("tupac.tumor.evaluate", "tupac.features.aggregate"),
+    ("tupac.tumor.evaluate", "tupac.infer.heatmap"),
+    ("tupac.tumor.evaluate", "tupac.synth"),
+    ("tupac.tumor.training", "tupac.infer.heatmap"),
+})
+
+# Strongly connected sets of modules today (a package's __init__ re-exporting a submodule that
+# imports the package back counts: the import order then decides what works).
+KNOWN_LOOPS = frozenset({
+    frozenset({"tupac.infer.actors", "tupac.infer.slide_task"}),
+    frozenset({"tupac.models", "tupac.models.io", "tupac.models.registry"}),
+    frozenset({"tupac.preprocess.stain", "tupac.preprocess.stain.base"}),
+    frozenset({"tupac.synth", "tupac.synth.cohort", "tupac.synth.render", "tupac.synth.scene"}),
+})
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> list[tuple[str, str, Path, int]]:
+    """``(importer, imported, file, line)`` for every absolute import of ``tupac...`` in the package."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "tupac":
+                out.append((importer, node.module, path, node.lineno))
+            elif isinstance(node, ast.Import):
+                out += [(importer, a.name, path, node.lineno) for a in node.names if a.name.split(".")[0] == "tupac"]
+    return out
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    return next((i for i, names in enumerate(LAYERS) if top in names), None)
+
+
+def _loops(edges: dict[str, set[str]]) -> list[frozenset[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(edges[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = set()
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.add(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    found.append(frozenset(comp))
+    return found
+
+
+def test_every_module_has_a_layer():
+    folders = {_module_name(p).split(".")[1] if "." in _module_name(p) else "__init__" for p in PACKAGE.rglob("*.py")}
+    assert not [f for f in sorted(folders) if _layer(f"tupac.{f}") is None], "add the new folder to LAYERS"
+
+
+def test_no_import_runs_up_the_layers_beyond_the_known_ones():
+    upward: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for importer, imported, path, line in _imports():
+        low, high = _layer(importer), _layer(imported)
+        if high is not None and low is not None and high > low:
+            upward[(importer, imported)].append(f"{path.relative_to(PACKAGE.parent)}:{line}")
+    new = {pair: where for pair, where in upward.items() if pair not in KNOWN_UPWARD}
+    assert not new, "imports from a higher layer (see ../shared/ARCHITECTURE.md): " + "; ".join(
+        f"{where[0]} imports {imported} ({importer} is below it)" for (importer, imported), where in sorted(new.items()))
+    gone = sorted(KNOWN_UPWARD - set(upward))
+    assert not gone, f"no longer imported upward, take them off KNOWN_UPWARD: {gone}"
+
+
+def test_no_import_loops_beyond_the_known_ones():
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for importer, imported, _, _ in _imports():
+        if imported in modules and imported != importer:
+            edges[importer].add(imported)
+    loops = set(_loops(edges))
+    assert not loops - KNOWN_LOOPS, f"new import loops: {[sorted(s) for s in loops - KNOWN_LOOPS]}"
+    assert not KNOWN_LOOPS - loops, f"loops gone, take them off KNOWN_LOOPS: {[sorted(s) for s in KNOWN_LOOPS - loops]}"
+
+
+def test_the_check_catches_an_upward_import_and_a_loop():
+    # The checks themselves, on a made-up graph: a layer-0 module importing a slide reader, and a 3-cycle.
+    assert _layer("tupac.errors") < _layer("tupac.slide.base") < _layer("tupac.infer.job") < _layer("tupac.cli.app")
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _loops(edges) == [frozenset({"a", "b", "c"})]
