@@ -2,8 +2,8 @@
 
 Two jobs writing one run folder corrupt it: the second treats the first one's RUNNING slides as
 interrupted and replaces their half-written stores, and the first then commits what is left. So
-every command that writes a run folder (``tupac infer``, ``run``, ``features``, ``fit``,
-``report``, ``jobs/infer_cohort.py``) takes this lock first, and a second job exits at once with
+every command that computes into a run folder (``tupac infer``, ``run``, ``demo``, ``features``,
+``fit``, ``jobs/infer_cohort.py``) takes this lock first, and a second job exits at once with
 one line naming the folder and the owner.
 
 Why ``flock`` on a file and not a PID file: the kernel releases the lock when the owning process
@@ -113,7 +113,7 @@ def run_lock(run_dir: str | Path, command: str, create: bool = True) -> Iterator
         What is running (``"tupac infer"``), recorded for the refusal message of a second job.
     create : bool
         Create a missing run folder (commands that make one). Commands that only read and add to
-        an existing run (features, fit, report) pass False: with no folder there is nothing to
+        an existing run (features, fit) pass False: with no folder there is nothing to
         protect, no lock is taken (None is yielded) and the command reports the missing folder
         in its own words.
 

@@ -99,13 +99,14 @@ def _predict(run: Path, model_uri: str, rna_model_uri: str | None, features: Pat
 
     from tupac.data import parse_slide_id, write_scores_submission
     from tupac.errors import CohortError
+    from tupac.features.dictionary import NO_TISSUE
     from tupac.predict.cohort import read_feature_table
     from tupac.predict.tracking import load_registered_model
 
     path = features or run / FEATURES_NAME
     table = read_feature_table(path)
-    if "no_tissue" in table.columns:
-        for sid in table.index[table["no_tissue"] > 0]:
+    if NO_TISSUE in table.columns:
+        for sid in table.index[table[NO_TISSUE] > 0]:
             err_console.print(f"[yellow]warning:[/] {sid}: no tissue on the slide; its scores come from imputed "
                               "features (every feature is missing)", highlight=False, soft_wrap=True)
 

@@ -568,7 +568,8 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
     missing_row = [np.nan] * len(names)
     rows = [[results[sid].features[n] for n in names] if sid in results else missing_row for sid in ids]
     table = pd.DataFrame(rows, columns=names, dtype=np.float64)
-    flag = pd.Series([float(sid in set(blank)) for sid in ids], dtype=np.float64)
+    blank_set = set(blank)
+    flag = pd.Series([float(sid in blank_set) for sid in ids], dtype=np.float64)
     check_finite(table[flag.to_numpy() == 0], "cohort feature table")
     table.insert(0, NO_TISSUE, flag)
     table.insert(0, "slide_id", pd.Series(ids, dtype=object))
@@ -577,11 +578,13 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
 
 
 def _has_no_tissue(store_path: Path) -> bool:
-    """Whether the job found no tissue on the slide (its commit says so, or its tissue mask is empty)."""
+    """Whether the job found no tissue on the slide: its commit says so, or, for a record written
+    before the job said it, its tissue mask is empty."""
     from tupac.infer.commit import read_commit
 
-    if read_commit(store_path).extra.get("no_tissue"):
-        return True
+    said = read_commit(store_path).extra.get("no_tissue")
+    if said is not None:
+        return bool(said)
     tissue = _tissue_of(store_path)
     return tissue is not None and not tissue[0].any()
 
@@ -652,12 +655,13 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
         raise FeatureFileError(run / "slides", f"no committed slide with detections ({why})")
     ids = [s.slide_id for s in found]
     blank = [s.slide_id for s in found if _has_no_tissue(s.store)]
+    blank_set = set(blank)
     if len(blank) == len(found):
         raise FeatureError(f"{run / 'slides'}: no committed slide has tissue ({_some(blank)} are blank)")
     training, grades, absent = _labels(Path(labels) if labels else None, ids)
     if labels and not training:
         raise FeatureError(f"{labels}: none of its slides has a committed store in {run / 'slides'}")
-    with_tissue = [i for i, sid in enumerate(training) if sid not in set(blank)]
+    with_tissue = [i for i, sid in enumerate(training) if sid not in blank_set]
     training, grades = [training[i] for i in with_tissue], grades[with_tissue]
     if labels and not training:
         raise FeatureError(f"{labels}: every labelled slide in {run / 'slides'} has no tissue ({_some(blank)})")
@@ -681,7 +685,7 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     results: dict[str, _SlideResult] = {}
     general_fit = None
     for s in found:
-        if s.slide_id not in blank:
+        if s.slide_id not in blank_set:
             results[s.slide_id] = _one_slide(s, config, nets, want_general, scheduler)
         tick(s.slide_id, "done")
     out.mkdir(parents=True, exist_ok=True)

@@ -350,8 +350,8 @@ def check_fold_sizes(grades: np.ndarray, n_splits: int, source: str = "the train
     y = np.asarray(grades, dtype=np.int64)
     counts = {int(g): int((y == g).sum()) for g in GRADES}
     shown = ", ".join(f"grade {g}: {n}" for g, n in counts.items())
-    if max(counts.values(), default=0) < n_splits:
-        most = max(counts.values(), default=0)
+    most = max(counts.values(), default=0)
+    if most < n_splits:
         fix = f"use --folds {most} or fewer, or label more slides" if most >= 2 else "label more slides"
         raise FeatureError(f"{source}: the general features' cross-fitting in {n_splits} folds needs at least "
                            f"{n_splits} slides of one grade, and has {shown} ({fix})")

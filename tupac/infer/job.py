@@ -30,6 +30,7 @@ Why this shape (see also :mod:`tupac.infer.actors`):
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
@@ -659,6 +660,8 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
 
         distrusted: dict[str, str] = {}
 
+        # Asked by the ledger's plan and again for each slide to run: verify each store once.
+        @functools.cache
         def committed_ok(sid: str) -> bool:
             path = store_path(cfg.out, sid)
             try:

@@ -461,7 +461,7 @@ class HeatmapStore:
             timings_s={k: float(v) for k, v in (timings_s or {}).items()},
             arrays={n: self._specs[n].to_dict() for n in self.names},
             outputs=side,
-            chunks=chunk_manifest(self.path, self.names, {n: self._specs[n].levels for n in self.names}),
+            chunks=chunk_manifest(self.path, {n: self._specs[n].levels for n in self.names}),
             extra=dict(extra or {}),
         )
         write_commit(self.path, record)
@@ -505,17 +505,15 @@ def _chunk_files(level_dir: Path) -> dict[tuple[int, int], int]:
     return out
 
 
-def chunk_manifest(path: str | Path, names: Iterable[str], levels: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+def chunk_manifest(path: str | Path, levels: Mapping[str, int]) -> dict[str, dict[str, Any]]:
     """What a commit record vouches for: per array level, the count and digest of its chunk files.
 
     Parameters
     ----------
     path : path-like
         The store folder.
-    names : iterable of str
-        Heatmap names.
     levels : mapping of str to int
-        Number of levels per name.
+        Heatmap name to its number of levels.
 
     Returns
     -------
@@ -525,8 +523,8 @@ def chunk_manifest(path: str | Path, names: Iterable[str], levels: Mapping[str, 
         changes it. Listing only (no chunk is read): cheap even for tens of thousands of chunks.
     """
     out = {}
-    for name in names:
-        for k in range(int(levels[name])):
+    for name, n_levels in levels.items():
+        for k in range(int(n_levels)):
             files = _chunk_files(Path(path) / name / str(k))
             lines = "\n".join(f"{r}/{c} {size}" for (r, c), size in sorted(files.items()))
             out[f"{name}/{k}"] = {"count": len(files), "sha256": hashlib.sha256(lines.encode()).hexdigest()}
@@ -553,7 +551,7 @@ def verify_committed(path: str | Path) -> str | None:
     if not record.chunks:
         return f"{path}: the commit record lists no chunks (written by an older tupac); recompute to verify"
     levels = {n: int(spec.get("levels", 1)) for n, spec in record.arrays.items()}
-    now = chunk_manifest(path, levels, levels)
+    now = chunk_manifest(path, levels)
     for key, want in record.chunks.items():
         have = now.get(key)
         if have != want:
