@@ -20,16 +20,16 @@ device
 models
     The tumor network (``locnet``, task tumor) and the mitosis network (``mitosnet``, task
     mitosis) built by :func:`tupac.models.create_model` with a fixed seed, saved with
-    :func:`tupac.models.save_model` and loaded with :func:`tupac.infer.models.load_trained` on
+    :func:`tupac.models.save_model` and loaded with :func:`tupac.models.trained.load_trained` on
     the CPU and on the device, as the inference actors do. Window size: the job's default chunk
     (64 cells: 1148 px for LocNet, 1087 px for MitosNet) through
-    :func:`tupac.infer.heatmap.heatmap_geometry`.
+    :func:`tupac.heatmaps.windows.heatmap_geometry`.
 correctness
     Max absolute difference of the positive-class probabilities, device vs CPU (pass below
     ``--tol``, default 1e-3) for :func:`tupac.infer.actors.predict_windows` (a GPU batch of
-    windows of each network), :func:`tupac.infer.heatmap.window_probabilities`,
+    windows of each network), :func:`tupac.heatmaps.windows.window_probabilities`,
     :func:`tupac.mitosis.inference.mitosis_heatmap` on a phantom 40x field and
-    :func:`tupac.infer.heatmap.heatmap_to_array` on a phantom slide (OpenSlide); plus, as a
+    :func:`tupac.heatmaps.windows.heatmap_to_array` on a phantom slide (OpenSlide); plus, as a
     diagnostic, the predict_windows comparisons again with cuDNN TF32 the other way round from the
     job's GPU actors (``JobConfig.gpu_tf32``, off by default: heatmaps match the CPU's).
 throughput
@@ -400,8 +400,8 @@ def device_info(ctx: Ctx) -> dict:
 def models(ctx: Ctx) -> dict:
     """Seeded tumor and mitosis networks, saved and loaded on CPU and device as the actors load them
     (every CPU model first, so the CPU measurements still run when the device load fails)."""
-    from tupac.infer.heatmap import heatmap_geometry
-    from tupac.infer.models import load_trained
+    from tupac.heatmaps.windows import heatmap_geometry
+    from tupac.models.trained import load_trained
     from tupac.models import create_model, save_model
 
     out, dirs = {}, {}
@@ -473,7 +473,7 @@ def check_predict_windows(ctx: Ctx, task: str) -> dict:
 
 
 def check_window_probabilities(ctx: Ctx, task: str) -> dict:
-    from tupac.infer.heatmap import window_probabilities
+    from tupac.heatmaps.windows import window_probabilities
 
     n = ctx.geometry[task]["window_px"]
     px = make_windows(1, n, seed=2)[0]
@@ -507,7 +507,7 @@ def check_mitosis_heatmap(ctx: Ctx) -> dict:
 
 def check_slide_heatmap(ctx: Ctx) -> dict:
     """``heatmap_to_array`` over a phantom slide (OpenSlide reads; the path tumor training maps slides with)."""
-    from tupac.infer.heatmap import heatmap_to_array
+    from tupac.heatmaps.windows import heatmap_to_array
     from tupac.slide import open_slide
 
     if not ctx.has_slides:

@@ -113,7 +113,7 @@ def _quiet(total):
 def run_job_local(slide: Path, models: Path, out: Path, chunk: int, cpus: int) -> dict:
     import ray
 
-    from tupac.infer import ManifestEntry
+    from tupac.data.manifest import ManifestEntry
     from tupac.infer.job import run_job
 
     temp = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp"))
@@ -131,7 +131,7 @@ def run_job_local(slide: Path, models: Path, out: Path, chunk: int, cpus: int) -
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
     assert s["ok"], s
-    from tupac.infer import HeatmapStore
+    from tupac.heatmaps import HeatmapStore
 
     tumor = HeatmapStore.open(out / "slides" / f"{slide.stem}.zarr", mode="r").read("tumor")
     timings = json.loads((out / "slides" / f"{slide.stem}.zarr" / "commit.json").read_text())["timings_s"]
@@ -144,8 +144,8 @@ def sequential_windows(slide: Path, models: Path, chunk: int, cpus: int) -> tupl
     import openslide
     import torch
 
-    from tupac.infer.heatmap import heatmap_geometry, window_tissue
-    from tupac.infer.models import load_trained
+    from tupac.heatmaps.windows import heatmap_geometry, window_tissue
+    from tupac.models.trained import load_trained
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide
@@ -208,8 +208,8 @@ def naive(slide: Path, models: Path, chunk: int, n_tiles: int, job_tumor: np.nda
     import openslide
     import torch
 
-    from tupac.infer.heatmap import heatmap_geometry
-    from tupac.infer.models import load_trained
+    from tupac.heatmaps.windows import heatmap_geometry
+    from tupac.models.trained import load_trained
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide

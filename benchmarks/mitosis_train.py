@@ -65,7 +65,7 @@ def run(arch: str, train_root: Path, test_root: Path, out_dir: Path, train_cfg: 
         test_limit: int | None = None, rescore: bool = False) -> dict:
     import torch
 
-    from tupac.infer.models import load_trained
+    from tupac.models.trained import load_trained
     from tupac.mitosis.training import MitosisTrainConfig, train_mitosis
     from tupac.train import MemoryTracker
 

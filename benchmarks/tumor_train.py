@@ -106,7 +106,7 @@ def training_throughput(arch: str, model_kwargs: dict, batch: int = 32, steps: i
 
 def stage_model(out_dir: Path, stage: dict, reference_path: Path):
     """Stage ``stage['stage']``'s selected weights with the threshold its card would carry."""
-    from tupac.infer.models import TrainedModel
+    from tupac.models.trained import TrainedModel
     from tupac.models import load_model
     from tupac.preprocess.stain import StainReference
 

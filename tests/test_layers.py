@@ -41,26 +41,11 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(names) for names in (
 # (importer, imported) module pairs that run upward today; see the module docstring.
 KNOWN_UPWARD = frozenset({
     ("tupac.data.masks", "tupac.preprocess.tissue"),
-    ("tupac.features.aggregate", "tupac.infer.store"),
-    ("tupac.features.cohort", "tupac.infer.commit"),
-    ("tupac.features.cohort", "tupac.infer.manifest"),
-    ("tupac.features.cohort", "tupac.infer.models"),
-    ("tupac.features.cohort", "tupac.infer.store"),
     ("tupac.features.cohort", "tupac.predict.tracking"),
     ("tupac.features.general", "tupac.predict.cv"),
     ("tupac.features.tracking", "tupac.predict.tracking"),
-    ("tupac.mitosis.inference", "tupac.infer.models"),
-    ("tupac.report.html", "tupac.infer.commit"),
-    ("tupac.report.qupath", "tupac.infer.commit"),
-    ("tupac.report.qupath", "tupac.infer.store"),
-    ("tupac.report.run", "tupac.infer.commit"),
-    ("tupac.report.run", "tupac.infer.ledger"),
-    ("tupac.report.run", "tupac.infer.store"),
-    ("tupac.report.thumbnails", "tupac.infer.store"),
     ("tupac.tumor.evaluate", "tupac.features.aggregate"),
-    ("tupac.tumor.evaluate", "tupac.infer.heatmap"),
     ("tupac.tumor.evaluate", "tupac.synth"),
-    ("tupac.tumor.training", "tupac.infer.heatmap"),
 })
 
 # Strongly connected sets of modules today (a package's __init__ re-exporting a submodule that

@@ -282,7 +282,7 @@ def retire_stale_training(model_dir: Path, key: str) -> Path | None:
     Path or None
         Where the old folder went; None when nothing moved.
     """
-    from tupac.infer.commit import move_aside
+    from tupac.heatmaps.commit import move_aside
 
     model_dir = Path(model_dir)
     marker = model_dir / TRAINING_KEY_FILE
@@ -366,7 +366,7 @@ class Pipeline:
         if self.given_models:
             if not (model_dir / "card.json").is_file():
                 raise ConfigError(f"{model_dir}: --models was given but has no trained {task} model (card.json)")
-            from tupac.infer.models import weights_hash
+            from tupac.models.trained import weights_hash
 
             return weights_hash(model_dir)
         cfg = self.config.tumor_config() if task == "tumor" else self.config.mitosis_config()
@@ -387,9 +387,9 @@ class Pipeline:
                            [model_dir / "model.safetensors", model_dir / "card.json"], run)
 
     def _infer(self, data_fp: str, k_tumor: str, k_mitosis: str) -> str:
-        from tupac.infer.commit import is_committed
-        from tupac.infer.manifest import load_cohort
-        from tupac.infer.store import store_path
+        from tupac.heatmaps.commit import is_committed
+        from tupac.data.manifest import load_cohort
+        from tupac.heatmaps.store import store_path
 
         entries = load_cohort(data=self.data)
         stores = [store_path(self.out, e.slide_id) for e in entries]

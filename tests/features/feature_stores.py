@@ -1,5 +1,5 @@
 """Heatmap stores and run folders for the feature tests, built through the real store API
-(:class:`tupac.infer.store.HeatmapStore`: ``create``, ``write_tile`` per chunk, ``commit``)."""
+(:class:`tupac.heatmaps.store.HeatmapStore`: ``create``, ``write_tile`` per chunk, ``commit``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from tupac.infer.commit import input_fingerprint
-from tupac.infer.store import ArraySpec, HeatmapStore, store_path
+from tupac.heatmaps.commit import input_fingerprint
+from tupac.heatmaps.store import ArraySpec, HeatmapStore, store_path
 
 Heatmap = tuple  # (array, mpp, offset_um (y, x) or None, chunk)
 

@@ -19,7 +19,7 @@ from test_job_support import REAL, infer_cli, local_args, make_cohort, make_mode
 
 # -- pure: windowed detection == whole-heatmap detection -----------------------------------
 def test_windowed_detection_equals_whole_heatmap():
-    from tupac.infer.heatmap import HeatmapGeometry
+    from tupac.heatmaps.windows import HeatmapGeometry
     from tupac.infer.slide_task import detect_windowed
     from tupac.mitosis.detect import detect_from_heatmap
 
@@ -71,9 +71,10 @@ def _quiet(total):
 
 @pytest.mark.slow
 def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, models, cohort, tmp_path):
-    from tupac.infer import HeatmapStore, Ledger, load_cohort, read_commit
+    from tupac.data.manifest import load_cohort
+    from tupac.heatmaps import HeatmapStore, Ledger, read_commit
     from tupac.infer.job import run_job
-    from tupac.infer.models import load_trained
+    from tupac.models.trained import load_trained
     from tupac.infer.tumor_map import tumor_map
 
     entries = load_cohort(data=cohort)
@@ -150,7 +151,8 @@ def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, m
 
 @pytest.mark.slow
 def test_mitosis_stage_skipped_without_mitosis_model(local_ray, cohort, tmp_path):
-    from tupac.infer import HeatmapStore, load_cohort
+    from tupac.data.manifest import load_cohort
+    from tupac.heatmaps import HeatmapStore
     from tupac.infer.job import run_job
 
     models = make_models(tmp_path / "models", mitosis=False)
@@ -207,13 +209,13 @@ def test_bad_inputs_fail_alone_and_a_reader_segfault_does_not_kill_the_job(model
         assert str(dict((r[0], r[1]) for r in rows)[sid].name) in reasons[sid], (sid, reasons[sid])
         assert len(reasons[sid].splitlines()) == 1
     # The slide without tissue is DONE with an empty result.
-    from tupac.infer import HeatmapStore
+    from tupac.heatmaps import HeatmapStore
 
     blank = HeatmapStore.open(run / "slides" / "blank.zarr", mode="r")
     assert blank.committed and blank.read("tissue").sum() == 0 and blank.read("tumor").max() == 0
     assert pd.read_csv(run / "slides" / "blank.mitoses.csv").empty
     # ... and said so: in its commit record, the summary and the printed summary.
-    from tupac.infer import read_commit
+    from tupac.heatmaps import read_commit
 
     assert read_commit(blank).extra["no_tissue"] is True
     assert read_commit(run / "slides" / "good.zarr").extra["no_tissue"] is False
@@ -256,7 +258,7 @@ def test_job_config_and_model_folders_are_validated(tmp_path):
 
 def test_actor_plan_that_starves_slide_tasks_is_refused(local_ray, models, cohort, tmp_path):
     from tupac.errors import ConfigError
-    from tupac.infer import load_cohort
+    from tupac.data.manifest import load_cohort
     from tupac.infer.job import JobConfig, run_job
 
     cfg = JobConfig(models=models, out=tmp_path / "run", actors=2, cpus_per_actor=1.0)
@@ -267,7 +269,7 @@ def test_actor_plan_that_starves_slide_tasks_is_refused(local_ray, models, cohor
 def test_stain_lookup_table_path_gives_the_same_bytes(local_ray, models, cohort):
     """Large stages standardize through the slide's lookup table; the bytes equal the per-pixel path."""
     from tupac.infer.actors import ModelActor, read_windows, use_stain_lut
-    from tupac.infer.heatmap import heatmap_geometry
+    from tupac.heatmaps.windows import heatmap_geometry
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide
@@ -291,7 +293,8 @@ def test_retrained_models_recompute_and_keep_the_old_outputs(local_ray, models, 
     to RUN/superseded/ instead of failing the slide ("already committed") or being overwritten."""
     from safetensors.torch import load_file, save_file
 
-    from tupac.infer import load_cohort, read_commit
+    from tupac.data.manifest import load_cohort
+    from tupac.heatmaps import read_commit
     from tupac.infer.job import run_job
 
     entries = load_cohort(data=cohort)[:1]

@@ -75,7 +75,7 @@ def trained(aux_sets, tmp_path_factory):
 
 
 def test_model_folder_card_and_training_record(trained):
-    from tupac.infer.models import load_trained
+    from tupac.models.trained import load_trained
 
     mdir = trained / "mitosis"
     for name in ("model.safetensors", "card.json", "stain_reference.json", "training.json"):

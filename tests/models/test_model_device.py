@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tupac.infer.actors import predict_windows
-from tupac.infer.heatmap import window_probabilities
+from tupac.heatmaps.windows import window_probabilities
 from tupac.mitosis.inference import mitosis_heatmap
 from tupac.models import create_model, model_device
 

@@ -67,7 +67,7 @@ def test_every_artifact_exists_and_is_sane(pipeline_run):
     import zarr
     from mlflow import MlflowClient
 
-    from tupac.infer.commit import read_commit
+    from tupac.heatmaps.commit import read_commit
     from tupac.report.geojson import validate_feature_collection
 
     data, run, _ = pipeline_run

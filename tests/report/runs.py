@@ -9,8 +9,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from tupac.infer.commit import input_fingerprint
-from tupac.infer.store import ArraySpec, HeatmapStore, store_path
+from tupac.heatmaps.commit import input_fingerprint
+from tupac.heatmaps.store import ArraySpec, HeatmapStore, store_path
 
 
 def disk(shape: tuple[int, int], center_rc: tuple[float, float], radius: float) -> np.ndarray:

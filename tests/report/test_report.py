@@ -48,7 +48,7 @@ def _copy_run(run: Path, dst: Path) -> Path:
 
 # -- QuPath export ------------------------------------------------------------------------------
 def test_export_qupath_cli_writes_valid_level0_geojson(run_dir: Path, small_cohort: Path, tmp_path: Path) -> None:
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.store import HeatmapStore
     from tupac.slide import open_slide
 
     out = tmp_path / "qp"

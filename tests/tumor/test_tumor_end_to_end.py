@@ -43,7 +43,7 @@ def trained_models(small_cohort, tmp_path_factory):
 
 
 def test_training_writes_a_loadable_model_with_its_template(trained_models):
-    from tupac.infer.models import load_trained
+    from tupac.models.trained import load_trained
 
     tumor = trained_models / "tumor"
     for name in ("model.safetensors", "card.json", "stain_reference.json", "training.json"):
@@ -76,7 +76,7 @@ def test_training_is_tracked_and_registered_in_mlflow(trained_models):
 
 
 def test_tumor_map_cli_writes_ngff_zarr(trained_models, held_out_cohort, tmp_path):
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.store import HeatmapStore
 
     slide = held_out_cohort / "training_image_data" / "TUPAC-TR-001.svs"
     out = tmp_path / "map.zarr"
@@ -97,7 +97,7 @@ def test_tumor_map_cli_writes_ngff_zarr(trained_models, held_out_cohort, tmp_pat
 
 
 def test_held_out_quality(trained_models, held_out_cohort):
-    from tupac.infer.models import load_trained
+    from tupac.models.trained import load_trained
     from tupac.tumor.evaluate import evaluate_cohort
 
     table, pooled = evaluate_cohort(load_trained(trained_models / "tumor"), held_out_cohort)

@@ -52,7 +52,7 @@ def infer_cmd(
 ) -> None:
     """Run the tumor and mitosis models over a cohort on Ray: heatmaps, detections, ledger, summary."""
     from tupac.infer.job import JobConfig
-    from tupac.infer.manifest import load_cohort
+    from tupac.data.manifest import load_cohort
 
     if (data is None) == (manifest is None):
         fail(ValueError("give exactly one of --data ROOT or --manifest CSV"))

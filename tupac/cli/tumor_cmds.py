@@ -67,7 +67,7 @@ def train_tumor_cmd(
 def _tumor_map(slide: Path, models: Path, out: Path, mpp: Optional[float], overwrite: bool, chunk: int):
     from rich.progress import Progress
 
-    from tupac.infer.models import load_trained
+    from tupac.models.trained import load_trained
     from tupac.infer.tumor_map import tumor_map
 
     model_dir = models / "tumor" if (models / "tumor" / "card.json").is_file() else models

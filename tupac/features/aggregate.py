@@ -1,6 +1,6 @@
 """Per-slide and cohort feature tables, with Dask doing the heatmap reductions.
 
-A slide's heatmaps come from its store (:class:`tupac.infer.store.HeatmapStore`: each heatmap an
+A slide's heatmaps come from its store (:class:`tupac.heatmaps.store.HeatmapStore`: each heatmap an
 OME-NGFF image group, read at dataset ``0``, with its µm/px and the offset of its pixel (0, 0)) and are
 read lazily, one Dask task per stored Zarr chunk (``dask.array.from_array`` over a picklable chunk
 reader, see :class:`ZarrReader` for why not ``from_zarr``). Rasters of different resolutions and
@@ -132,7 +132,7 @@ def dask_token(*parts) -> str:
 
 
 def open_heatmaps(store_path: str | Path) -> SlideHeatmaps:
-    """Open a slide's heatmap store (:class:`tupac.infer.store.HeatmapStore`) lazily.
+    """Open a slide's heatmap store (:class:`tupac.heatmaps.store.HeatmapStore`) lazily.
 
     Parameters
     ----------
@@ -153,7 +153,7 @@ def open_heatmaps(store_path: str | Path) -> SlideHeatmaps:
         Not a tupac heatmap store, or no ``tumor`` heatmap; the message names the store.
     """
     from tupac.errors import HeatmapStoreError
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.store import HeatmapStore
 
     path = Path(store_path)
     try:

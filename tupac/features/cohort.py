@@ -152,7 +152,7 @@ class RunFeatures:
 def slide_sources(source: str | Path) -> dict[str, tuple[Path, float | None]]:
     """Slide id -> (file, µm/px override) from a manifest CSV, a TUPAC16 dataset root or a slide folder."""
     from tupac.data.layout import SLIDE_SUFFIXES, SLIDES_DIR
-    from tupac.infer.manifest import from_dataset, read_manifest
+    from tupac.data.manifest import from_dataset, read_manifest
 
     p = Path(source).expanduser()
     if p.is_file():
@@ -175,8 +175,8 @@ def discover_slides(run: str | Path, slides: str | Path | None = None) -> tuple[
         ``RUN/slides`` is missing.
     """
     from tupac.errors import HeatmapStoreError
-    from tupac.infer.commit import read_commit
-    from tupac.infer.store import detections_path
+    from tupac.heatmaps.commit import read_commit
+    from tupac.heatmaps.store import detections_path
 
     folder = Path(run) / "slides"
     if not folder.is_dir():
@@ -236,7 +236,7 @@ class _Networks:
 
 
 def _load_networks(models: Path | None, cfg: FeatureRunConfig, want_general: bool) -> _Networks:
-    from tupac.infer.models import load_trained
+    from tupac.models.trained import load_trained
 
     if models is None:
         return _Networks()
@@ -333,7 +333,7 @@ class _SlideResult:
 
 
 def _tissue_of(store_path: Path) -> tuple[np.ndarray, float] | None:
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.store import HeatmapStore
 
     store = HeatmapStore.open(store_path, mode="r")
     if "tissue" not in store.names:
@@ -344,7 +344,7 @@ def _tissue_of(store_path: Path) -> tuple[np.ndarray, float] | None:
 def _mitosis_stats_of(store_path: Path, trained) -> dict[str, Any]:
     """The mitosis stage's stain statistics recorded in the slide's commit (tumor regions), keyed by
     the mitosis template; empty when the job recorded none (no tumor, or an older run)."""
-    from tupac.infer.commit import read_commit
+    from tupac.heatmaps.commit import read_commit
     from tupac.preprocess.stain import SlideStainStats
 
     if trained is None or trained.reference is None:
@@ -580,7 +580,7 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
 def _has_no_tissue(store_path: Path) -> bool:
     """Whether the job found no tissue on the slide: its commit says so, or, for a record written
     before the job said it, its tissue mask is empty."""
-    from tupac.infer.commit import read_commit
+    from tupac.heatmaps.commit import read_commit
 
     said = read_commit(store_path).extra.get("no_tissue")
     if said is not None:

@@ -232,7 +232,7 @@ class ModelActor:
     def __init__(self, model_dirs: Mapping[str, str], threads: int = 1, gpu_tf32: bool = False) -> None:
         import torch
 
-        from tupac.infer.models import load_trained
+        from tupac.models.trained import load_trained
 
         torch.set_num_threads(max(1, int(threads)))
         import ray
@@ -264,7 +264,7 @@ class ModelActor:
             return self._readers.get_or((path, mpp, backend), lambda: open_slide(path, backend=backend, mpp=mpp))
 
     def _store(self, path: str):
-        from tupac.infer.store import HeatmapStore
+        from tupac.heatmaps.store import HeatmapStore
 
         with self._handles_lock:
             return self._stores.get_or(path, lambda: HeatmapStore.open(path))

@@ -278,14 +278,14 @@ class _Driver:
         self.futures[self.actors[i].handle.ready.remote()] = ("ping", i)
 
     def _write_actors(self) -> None:
-        from tupac.infer.commit import atomic_write_bytes
+        from tupac.heatmaps.commit import atomic_write_bytes
 
         data = [dict(a.info or {}, index=i, state=a.state) for i, a in enumerate(self.actors)]
         atomic_write_bytes(self.cfg.out / ACTORS_FILE, json.dumps(data, indent=1).encode())
 
     # -- slides -------------------------------------------------------------------------
     def start_slide(self, entry, seq: int, input_fp) -> None:
-        from tupac.infer.store import store_path
+        from tupac.heatmaps.store import store_path
 
         sid = entry.slide_id
         s = _Slide(entry, seq, input_fp, str(store_path(self.cfg.out, sid)))
@@ -600,8 +600,8 @@ def supersede_stale_outputs(run_dir: Path, slide_id: str) -> Path | None:
     Path or None
         The folder the outputs moved to; None when there was no committed store.
     """
-    from tupac.infer.commit import is_committed, move_aside
-    from tupac.infer.store import detections_path, store_path
+    from tupac.heatmaps.commit import is_committed, move_aside
+    from tupac.heatmaps.store import detections_path, store_path
 
     store = store_path(run_dir, slide_id)
     if not is_committed(store):
@@ -615,7 +615,7 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
     Parameters
     ----------
     entries : sequence of ManifestEntry
-        The cohort (:func:`tupac.infer.manifest.load_cohort`).
+        The cohort (:func:`tupac.data.manifest.load_cohort`).
     cfg : JobConfig
     progress : callable ``(n_slides) -> CohortProgress``, optional
         Builds the display once the plan knows how many slides run (default: rich on stderr).
@@ -625,7 +625,7 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
     Returns
     -------
     dict
-        :meth:`tupac.infer.ledger.Ledger.summary` plus ``skipped_stages``, ``actors``,
+        :meth:`tupac.heatmaps.ledger.Ledger.summary` plus ``skipped_stages``, ``actors``,
         ``throughput``, ``dashboard``.
 
     Raises
@@ -641,11 +641,11 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
 
 def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> dict:
     from tupac.infer.actors import model_dirs
-    from tupac.infer.commit import InputFingerprint, atomic_write_bytes, models_fingerprint, read_commit
-    from tupac.infer.ledger import Ledger
+    from tupac.heatmaps.commit import InputFingerprint, atomic_write_bytes, models_fingerprint, read_commit
+    from tupac.heatmaps.ledger import Ledger
     from tupac.infer.progress import CohortProgress
     from tupac.infer.slide_task import CardInfo
-    from tupac.infer.store import store_path, verify_committed
+    from tupac.heatmaps.store import store_path, verify_committed
 
     found, skipped = model_dirs(cfg.models)
     if "tumor" not in found:
@@ -715,8 +715,8 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
 
 def _no_tissue(run_dir: Path, done: Sequence[str]) -> list[str]:
     """The DONE slides whose commit record says the job found no tissue on them."""
-    from tupac.infer.commit import read_commit
-    from tupac.infer.store import store_path
+    from tupac.heatmaps.commit import read_commit
+    from tupac.heatmaps.store import store_path
 
     out = []
     for sid in done:

@@ -76,7 +76,7 @@ class CardInfo:
 
     @classmethod
     def from_dir(cls, task: str, model_dir: str | Path) -> "CardInfo":
-        from tupac.infer.models import weights_hash
+        from tupac.models.trained import weights_hash
         from tupac.models.io import load_card
 
         card = load_card(model_dir)
@@ -131,7 +131,7 @@ class SlidePlan:
 
 
 def _specs(geoms: Mapping[str, Any], tissue) -> dict:
-    from tupac.infer.store import ArraySpec
+    from tupac.heatmaps.store import ArraySpec
 
     specs = {
         "tissue": ArraySpec(tissue.mask.shape, (256, 256), "uint8", tissue.mpp, 0, offset_um=(tissue.mpp / 2,) * 2),
@@ -159,8 +159,8 @@ def prepare_slide(
         The slide cannot be used; the message names the file and the problem.
     """
     from tupac.errors import ResolutionError
-    from tupac.infer.heatmap import heatmap_geometry, window_tissue
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.windows import heatmap_geometry, window_tissue
+    from tupac.heatmaps.store import HeatmapStore
     from tupac.infer.tumor_map import _write_full
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
@@ -222,8 +222,8 @@ def tumor_regions(
         ``windows``: int64 (k, 2) mitosis windows; ``tumor_area_mm2``; ``stats``: the regions'
         ``SlideStainStats.to_dict()`` (None without regions or without ``stain_method``); ``seconds``.
     """
-    from tupac.infer.heatmap import window_tissue
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.windows import window_tissue
+    from tupac.heatmaps.store import HeatmapStore
     from tupac.tumor.regions import heatmap_on_grid
 
     t0 = time.perf_counter()
@@ -351,8 +351,8 @@ def finalize_slide(
     dict
         ``mitoses`` (count or None), ``seconds``.
     """
-    from tupac.infer.commit import atomic_write_bytes
-    from tupac.infer.store import HeatmapStore, detections_path
+    from tupac.heatmaps.commit import atomic_write_bytes
+    from tupac.heatmaps.store import HeatmapStore, detections_path
 
     t0 = time.perf_counter()
     store = HeatmapStore.open(store_path)

@@ -1,7 +1,7 @@
 """A slide's tumor probability map, written to a Zarr heatmap store (``tupac tumor-map``).
 
 Per slide: tissue mask (thumbnail), stain statistics over the slide's tissue, then the tumor model
-window by window (:mod:`tupac.infer.heatmap`) with each window's cells written as one Zarr chunk,
+window by window (:mod:`tupac.heatmaps.windows`) with each window's cells written as one Zarr chunk,
 so memory holds one window at a time whatever the slide size. The store gets ``tissue`` and
 ``tumor`` images (OME-NGFF, micrometer scales) and a commit record written last.
 """
@@ -33,8 +33,8 @@ def tumor_map(
     ----------
     slide_path : path
         The slide.
-    trained : tupac.infer.models.TrainedModel
-        A tumor model loaded with :func:`tupac.infer.models.load_trained`.
+    trained : tupac.models.trained.TrainedModel
+        A tumor model loaded with :func:`tupac.models.trained.load_trained`.
     out_path : path
         The Zarr group to create (e.g. ``OUT.zarr`` or ``RUN/slides/<id>.zarr``).
     slide_id : str, optional
@@ -54,9 +54,9 @@ def tumor_map(
     HeatmapStore
         The committed store.
     """
-    from tupac.infer.commit import input_fingerprint
-    from tupac.infer.heatmap import compute_slide_heatmap, heatmap_geometry, window_tissue
-    from tupac.infer.store import ArraySpec, HeatmapStore
+    from tupac.heatmaps.commit import input_fingerprint
+    from tupac.heatmaps.windows import compute_slide_heatmap, heatmap_geometry, window_tissue
+    from tupac.heatmaps.store import ArraySpec, HeatmapStore
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide

@@ -241,7 +241,7 @@ class MitosisDetector:
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", threshold: float | None = None) -> None:
-        from tupac.infer.models import load_trained
+        from tupac.models.trained import load_trained
 
         self.trained = load_trained(model_dir, device=device)
         self.device = device

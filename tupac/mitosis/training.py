@@ -16,7 +16,7 @@ model so inference uses the same one. Outputs in ``out_dir`` (``MODELS/mitosis``
 ``model.safetensors`` + ``card.json`` (``detection_threshold``; ``extra``: ``sigma_px``,
 ``nms_radius_px``, stages), ``stain_reference.json``, ``training.json``, and ``stage1/``,
 ``stage2/`` run folders, each with ``selected/`` (that stage's chosen weights and threshold;
-loadable with :func:`tupac.infer.models.load_trained`).
+loadable with :func:`tupac.models.trained.load_trained`).
 """
 
 from __future__ import annotations

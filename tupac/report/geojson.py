@@ -14,7 +14,7 @@ heatmap, with holes as interior rings. Mitoses are ``Point`` features (detection
 with their probability as a measurement.
 
 Geometry: heatmap pixel ``(i, j)`` is centred at ``offset_um + mpp * (i, j)`` µm from the slide's
-level-0 origin (the store's convention, see :mod:`tupac.infer.store`); level-0 pixel coordinates
+level-0 origin (the store's convention, see :mod:`tupac.heatmaps.store`); level-0 pixel coordinates
 are µm / ``slide_mpp``. Region outlines are the 0.5 iso-lines of the binary mask (marching
 squares on a zero-padded mask: every ring is closed; regions are 4-connected and background is
 8-connected, so a ring never touches another), simplified with Douglas-Peucker at a tolerance in

@@ -453,7 +453,7 @@ def build_report(
         title=_e(f"tupac report: {run.name}"), css=_CSS, nav=nav, body="\n".join(parts),
         meta=_e(f"{run} · generated {when} · tupac {__version__}"),
     )
-    from tupac.infer.commit import atomic_write_bytes
+    from tupac.heatmaps.commit import atomic_write_bytes
 
     index = atomic_write_bytes(out / "index.html", page.encode("utf-8"))
     return ReportResult(index, ctx.missing, ctx.images)

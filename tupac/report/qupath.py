@@ -66,7 +66,7 @@ def tumor_threshold(record, threshold: float | None) -> float:
 
 
 def _write(path: Path, fc: dict, slide_size) -> None:
-    from tupac.infer.commit import atomic_write_bytes
+    from tupac.heatmaps.commit import atomic_write_bytes
 
     problems = validate_feature_collection(fc, slide_size)
     if problems:  # a bug, not a user error: say which feature is wrong rather than write a bad file
@@ -107,7 +107,7 @@ def export_slide(
         Slide not committed, no tumor heatmap, unreadable detections or slide resolution.
     """
     from tupac.errors import HeatmapStoreError
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.store import HeatmapStore
 
     if not entry.committed:
         raise ReportError(entry.store, f"slide {entry.slide_id} is not done ({entry.problem})")

@@ -54,8 +54,8 @@ class SlideEntry:
 def list_slides(run_dir: str | Path) -> list[SlideEntry]:
     """Every ``RUN/slides/*.zarr`` folder, sorted by slide ID (hidden temporaries skipped)."""
     from tupac.errors import HeatmapStoreError
-    from tupac.infer.commit import read_commit
-    from tupac.infer.store import detections_path
+    from tupac.heatmaps.commit import read_commit
+    from tupac.heatmaps.store import detections_path
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -145,7 +145,7 @@ def run_summary(run_dir: str | Path) -> tuple[dict | None, str]:
     ledger_file = run_dir / "ledger.sqlite"
     if ledger_file.is_file():
         from tupac.errors import LedgerError
-        from tupac.infer.ledger import Ledger
+        from tupac.heatmaps.ledger import Ledger
 
         try:
             with Ledger.open(run_dir) as ledger:

@@ -164,7 +164,7 @@ def render_slide(entry: Any, out_dir: str | Path, threshold: float, max_side: in
     """
     from PIL import Image
 
-    from tupac.infer.store import HeatmapStore
+    from tupac.heatmaps.store import HeatmapStore
     from tupac.report.run import read_detections
     from tupac.slide import open_slide
 

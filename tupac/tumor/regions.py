@@ -1,6 +1,6 @@
 """Tumor regions from a tumor heatmap: resampling onto mask grids, thresholding, quality against truth.
 
-A tumor heatmap (see :mod:`tupac.infer.heatmap`) has cell ``(i, j)`` centered at
+A tumor heatmap (see :mod:`tupac.heatmaps.windows`) has cell ``(i, j)`` centered at
 ``(offset + j * stride, offset + i * stride)`` pixels at the model's mpp. Masks (tissue, truth) are
 rasters at their own um/px with pixel ``(r, c)`` centered at ``((c + 0.5) * mpp, (r + 0.5) * mpp)``
 um. :func:`heatmap_on_grid` maps one onto the other by nearest cell, which is all a 16 um heatmap

@@ -19,7 +19,7 @@ slide cut along a random line, labelled by the side the center falls on), which 
 ground truth follows. Measured on the 60-slide phantom benchmark cohort (narrow LocNet, 25 + 25
 patches per slide, 6 epochs; tumor area at 0.5 against the true mask on 15 slides, median and
 range of the relative error; the rows without edge patches predate the heatmap edge fix of
-:mod:`tupac.infer.heatmap`, which added +3 to +6 %, so they compare with each other only):
+:mod:`tupac.heatmaps.windows`, which added +3 to +6 %, so they compare with each other only):
 
 ==========================================================  =====================
 stage-2 sampling                                            area error
@@ -313,7 +313,7 @@ def tumor_probability_on_tissue_grid(ctx: SlideContext, model, reference) -> np.
     -------
     ndarray of float32, shape of ``ctx.tissue.mask``
     """
-    from tupac.infer.heatmap import heatmap_to_array
+    from tupac.heatmaps.windows import heatmap_to_array
     from tupac.slide import open_slide
 
     model.eval()

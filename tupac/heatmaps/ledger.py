@@ -216,7 +216,7 @@ class Ledger:
             The cohort. A None fingerprint means the file could not be read (missing): it is run
             (and fails with a reason) until its attempts are used up.
         models_fp : str
-            Fingerprint of the models (:func:`tupac.infer.commit.models_fingerprint`).
+            Fingerprint of the models (:func:`tupac.heatmaps.commit.models_fingerprint`).
         max_attempts : int
             Attempts after which a slide with unchanged inputs is given up.
         committed : callable, optional
@@ -326,7 +326,7 @@ class Ledger:
         rehashes. ``rehash=True`` ignores the cache (for tools that keep mtimes while
         rewriting content).
         """
-        from tupac.infer.commit import file_sha256
+        from tupac.heatmaps.commit import file_sha256
 
         p = Path(path)
         try:
@@ -390,7 +390,7 @@ class Ledger:
 
     def write_summary(self, path: str | Path) -> Path:
         """Write :meth:`summary` as JSON, atomically; returns the path."""
-        from tupac.infer.commit import atomic_write_bytes
+        from tupac.heatmaps.commit import atomic_write_bytes
 
         return atomic_write_bytes(path, json.dumps(self.summary(), indent=2).encode())
 

@@ -10,7 +10,7 @@ On-disk layout (``RUN/slides/<slide_id>.zarr``)::
         1/, 2/ ...         optional 2x-downsampled levels (written by build_pyramid)
       tumor/0 ...          float32 tumor probability
       mitosis/0 ...        float32 mitosis probability
-      commit.json          written last (see tupac.infer.commit); without it the slide is not done
+      commit.json          written last (see tupac.heatmaps.commit); without it the slide is not done
 
 Why one sub-group per heatmap: an NGFF image is a group whose ``multiscales`` describe arrays of
 one resolution series. The three heatmaps have different resolutions (tissue from a thumbnail,
@@ -45,10 +45,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from tupac.errors import ConfigError, HeatmapStoreError, StoreExistsError
-from tupac.infer.commit import (
+from tupac.heatmaps.commit import (
     COMMIT_FILE, CommitRecord, InputFingerprint, file_sha256, is_committed, read_commit, write_commit,
 )
-from tupac.infer.manifest import slide_id_problem
+from tupac.data.manifest import slide_id_problem
 
 __all__ = [
     "ArraySpec", "HeatmapStore", "store_path", "detections_path", "ngff_multiscales", "chunk_manifest",
@@ -95,7 +95,7 @@ class ArraySpec:
     offset_um : (float, float)
         ``(y, x)`` in µm, from the slide's level-0 origin, of the *centre* of heatmap pixel
         (0, 0). For a model heatmap whose cell 0 is centred ``o`` pixels at ``m`` µm/px from the
-        origin with output stride ``s`` (:class:`tupac.infer.heatmap.HeatmapGeometry`):
+        origin with output stride ``s`` (:class:`tupac.heatmaps.windows.HeatmapGeometry`):
         ``mpp = s * m`` and ``offset_um = (o * m, o * m)``.
     """
 
@@ -204,7 +204,7 @@ class HeatmapStore:
         path : path-like
             The group folder, conventionally ``RUN/slides/<slide_id>.zarr`` (:func:`store_path`).
         slide_id : str
-            A plain name (see :func:`tupac.infer.manifest.slide_id_problem`).
+            A plain name (see :func:`tupac.data.manifest.slide_id_problem`).
         arrays : mapping of str to ArraySpec
             Heatmap name (a plain name, e.g. ``tissue``, ``tumor``, ``mitosis``) to its spec.
         overwrite : bool

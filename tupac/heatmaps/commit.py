@@ -208,9 +208,9 @@ class CommitRecord:
         Side files committed with the store (e.g. ``"mitoses.csv"``): ``size`` and ``sha256``.
     chunks : dict
         Per array level (``"tumor/0"``): ``count`` of chunk files and ``sha256`` of their sorted
-        ``key size`` lines, as on disk at commit time (:func:`tupac.infer.store.chunk_manifest`).
+        ``key size`` lines, as on disk at commit time (:func:`tupac.heatmaps.store.chunk_manifest`).
         A store whose chunks no longer match is not done (see
-        :func:`tupac.infer.store.verify_committed`). Empty in records written before it existed.
+        :func:`tupac.heatmaps.store.verify_committed`). Empty in records written before it existed.
     created : str
         UTC time, ISO 8601.
     extra : dict

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tupac.errors import DatasetLayoutError
-from tupac.infer.manifest import ManifestEntry, from_dataset, load_cohort, read_manifest, slide_id_problem
+from tupac.data.manifest import ManifestEntry, from_dataset, load_cohort, read_manifest, slide_id_problem
 
 
 def _write(path: Path, text: str) -> Path:

@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tupac.data.layout import GROUND_TRUTH, SLIDE_SUFFIXES, SLIDES_DIR, Tupac16Dataset
 from tupac.errors import DatasetLayoutError
 
 __all__ = ["ManifestEntry", "slide_id_problem", "read_manifest", "from_dataset", "load_cohort"]
@@ -189,7 +190,6 @@ def from_dataset(root: str | Path) -> list[ManifestEntry]:
     DatasetLayoutError
         Root or slide folder missing, no slides, or a broken layout.
     """
-    from tupac.data.layout import GROUND_TRUTH, SLIDE_SUFFIXES, SLIDES_DIR, Tupac16Dataset
 
     root = Path(root).expanduser()
     if not root.is_dir():

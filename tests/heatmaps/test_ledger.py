@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tupac.errors import LedgerError
-from tupac.infer.ledger import LEDGER_FILE, Ledger, Plan, State
+from tupac.heatmaps.ledger import LEDGER_FILE, Ledger, Plan, State
 
 
 def _cohort(n: int, fp: str = "in-v1") -> list[tuple[str, str, str]]:
@@ -191,7 +191,7 @@ def test_concurrent_processes_update_different_slides(tmp_path: Path) -> None:
 _CRASH_CHILD = textwrap.dedent(
     """
     import sys
-    from tupac.infer.ledger import Ledger
+    from tupac.heatmaps.ledger import Ledger
     led = Ledger.open(sys.argv[1])
     ids = [f"S{i:03d}" for i in range(int(sys.argv[2]))]
     for sid in ids:

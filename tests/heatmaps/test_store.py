@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from tupac.errors import ConfigError, HeatmapStoreError, StoreExistsError
-from tupac.infer.commit import (
+from tupac.heatmaps.commit import (
     COMMIT_FILE,
     CommitRecord,
     InputFingerprint,
@@ -25,7 +25,7 @@ from tupac.infer.commit import (
     models_fingerprint,
     read_commit,
 )
-from tupac.infer.store import ArraySpec, HeatmapStore, store_path
+from tupac.heatmaps.store import ArraySpec, HeatmapStore, store_path
 
 SPECS = {
     "tissue": ArraySpec((25, 35), (8, 8), "uint8", 16.0),
@@ -264,7 +264,7 @@ def test_a_store_with_a_missing_chunk_is_never_committed(tmp_path: Path, slide_f
 
 
 def test_a_committed_store_whose_chunks_changed_is_not_trusted(tmp_path: Path, slide_file: Path) -> None:
-    from tupac.infer.store import detections_path, verify_committed
+    from tupac.heatmaps.store import detections_path, verify_committed
 
     path = tmp_path / "RUN" / "slides" / "S1.zarr"
     store = HeatmapStore.create(path, "S1", SPECS)
