@@ -34,14 +34,13 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(names) for names in (
     {"report"},
     {"synth"},
     {"infer"},
-    {"pipeline"},
+    {"feature_run", "pipeline"},  # the drivers of whole stages over a run folder
     {"cli", "__main__"},
 ))
 
 # (importer, imported) module pairs that run upward today; see the module docstring.
 KNOWN_UPWARD = frozenset({
     ("tupac.data.masks", "tupac.preprocess.tissue"),
-    ("tupac.features.cohort", "tupac.predict.tracking"),
     ("tupac.features.general", "tupac.predict.cv"),
     ("tupac.features.tracking", "tupac.predict.tracking"),
     ("tupac.tumor.evaluate", "tupac.features.aggregate"),

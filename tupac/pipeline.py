@@ -69,7 +69,7 @@ class PipelineConfig:
     Each section holds the fields of one stage's own config class: ``tumor`` ->
     :class:`tupac.tumor.training.TumorTrainConfig`, ``mitosis`` ->
     :class:`tupac.mitosis.training.MitosisTrainConfig`, ``infer`` -> :class:`tupac.infer.job.JobConfig`
-    (without ``models``/``out``), ``features`` -> :class:`tupac.features.cohort.FeatureRunConfig`,
+    (without ``models``/``out``), ``features`` -> :class:`tupac.features.config.FeatureRunConfig`,
     ``fit`` -> :class:`tupac.predict.fit.FitConfig`, ``report`` -> :class:`ReportOptions`.
 
     Every section, ``train:`` inside ``tumor:`` and ``mitosis:`` included, is checked for option
@@ -147,7 +147,7 @@ class PipelineConfig:
     def to_yaml(self) -> str:
         """The effective config as YAML, each option preceded by its documentation as a comment."""
         classes = {"tumor": "tupac.tumor.training.TumorTrainConfig", "mitosis": "tupac.mitosis.training.MitosisTrainConfig",
-                   "infer": "tupac.infer.job.JobConfig", "features": "tupac.features.cohort.FeatureRunConfig",
+                   "infer": "tupac.infer.job.JobConfig", "features": "tupac.features.config.FeatureRunConfig",
                    "fit": "tupac.predict.fit.FitConfig", "report": "tupac.pipeline.ReportOptions"}
         lines = ["# tupac run configuration: every option with the value in effect.",
                  "# Sections map onto each stage's config class; omit what you do not change.",
@@ -180,7 +180,7 @@ class PipelineConfig:
         return self._build(MitosisTrainConfig, "mitosis", seed=self.seed)
 
     def features_config(self):
-        from tupac.features.cohort import FeatureRunConfig
+        from tupac.features.config import FeatureRunConfig
 
         return self._build(FeatureRunConfig, "features", seed=self.seed)
 
@@ -411,7 +411,7 @@ class Pipeline:
         return _files_fingerprint(commits)
 
     def _features(self, k_infer: str) -> str:
-        from tupac.features.cohort import run_features
+        from tupac.feature_run import run_features
 
         labels = self.data / "training_ground_truth.csv"
         cfg = self.config.features_config()

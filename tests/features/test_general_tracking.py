@@ -46,7 +46,7 @@ def test_cross_fit_reports_every_fit_and_tracking_changes_no_number(rng):
 def runs(tmp_path_factory):
     """One phantom cohort; its features computed untracked, tracked (through the CLI, into RUN/mlflow.db),
     and tracked into a store that cannot be opened."""
-    from tupac.features.cohort import FeatureRunConfig, run_features
+    from tupac.feature_run import FeatureRunConfig, run_features
 
     root = tmp_path_factory.mktemp("gtrack")
     make_cohort(root / "data", n=N_SLIDES)

@@ -120,7 +120,7 @@ def test_mitosis_patches_use_the_tumor_stain_statistics_the_job_recorded(phantom
 
     from feature_stores import write_run_slide
 
-    from tupac.features.cohort import RunSlide, _mitosis_stats_of, _SlidePixels
+    from tupac.feature_run import RunSlide, _mitosis_stats_of, _SlidePixels
     from tupac.preprocess import stain
     from tupac.slide import open_slide
 

@@ -162,7 +162,7 @@ def test_direct_construction_is_checked_too():
 
 @pytest.mark.parametrize("path", [
     "tupac.tumor.training.TumorTrainConfig", "tupac.mitosis.training.MitosisTrainConfig", "tupac.train.config.TrainConfig",
-    "tupac.train.config.AugmentConfig", "tupac.features.cohort.FeatureRunConfig", "tupac.predict.fit.FitConfig",
+    "tupac.train.config.AugmentConfig", "tupac.features.config.FeatureRunConfig", "tupac.predict.fit.FitConfig",
     "tupac.infer.job.JobConfig", "tupac.pipeline.ReportOptions", "tupac.pipeline.PipelineConfig",
 ])
 def test_every_option_of_every_stage_class_has_a_checkable_type(path):

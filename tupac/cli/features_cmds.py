@@ -39,7 +39,8 @@ def features_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tupac.errors import ConfigError
-    from tupac.features.cohort import FeatureRunConfig, discover_slides, run_features
+    from tupac.feature_run import discover_slides, run_features
+    from tupac.features.config import FeatureRunConfig
 
     if scheduler not in ("local", "ray"):
         fail(ConfigError(f"--scheduler {scheduler!r}: expected 'local' or 'ray'"))
