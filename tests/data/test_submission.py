@@ -12,7 +12,7 @@ from tupac.data import (
     write_detection_submission,
     write_scores_submission,
 )
-from tupac.data.masks import read_mask_png, write_mask_png
+from tupac.preprocess.mask_png import read_mask_png, write_mask_png
 from tupac.errors import DatasetLayoutError
 from tupac.preprocess.tissue import TissueMask
 

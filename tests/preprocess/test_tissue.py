@@ -293,7 +293,7 @@ def _cli(*args: str):
 
 @pytest.mark.parametrize(("name", "mpp_args"), [("cmu-1-small-region.svs", []), ("tcga-cr-7395-01a-01-ts1.svs", ["--mpp", "1.0"])])
 def test_cli_writes_mask_png_with_mpp_and_overlay(real_dir, artifacts_dir, tmp_path, name, mpp_args):
-    from tupac.data.masks import read_mask_png
+    from tupac.preprocess.mask_png import read_mask_png
 
     out, ov = tmp_path / "mask.png", artifacts_dir / f"tissue-cli-overlay-{name}.png"
     res = _cli("tissue", str(real_dir / name), "--out", str(out), "--overlay", str(ov), *mpp_args)

@@ -31,7 +31,7 @@ def _write_overlay(reader, tissue, path: Path) -> float:
 
 
 def _tissue(slide: Path, out: Path, overlay: Optional[Path], mpp: Optional[float], mask_mpp: float, dilate_um: float):
-    from tupac.data.masks import write_mask_png
+    from tupac.preprocess.mask_png import write_mask_png
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide
 

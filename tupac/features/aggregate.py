@@ -462,7 +462,7 @@ def cohort_features(
     CohortFeatures
         ``table`` has one row per slide and no NaN/Inf; every column but ``slide_id`` is in ``dictionary``.
     """
-    from tupac.features import feature_dictionary
+    from tupac.features.catalog import feature_dictionary
 
     rows, tasks, fringes, groups_seen = [], {}, {}, None
     for s in slides:

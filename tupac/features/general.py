@@ -11,7 +11,7 @@
 
 Leakage: the network sees grades, so :func:`cross_fit` gives each training slide features from a
 network fitted without it (out-of-fold, the folds of the predictive models' cross-validation:
-:func:`tupac.predict.cv.outer_splitter` over the training slides in label-file order), and gives new
+:func:`tupac.data.folds.outer_splitter` over the training slides in label-file order), and gives new
 slides features from a network fitted on all training slides. A new slide's features depend on that
 slide and the frozen fit alone, never on other new slides.
 
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tupac.data.folds import outer_splitter
 from tupac.errors import FeatureError, FeatureFileError
 from tupac.features.dictionary import Feature
 
@@ -392,8 +393,6 @@ def cross_fit(
         ``fold_nets``: the fold networks.
     """
     import warnings
-
-    from tupac.predict.cv import outer_splitter
 
     y = np.asarray(grades, dtype=np.int64)
     check_fold_sizes(y, n_splits)

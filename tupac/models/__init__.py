@@ -12,6 +12,9 @@ Registered names: ``locnet``, ``mitosnet``, ``googlenet_fcn`` (fully convolution
 (``task="tumor"`` reads at 1.0 um/px, ``task="mitosis"`` at 0.25 um/px); each name has a default task.
 """
 
+# Importing an architecture module registers its models; any import of tupac.models.* runs this file
+# first, so the registry is complete before anything asks it.
+from tupac.models import baselines, locnet, mitosnet  # noqa: F401
 from tupac.models.base import FCNModel, PatchClassifier, TupacModel, model_device, to_device_input, to_input
 from tupac.models.card import TASK_MPP, TASKS, ModelCard
 from tupac.models.io import load_model, save_model

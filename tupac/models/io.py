@@ -13,6 +13,7 @@ import torch
 
 from tupac.errors import ModelError, ModelFileError
 from tupac.models.card import ModelCard
+from tupac.models.registry import create_model
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -65,8 +66,6 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from tupac.models.registry import create_model
 
     model_dir = Path(model_dir)
     card = load_card(model_dir)

@@ -54,17 +54,14 @@ def register_model(name: str | None = None, *, tasks: tuple[str, ...] = TASKS, d
 
 def list_models(task: str | None = None) -> list[str]:
     """Registered names (sorted), optionally only those that support ``task``."""
-    _ensure_builtin()
     return sorted(n for n, e in _REGISTRY.items() if task is None or task in e.tasks)
 
 
 def model_description(name: str) -> str:
-    _ensure_builtin()
     return _entry(name).description
 
 
 def default_task(name: str) -> str:
-    _ensure_builtin()
     return _entry(name).default_task
 
 
@@ -91,7 +88,6 @@ def create_model(name: str, task: str | None = None, *, seed: int | None = None,
     **kwargs
         Architecture options (JSON values), recorded in ``model.card.model_kwargs``.
     """
-    _ensure_builtin()
     entry = _entry(name)
     task = task or entry.default_task
     if task not in entry.tasks:
@@ -148,11 +144,6 @@ def make_card(
         fully_convolutional=fully_convolutional,
         model_kwargs=dict(model_kwargs),
     )
-
-
-def _ensure_builtin() -> None:
-    # Importing the architecture modules registers them; done lazily to avoid an import cycle.
-    from tupac.models import baselines, locnet, mitosnet  # noqa: F401
 
 
 def parse_options(name: str, kwargs: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.metrics import make_scorer
-from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 
+from tupac.data.folds import outer_splitter
 from tupac.errors import CohortError
 from tupac.predict.cohort import GRADES
 from tupac.predict.estimators import Candidate
@@ -43,12 +44,6 @@ def _kappa(y_true, y_pred) -> float:
 def task_scorer(task: str):
     """The scorer the inner grid search maximizes: quadratic kappa or Spearman rho."""
     return make_scorer(_kappa) if task == "grade" else make_scorer(_spearman)
-
-
-def outer_splitter(task: str, n_splits: int, seed: int):
-    """Shuffled K-fold, stratified by grade for task 1, with ``random_state=seed``."""
-    cls = StratifiedKFold if task == "grade" else KFold
-    return cls(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
 def check_class_sizes(grade: np.ndarray, n_splits: int, inner_splits: int, source: str = "labels") -> None:

@@ -19,33 +19,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from tupac.errors import StainError
+from tupac.preprocess.stain import macenko, reinhard, wsics  # noqa: F401  (importing a method registers it)
 from tupac.preprocess.stain.base import (
+    METHODS,
     SlideStainStats,
     StainMethod,
     StainReference,
     apply_lut,
     build_lut,
+    get_method,
     sample_tissue_tiles,
 )
-
-
-def _registry() -> dict[str, StainMethod]:
-    from tupac.preprocess.stain import macenko, reinhard, wsics
-
-    return {"wsics": wsics.METHOD, "macenko": macenko.METHOD, "reinhard": reinhard.METHOD}
-
-
-METHODS = ("wsics", "macenko", "reinhard")
-
-
-def get_method(name: str) -> StainMethod:
-    """The :class:`StainMethod` registered as ``name`` ("wsics", "macenko", "reinhard")."""
-    methods = _registry()
-    try:
-        return methods[name.lower()]
-    except (KeyError, AttributeError):
-        raise StainError(f"unknown stain method {name!r}; expected one of {', '.join(METHODS)}") from None
 
 
 def fit(template: np.ndarray, method: str = "wsics", **kwargs) -> StainReference:

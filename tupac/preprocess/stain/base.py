@@ -163,8 +163,6 @@ class StainReference:
             stats = SlideStainStats.from_dict(doc)
         except (KeyError, TypeError, ValueError) as e:
             raise StainError(f"{path}: malformed stain reference ({e})") from None
-        from tupac.preprocess.stain import get_method  # late: the registry imports this module
-
         get_method(stats.method).check_params(stats.params, where=str(path))
         return cls(stats)
 
@@ -493,3 +491,24 @@ class StainMethod:
         return cached_lut(
             (stats.key, reference.key), lambda px: self.transform_pixels(px, stats.params, reference.params)
         )
+
+
+# The methods register themselves when their module is imported; the package's __init__ imports
+# all three, and any import of this module runs that __init__ first, so the registry is full
+# whenever get_method is called.
+METHODS = ("wsics", "macenko", "reinhard")
+_REGISTRY: dict[str, StainMethod] = {}
+
+
+def register_method(method: StainMethod) -> StainMethod:
+    """Add ``method`` to the registry under ``method.name``; returns it (``METHOD = register_method(...)``)."""
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> StainMethod:
+    """The :class:`StainMethod` registered as ``name`` ("wsics", "macenko", "reinhard")."""
+    try:
+        return _REGISTRY[name.lower()]
+    except (KeyError, AttributeError):
+        raise StainError(f"unknown stain method {name!r}; expected one of {', '.join(METHODS)}") from None

@@ -51,7 +51,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tupac.preprocess.stain.base import Params, StainMethod
+from tupac.preprocess.stain.base import Params, StainMethod, register_method
 
 IO = 240.0
 ALPHA = 1.0
@@ -169,14 +169,14 @@ def transform_pixels(rgb: np.ndarray, src: Params, ref: Params) -> np.ndarray:
     return out
 
 
-METHOD = StainMethod(
+METHOD = register_method(StainMethod(
     name="macenko",
     fit_tiles=fit_tiles,
     transform_pixels=transform_pixels,
     param_shapes={"stain_matrix": (3, 2), "max_conc": (2,)},
     fit_slide_tiles=fit_slide_tiles,
     optional_shapes={"io": (3,)},
-)
+))
 fit = METHOD.fit
 fit_image = METHOD.fit_image
 fit_slide = METHOD.fit_slide

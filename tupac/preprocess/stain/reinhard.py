@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from tupac.preprocess.color import lab_to_rgb, rgb_to_lab
-from tupac.preprocess.stain.base import Params, StainMethod
+from tupac.preprocess.stain.base import Params, StainMethod, register_method
 
 MAX_FIT_PIXELS = 2_000_000
 STD_FLOOR = 1e-3
@@ -45,12 +45,12 @@ def transform_pixels(rgb: np.ndarray, src: Params, ref: Params) -> np.ndarray:
     return lab_to_rgb(lab)
 
 
-METHOD = StainMethod(
+METHOD = register_method(StainMethod(
     name="reinhard",
     fit_tiles=fit_tiles,
     transform_pixels=transform_pixels,
     param_shapes={"mean": (3,), "std": (3,)},
-)
+))
 fit = METHOD.fit
 fit_image = METHOD.fit_image
 fit_slide = METHOD.fit_slide

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tupac.preprocess.color import hsd_to_rgb, rgb_to_hsd
-from tupac.preprocess.stain.base import Params, StainMethod
+from tupac.preprocess.stain.base import Params, StainMethod, register_method
 
 CLASSES = ("hematoxylin", "eosin", "background")
 H, E, B = 0, 1, 2
@@ -253,7 +253,7 @@ def transform_pixels(rgb: np.ndarray, src: Params, ref: Params) -> np.ndarray:
     return hsd_to_rgb(out)
 
 
-METHOD = StainMethod(
+METHOD = register_method(StainMethod(
     name="wsics",
     fit_tiles=fit_tiles,
     transform_pixels=transform_pixels,
@@ -266,7 +266,7 @@ METHOD = StainMethod(
         "chroma_cov": (3, 2, 2),
         "density_q": (3, PERCENTILES.size),
     },
-)
+))
 fit = METHOD.fit
 fit_image = METHOD.fit_image
 fit_slide = METHOD.fit_slide
