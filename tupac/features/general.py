@@ -37,6 +37,7 @@ import numpy as np
 
 from tupac.data.folds import outer_splitter
 from tupac.errors import FeatureError, FeatureFileError
+from tupac.features.deep_hist import _classifier_layer
 from tupac.features.dictionary import Feature
 
 __all__ = [
@@ -124,7 +125,6 @@ def feature_volumes(model, patches: np.ndarray, batch_size: int = 16) -> np.ndar
     """
     import torch
 
-    from tupac.features.deep_hist import _classifier_layer
     from tupac.models import to_input
 
     patches = np.asarray(patches)

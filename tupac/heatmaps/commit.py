@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tupac import __version__
 from tupac.errors import HeatmapStoreError
 
 __all__ = [
@@ -132,8 +133,6 @@ def _git_describe() -> str | None:
 
 def code_version() -> dict[str, str | None]:
     """``{"tupac": __version__, "git": "<describe>" or None}``."""
-    from tupac import __version__
-
     return {"tupac": __version__, "git": _git_describe()}
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from tupac.errors import LedgerError
+from tupac.heatmaps.commit import atomic_write_bytes, file_sha256
 
 __all__ = ["State", "SlideRecord", "Plan", "Ledger", "LEDGER_FILE"]
 
@@ -326,8 +327,6 @@ class Ledger:
         rehashes. ``rehash=True`` ignores the cache (for tools that keep mtimes while
         rewriting content).
         """
-        from tupac.heatmaps.commit import file_sha256
-
         p = Path(path)
         try:
             real = str(p.resolve())
@@ -390,8 +389,6 @@ class Ledger:
 
     def write_summary(self, path: str | Path) -> Path:
         """Write :meth:`summary` as JSON, atomically; returns the path."""
-        from tupac.heatmaps.commit import atomic_write_bytes
-
         return atomic_write_bytes(path, json.dumps(self.summary(), indent=2).encode())
 
 

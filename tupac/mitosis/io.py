@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tupac.data.readers import read_detection_csv, read_mitosis_csv
+from tupac.data.submission import write_detection_csv
 from tupac.errors import DatasetLayoutError
 
 __all__ = ["pair_csv_trees", "read_detections_csv", "read_truth_csv", "write_detections_csv"]
@@ -29,8 +31,6 @@ def read_truth_csv(path: str | Path) -> pd.DataFrame:
     DataFrame
         Columns ``x`` (= col) and ``y`` (= row), float64, in image pixels.
     """
-    from tupac.data.readers import read_mitosis_csv
-
     rc = read_mitosis_csv(path)
     return pd.DataFrame({"x": rc[:, 1], "y": rc[:, 0]})
 
@@ -43,8 +43,6 @@ def read_detections_csv(path: str | Path) -> pd.DataFrame:
     DataFrame
         Columns ``x`` (= col), ``y`` (= row) and ``prob``, float64, in file order.
     """
-    from tupac.data.readers import read_detection_csv
-
     rcp = read_detection_csv(path)
     return pd.DataFrame({"x": rcp[:, 1], "y": rcp[:, 0], "prob": rcp[:, 2]})
 
@@ -56,8 +54,6 @@ def write_detections_csv(detections: pd.DataFrame, path: str | Path) -> Path:
     decimals; parent folders are created; no detections give an empty file.
     Writing is :func:`tupac.data.submission.write_detection_csv`.
     """
-    from tupac.data.submission import write_detection_csv
-
     rc = np.rint(detections[["y", "x"]].to_numpy(dtype=np.float64))
     prob = np.round(detections["prob"].to_numpy(dtype=np.float64), 6)
     return write_detection_csv(path, rc, prob)

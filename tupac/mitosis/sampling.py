@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX
+from tupac.preprocess.nuclei import find_nuclei
 
 __all__ = [
     "CandidateLabels",
@@ -48,8 +49,6 @@ def candidate_nuclei(rgb: np.ndarray, mpp: float = 0.25, work_mpp: float = 0.5) 
     ndarray of float64, shape (n, 2)
         ``(x, y)`` centroids in ``rgb`` pixels.
     """
-    from tupac.preprocess.nuclei import find_nuclei
-
     rgb = np.asarray(rgb)
     f = max(1, int(round(work_mpp / mpp)))
     h, w = (rgb.shape[0] // f) * f, (rgb.shape[1] // f) * f

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tupac.errors import ModelFileError
+from tupac.models import load_model
+from tupac.preprocess.stain import StainReference
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,6 @@ def weights_hash(model_dir: str | Path) -> str:
 
 def load_trained(model_dir: str | Path, device: str = "cpu") -> TrainedModel:
     """Load ``model_dir`` (weights, card, stain reference) for inference."""
-    from tupac.models import load_model
-    from tupac.preprocess.stain import StainReference
-
     model_dir = Path(model_dir)
     digest = weights_hash(model_dir)
     model = load_model(model_dir, device=device)

@@ -23,9 +23,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from tupac import __version__
 from tupac.errors import ReportError, TupacError
+from tupac.heatmaps.commit import atomic_write_bytes
 from tupac.report import tables
+from tupac.report.qupath import tumor_threshold
 from tupac.report.run import SlideEntry, list_slides, read_json, run_summary
+from tupac.report.thumbnails import render_slide
 
 __all__ = ["build_report", "ReportResult", "SECTIONS"]
 
@@ -164,9 +168,6 @@ def _no_tissue_warning(done: list[SlideEntry]) -> str:
 
 
 def _slide_card(ctx: _Context, e: SlideEntry) -> str:
-    from tupac.report.qupath import tumor_threshold
-    from tupac.report.thumbnails import render_slide
-
     extra = e.record.extra or {}
     thr = tumor_threshold(e.record, None)
     facts = [f"tumor threshold {thr:g}"]
@@ -445,7 +446,6 @@ def build_report(
             ctx.missing[key] = f"{type(err).__name__}: {err}"
             body = _missing(ctx.missing[key])
         parts.append(f'<section id="{key}"><h2>{_e(_TITLES[key])}</h2>{body}</section>')
-    from tupac import __version__
 
     nav = " ".join(f'<a href="#{k}">{_e(_TITLES[k])}</a>' for k in SECTIONS)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -453,7 +453,6 @@ def build_report(
         title=_e(f"tupac report: {run.name}"), css=_CSS, nav=nav, body="\n".join(parts),
         meta=_e(f"{run} · generated {when} · tupac {__version__}"),
     )
-    from tupac.heatmaps.commit import atomic_write_bytes
 
     index = atomic_write_bytes(out / "index.html", page.encode("utf-8"))
     return ReportResult(index, ctx.missing, ctx.images)

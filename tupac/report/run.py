@@ -18,7 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tupac.errors import ReportError
+from tupac.errors import HeatmapStoreError, LedgerError, ReportError, TupacError
+from tupac.heatmaps.commit import read_commit
+from tupac.heatmaps.ledger import Ledger
+from tupac.heatmaps.store import detections_path
+from tupac.slide import open_slide
 
 __all__ = ["SlideEntry", "list_slides", "read_detections", "slide_geometry", "read_json", "run_summary"]
 
@@ -53,10 +57,6 @@ class SlideEntry:
 
 def list_slides(run_dir: str | Path) -> list[SlideEntry]:
     """Every ``RUN/slides/*.zarr`` folder, sorted by slide ID (hidden temporaries skipped)."""
-    from tupac.errors import HeatmapStoreError
-    from tupac.heatmaps.commit import read_commit
-    from tupac.heatmaps.store import detections_path
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(run_dir, "no such run folder")
@@ -107,9 +107,6 @@ def slide_geometry(record: Any, slide_mpp: float | None = None) -> tuple[float, 
     ReportError
         The slide cannot be opened and no ``slide_mpp`` was given.
     """
-    from tupac.errors import TupacError
-    from tupac.slide import open_slide
-
     try:
         with open_slide(record.input_path, backend="openslide", mpp=slide_mpp) as s:
             return float(s.mpp), tuple(int(v) for v in s.dimensions)
@@ -144,9 +141,6 @@ def run_summary(run_dir: str | Path) -> tuple[dict | None, str]:
         return data, "summary.json"
     ledger_file = run_dir / "ledger.sqlite"
     if ledger_file.is_file():
-        from tupac.errors import LedgerError
-        from tupac.heatmaps.ledger import Ledger
-
         try:
             with Ledger.open(run_dir) as ledger:
                 return ledger.summary(), "ledger.sqlite"

@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from tupac.heatmaps.store import HeatmapStore
+from tupac.report.run import read_detections
+from tupac.slide import open_slide
+
 __all__ = ["colormap", "sample_heatmap", "draw_overlay", "SlideThumbnails", "render_slide", "thumbnail_mpp"]
 
 # Stops of matplotlib's "inferno" (perceptually uniform, readable in greyscale); interpolated linearly.
@@ -163,10 +167,6 @@ def render_slide(entry: Any, out_dir: str | Path, threshold: float, max_side: in
         The slide file cannot be read (SlideOpenError, ReportError) or the store is broken.
     """
     from PIL import Image
-
-    from tupac.heatmaps.store import HeatmapStore
-    from tupac.report.run import read_detections
-    from tupac.slide import open_slide
 
     with open_slide(entry.record.input_path, backend="openslide", mpp=slide_mpp) as s:
         mpp = thumbnail_mpp(s.dimensions, s.mpp, max_side)

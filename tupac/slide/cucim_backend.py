@@ -23,6 +23,7 @@ import numpy as np
 from tupac.errors import SlideDecodeError, SlideError, SlideOpenError
 from tupac.slide.base import BaseSlideReader, _origins, _size, white
 from tupac.slide.metadata import build_info
+from tupac.slide.openslide_backend import OpenSlideReader
 from tupac.slide.probe import PROBE_TIMEOUT_S, probe_cucim
 from tupac.slide.quiet import native_noise_filtered, prepare_cufile_log
 from tupac.slide.tiles import TileChecker
@@ -162,8 +163,6 @@ class CuCIMReader(BaseSlideReader):
             raise SlideDecodeError(self.path, f"{where} ({e.problem})") from None
 
     def _openslide(self):
-        from tupac.slide.openslide_backend import OpenSlideReader
-
         with self._fallback_lock:
             if self._fallback is None:
                 try:

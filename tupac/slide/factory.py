@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tupac.errors import ConfigError, SlideOpenError
 from tupac.slide.base import BaseSlideReader
+from tupac.slide.cucim_backend import CuCIMReader
+from tupac.slide.openslide_backend import OpenSlideReader
 from tupac.slide.probe import PROBE_TIMEOUT_S, cucim_version
 from tupac.slide.tiles import CUCIM_COMPRESSIONS
 
@@ -106,8 +108,6 @@ def open_slide(
         raise SlideOpenError(path, "no such file")
     if not path.is_file():
         raise SlideOpenError(path, "not a regular file")
-    from tupac.slide.cucim_backend import CuCIMReader
-    from tupac.slide.openslide_backend import OpenSlideReader
 
     if backend == "openslide":
         return _tag(OpenSlideReader(path, mpp), "requested")

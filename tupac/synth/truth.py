@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tupac.preprocess.mask_png import read_mask_png, write_mask_png as write_png
+from tupac.preprocess.tissue import TissueMask
+
 
 def write_mask_png(path: Path, mask: np.ndarray, mpp: float) -> None:
     """Save a boolean mask as a 0/255 8-bit PNG with ``mpp`` (um/px) in its text metadata."""
-    from tupac.preprocess.mask_png import write_mask_png as write_png
-    from tupac.preprocess.tissue import TissueMask
-
     write_png(path, TissueMask(np.asarray(mask, dtype=bool), float(mpp)))
 
 
@@ -34,8 +34,6 @@ def read_truth_mask(path: str | Path) -> tuple[np.ndarray, float]:
     DatasetLayoutError
         The file is missing, not an image, or has no ``mpp`` text entry.
     """
-    from tupac.preprocess.mask_png import read_mask_png
-
     mask = read_mask_png(path)
     return mask.mask, mask.mpp
 
