@@ -48,11 +48,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tupac.errors import FeatureError, FeatureFileError
+from tupac.data.layout import SLIDES_DIR, SLIDE_SUFFIXES
+from tupac.data.manifest import from_dataset, read_manifest
+from tupac.data.readers import read_ground_truth
+from tupac.errors import FeatureError, FeatureFileError, FeatureTrackingError, HeatmapStoreError
+from tupac.features import check_finite, feature_dictionary
+from tupac.features.aggregate import open_heatmaps, slide_features
 from tupac.features.config import FeatureRunConfig
+from tupac.features.deep_hist import (
+    DEEP_DIM,
+    DeepHistogram,
+    _classifier_layer,
+    fit_deep_histogram,
+    penultimate_features,
+    random_projection,
+)
 from tupac.features.dictionary import NO_TISSUE, NO_TISSUE_FEATURE, dictionary_frame
+from tupac.features.general import (
+    GeneralConfig,
+    check_fold_sizes,
+    cross_fit,
+    feature_volumes,
+    general_dictionary,
+    general_features,
+    ids_hash,
+    load_grade_net,
+    save_grade_net,
+    volumes_hash,
+)
 from tupac.geometry import MPP_40X
+from tupac.heatmaps.commit import read_commit
+from tupac.heatmaps.store import HeatmapStore, detections_path
+from tupac.preprocess.stain import SlideStainStats, fit_slide, transform
 from tupac.runlock import run_lock
+from tupac.slide import open_slide
 
 __all__ = ["FeatureRunConfig", "RunSlide", "RunFeatures", "discover_slides", "read_detections", "run_features"]
 
@@ -89,9 +118,6 @@ class RunFeatures:
 
 def slide_sources(source: str | Path) -> dict[str, tuple[Path, float | None]]:
     """Slide id -> (file, µm/px override) from a manifest CSV, a TUPAC16 dataset root or a slide folder."""
-    from tupac.data.layout import SLIDE_SUFFIXES, SLIDES_DIR
-    from tupac.data.manifest import from_dataset, read_manifest
-
     p = Path(source).expanduser()
     if p.is_file():
         entries = read_manifest(p)
@@ -112,10 +138,6 @@ def discover_slides(run: str | Path, slides: str | Path | None = None) -> tuple[
     FeatureFileError
         ``RUN/slides`` is missing.
     """
-    from tupac.errors import HeatmapStoreError
-    from tupac.heatmaps.commit import read_commit
-    from tupac.heatmaps.store import detections_path
-
     folder = Path(run) / "slides"
     if not folder.is_dir():
         raise FeatureFileError(folder, "no slides folder in the run (expected RUN/slides/<id>.zarr from `tupac infer`)")
@@ -193,8 +215,6 @@ class _SlidePixels:
 
     def __init__(self, slide: RunSlide, tissue: tuple[np.ndarray, float] | None, seed: int,
                  preset: Mapping[str, Any] | None = None) -> None:
-        from tupac.slide import open_slide
-
         self.reader = open_slide(slide.slide_path, mpp=slide.mpp)
         self.mpp = float(self.reader.mpp)
         self.dimensions = tuple(int(v) for v in self.reader.dimensions)
@@ -204,8 +224,6 @@ class _SlidePixels:
         if reference is None:
             return rgb
         from types import SimpleNamespace
-
-        from tupac.preprocess.stain import fit_slide, transform
 
         key = reference.key
         if key not in self._stats:
@@ -224,8 +242,6 @@ class _SlidePixels:
 
 def _deep_vectors(px: _SlidePixels, det: pd.DataFrame, trained, limit: int) -> np.ndarray:
     """Raw penultimate vectors ``(n, width)`` of the mitosis network on 63 x 63 patches at 40x around detections."""
-    from tupac.features.deep_hist import _classifier_layer, penultimate_features
-
     layer = _classifier_layer(trained.model)
     width = int(getattr(layer, "in_channels", None) or layer.in_features)
     if len(det) == 0:
@@ -244,8 +260,6 @@ def _general_patch_px(card, cfg: FeatureRunConfig) -> int:
 
 def _general_volumes(px: _SlidePixels, origins: np.ndarray, tissue_centre_l0, trained, cfg: FeatureRunConfig) -> np.ndarray:
     """Frozen-network feature volumes of patches centred on the first fringe patches (or the tissue centre)."""
-    from tupac.features.general import feature_volumes
-
     card = trained.card
     size = _general_patch_px(card, cfg)
     centres = origins[: cfg.general_patches] + 1000 * MPP_40X / px.mpp / 2
@@ -271,8 +285,6 @@ class _SlideResult:
 
 
 def _tissue_of(store_path: Path) -> tuple[np.ndarray, float] | None:
-    from tupac.heatmaps.store import HeatmapStore
-
     store = HeatmapStore.open(store_path, mode="r")
     if "tissue" not in store.names:
         return None
@@ -282,9 +294,6 @@ def _tissue_of(store_path: Path) -> tuple[np.ndarray, float] | None:
 def _mitosis_stats_of(store_path: Path, trained) -> dict[str, Any]:
     """The mitosis stage's stain statistics recorded in the slide's commit (tumor regions), keyed by
     the mitosis template; empty when the job recorded none (no tumor, or an older run)."""
-    from tupac.heatmaps.commit import read_commit
-    from tupac.preprocess.stain import SlideStainStats
-
     if trained is None or trained.reference is None:
         return {}
     recorded = read_commit(store_path).extra.get("mitosis_stain_stats")
@@ -294,8 +303,6 @@ def _mitosis_stats_of(store_path: Path, trained) -> dict[str, Any]:
 
 
 def _one_slide(slide: RunSlide, cfg: FeatureRunConfig, nets: _Networks, want_general: bool, scheduler) -> _SlideResult:
-    from tupac.features.aggregate import open_heatmaps, slide_features
-
     det = read_detections(slide.detections_csv, cfg.min_prob)
     hm = open_heatmaps(slide.store)
     kw = dict(threshold=cfg.threshold, min_region_mm2=cfg.min_region_mm2, n_patches=cfg.n_patches, seed=cfg.seed, scheduler=scheduler)
@@ -336,8 +343,6 @@ def _tissue_centre_l0(tissue: tuple[np.ndarray, float] | None, px: _SlidePixels)
 def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Path, nets: _Networks,
               cfg: FeatureRunConfig, notes: list[str]):
     """Fit (training slides) or load the deep histogram; None when there is no mitosis network."""
-    from tupac.features.deep_hist import DEEP_DIM, DeepHistogram, fit_deep_histogram, random_projection
-
     if nets.mitosis is None or not cfg.pixels:
         notes.append("deep_hist: not computed (needs --models with a mitosis network and the slide pixels)")
         return None, None
@@ -384,9 +389,6 @@ def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grad
                   nets: _Networks, cfg: FeatureRunConfig, notes: list[str],
                   track: bool) -> tuple[dict[str, np.ndarray], _GeneralFit | None]:
     """Each slide's general-feature row, and the fit when one was made (None when a saved one was reused)."""
-    from tupac.features.general import GeneralConfig, cross_fit, ids_hash, load_grade_net, save_grade_net
-    from tupac.features.general import general_features, volumes_hash
-
     gcfg = GeneralConfig(epochs=cfg.general_epochs, seed=cfg.seed)
     new = [s for s in results if s not in set(training)]
     if training:
@@ -437,7 +439,6 @@ def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grad
 def _track_general(run: Path, fit: _GeneralFit, tracking_uri: str | None, notes: list[str]) -> Path:
     """Log the fit to MLflow and write ``RUN/features/mlflow.json``; any failure becomes FeatureTrackingError
     (the features are written by then, and the message says so)."""
-    from tupac.errors import FeatureTrackingError
     from tupac.features.tracking import log_general_fit
     from tupac.predict.tracking import resolve_tracking_uri
 
@@ -464,7 +465,6 @@ def _labels(path: Path | None, ids: list[str]) -> tuple[list[str], np.ndarray, l
     """Training slides (label-file order, with a store) and their grades; labelled slides without a store."""
     if path is None:
         return [], np.zeros(0, np.int64), []
-    from tupac.data.readers import read_ground_truth
 
     lab = read_ground_truth(path)
     have = set(ids)
@@ -494,8 +494,6 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
            blank: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cohort table (``slide_id``, ``no_tissue``, then the groups' columns; rows in ``ids`` order)
     and its dictionary. Slides in ``blank`` get NaN everywhere but their flag; the others must be finite."""
-    from tupac.features import check_finite, feature_dictionary
-
     dictionary = feature_dictionary(groups, n_clusters=n_clusters)
     names = dictionary["name"].tolist()
     for sid, r in results.items():
@@ -518,8 +516,6 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
 def _has_no_tissue(store_path: Path) -> bool:
     """Whether the job found no tissue on the slide: its commit says so, or, for a record written
     before the job said it, its tissue mask is empty."""
-    from tupac.heatmaps.commit import read_commit
-
     said = read_commit(store_path).extra.get("no_tissue")
     if said is not None:
         return bool(said)
@@ -614,8 +610,6 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     if want_general and (models is None or not config.pixels):
         raise FeatureError("general features need --models (the frozen network) and the slide pixels")
     if want_general and training:
-        from tupac.features.general import check_fold_sizes
-
         # Before any slide is read: a split that cannot be made must not cost the cohort's features first.
         notes += check_fold_sizes(grades, config.n_splits, f"{labels}")
     nets = _load_networks(Path(models) if models else None, config, want_general)
@@ -638,7 +632,6 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
             r.features.update(fit.features(r.deep @ projection))
     if want_general:
         tick("", "general features (grade network)")
-        from tupac.features.general import general_dictionary
 
         rows, general_fit = _general_rows(results, training, grades, general_dir, nets, config, notes, track)
         names = [f.name for f in general_dictionary()]
