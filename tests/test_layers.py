@@ -50,7 +50,6 @@ KNOWN_UPWARD = frozenset({
 # Strongly connected sets of modules today (a package's __init__ re-exporting a submodule that
 # imports the package back counts: the import order then decides what works).
 KNOWN_LOOPS = frozenset({
-    frozenset({"tupac.infer.actors", "tupac.infer.slide_task"}),
     frozenset({"tupac.models", "tupac.models.io", "tupac.models.registry"}),
     frozenset({"tupac.preprocess.stain", "tupac.preprocess.stain.base"}),
     frozenset({"tupac.synth", "tupac.synth.cohort", "tupac.synth.render", "tupac.synth.scene"}),

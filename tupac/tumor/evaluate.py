@@ -19,7 +19,7 @@ def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, 
     scores needed to pool an AUROC over slides (``_scores``, ``_truth``).
     """
     from tupac.features.aggregate import resample_onto
-    from tupac.heatmaps.windows import heatmap_to_array
+    from tupac.heatmaps.engine import heatmap_to_array
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide
