@@ -26,10 +26,10 @@ models
     :func:`tupac.heatmaps.windows.heatmap_geometry`.
 correctness
     Max absolute difference of the positive-class probabilities, device vs CPU (pass below
-    ``--tol``, default 1e-3) for :func:`tupac.infer.actors.predict_windows` (a GPU batch of
-    windows of each network), :func:`tupac.heatmaps.windows.window_probabilities`,
+    ``--tol``, default 1e-3) for :func:`tupac.heatmaps.engine.predict_windows` (a GPU batch of
+    windows of each network), :func:`tupac.heatmaps.engine.window_probabilities`,
     :func:`tupac.mitosis.inference.mitosis_heatmap` on a phantom 40x field and
-    :func:`tupac.heatmaps.windows.heatmap_to_array` on a phantom slide (OpenSlide); plus, as a
+    :func:`tupac.heatmaps.engine.heatmap_to_array` on a phantom slide (OpenSlide); plus, as a
     diagnostic, the predict_windows comparisons again with cuDNN TF32 the other way round from the
     job's GPU actors (``JobConfig.gpu_tf32``, off by default: heatmaps match the CPU's).
 throughput

@@ -43,7 +43,6 @@ KNOWN_UPWARD = frozenset({
     ("tupac.data.masks", "tupac.preprocess.tissue"),
     ("tupac.features.general", "tupac.predict.cv"),
     ("tupac.features.tracking", "tupac.predict.tracking"),
-    ("tupac.tumor.evaluate", "tupac.features.aggregate"),
     ("tupac.tumor.evaluate", "tupac.synth"),
 })
 

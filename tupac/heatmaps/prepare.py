@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tupac.errors import ModelError
+from tupac.geometry import Frame
 from tupac.heatmaps.store import ArraySpec, HeatmapStore
 from tupac.heatmaps.windows import heatmap_geometry, window_tissue
 from tupac.preprocess import stain
@@ -106,11 +107,9 @@ class SlidePlan:
 
 def slide_specs(geoms: Mapping[str, Any], tissue) -> dict[str, ArraySpec]:
     """The store's arrays: the tissue mask and one heatmap per task (one window per chunk)."""
-    specs = {
-        "tissue": ArraySpec(tissue.mask.shape, (256, 256), "uint8", tissue.mpp, 0, offset_um=(tissue.mpp / 2,) * 2),
-    }
+    specs = {"tissue": ArraySpec.from_frame(Frame(tissue.mpp, shape=tissue.mask.shape), (256, 256), "uint8", 0)}
     for task, g in geoms.items():
-        specs[task] = ArraySpec(g.shape, (g.chunk, g.chunk), "float32", g.cell_um, 0.0, offset_um=(g.offset_px * g.mpp,) * 2)
+        specs[task] = ArraySpec.from_frame(g.frame, (g.chunk, g.chunk), "float32", 0.0)
     return specs
 
 

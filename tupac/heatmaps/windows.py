@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from tupac.geometry import size_at_mpp
+from tupac.geometry import Frame, size_at_mpp
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class HeatmapGeometry:
     def cell_um(self) -> float:
         """Heatmap resolution in micrometers per cell."""
         return self.stride_px * self.mpp
+
+    @property
+    def frame(self) -> Frame:
+        """Where the heatmap lies on the slide (``mpp = cell_um``, cell 0 centred ``offset_px * mpp`` µm in)."""
+        return Frame.of_model(self.shape, self.stride_px, self.offset_px, self.mpp, self.slide_mpp)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -141,7 +141,8 @@ def tumor_regions(
     store = HeatmapStore.open(store_path, mode="r")
     tissue = store.read("tissue").astype(bool)
     g = plan.geoms["tumor"]
-    prob = heatmap_on_grid(store.read("tumor"), g.cell_um, g.offset_px * g.mpp, tissue.shape, plan.tissue_mpp)
+    frame = g.frame
+    prob = heatmap_on_grid(store.read("tumor"), frame.mpp, frame.offset_um[0], tissue.shape, plan.tissue_mpp)
     regions = tissue & (prob >= threshold)
     keep = window_tissue(plan.geoms["mitosis"], regions, plan.tissue_mpp) if "mitosis" in plan.geoms else None
     windows = np.argwhere(keep).astype(np.int64) if keep is not None else np.zeros((0, 2), np.int64)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tupac.errors import ReportError
+from tupac.errors import HeatmapStoreError, ReportError
+from tupac.heatmaps.commit import atomic_write_bytes
+from tupac.heatmaps.store import HeatmapStore
 from tupac.report.geojson import (
-    HeatmapFrame,
     dumps,
     feature_collection,
     mitosis_features,
@@ -66,8 +67,6 @@ def tumor_threshold(record, threshold: float | None) -> float:
 
 
 def _write(path: Path, fc: dict, slide_size) -> None:
-    from tupac.heatmaps.commit import atomic_write_bytes
-
     problems = validate_feature_collection(fc, slide_size)
     if problems:  # a bug, not a user error: say which feature is wrong rather than write a bad file
         raise ReportError(path, f"would write invalid GeoJSON: {problems[0]} ({len(problems)} problem(s))")
@@ -106,9 +105,6 @@ def export_slide(
     ReportError
         Slide not committed, no tumor heatmap, unreadable detections or slide resolution.
     """
-    from tupac.errors import HeatmapStoreError
-    from tupac.heatmaps.store import HeatmapStore
-
     if not entry.committed:
         raise ReportError(entry.store, f"slide {entry.slide_id} is not done ({entry.problem})")
     try:
@@ -118,7 +114,7 @@ def export_slide(
     except HeatmapStoreError as e:
         raise ReportError(entry.store, f"no readable tumor heatmap: {e.problem}") from None
     mpp, size = slide_geometry(entry.record, slide_mpp)
-    frame = HeatmapFrame(spec.mpp, spec.offset_um, mpp, size)
+    frame = spec.frame.on_slide(mpp, size)
     t = tumor_threshold(entry.record, threshold)
     tol = 0.5 * spec.mpp if tolerance_um is None else float(tolerance_um)
     regions = tumor_features(prob, frame, t, tol, min_area_um2)
