@@ -26,10 +26,10 @@ models
     :func:`tupac.heatmaps.windows.heatmap_geometry`.
 correctness
     Max absolute difference of the positive-class probabilities, device vs CPU (pass below
-    ``--tol``, default 1e-3) for :func:`tupac.infer.actors.predict_windows` (a GPU batch of
-    windows of each network), :func:`tupac.heatmaps.windows.window_probabilities`,
+    ``--tol``, default 1e-3) for :func:`tupac.heatmaps.engine.predict_windows` (a GPU batch of
+    windows of each network), :func:`tupac.heatmaps.engine.window_probabilities`,
     :func:`tupac.mitosis.inference.mitosis_heatmap` on a phantom 40x field and
-    :func:`tupac.heatmaps.windows.heatmap_to_array` on a phantom slide (OpenSlide); plus, as a
+    :func:`tupac.heatmaps.engine.heatmap_to_array` on a phantom slide (OpenSlide); plus, as a
     diagnostic, the predict_windows comparisons again with cuDNN TF32 the other way round from the
     job's GPU actors (``JobConfig.gpu_tf32``, off by default: heatmaps match the CPU's).
 throughput
@@ -461,7 +461,7 @@ def with_tf32_flipped(fn: Callable[[], dict]) -> dict:
 
 
 def check_predict_windows(ctx: Ctx, task: str) -> dict:
-    from tupac.infer.actors import predict_windows
+    from tupac.heatmaps.engine import predict_windows
 
     n = ctx.geometry[task]["window_px"]
     px = make_windows(ctx.plan.correctness_batch, n, seed=1)
@@ -473,7 +473,7 @@ def check_predict_windows(ctx: Ctx, task: str) -> dict:
 
 
 def check_window_probabilities(ctx: Ctx, task: str) -> dict:
-    from tupac.heatmaps.windows import window_probabilities
+    from tupac.heatmaps.engine import window_probabilities
 
     n = ctx.geometry[task]["window_px"]
     px = make_windows(1, n, seed=2)[0]
@@ -507,7 +507,7 @@ def check_mitosis_heatmap(ctx: Ctx) -> dict:
 
 def check_slide_heatmap(ctx: Ctx) -> dict:
     """``heatmap_to_array`` over a phantom slide (OpenSlide reads; the path tumor training maps slides with)."""
-    from tupac.heatmaps.windows import heatmap_to_array
+    from tupac.heatmaps.engine import heatmap_to_array
     from tupac.slide import open_slide
 
     if not ctx.has_slides:
@@ -546,7 +546,7 @@ def rates(t: dict, windows: int, ctx: Ctx, task: str) -> dict:
 
 
 def device_rates(ctx: Ctx, task: str, job_batch: int) -> dict:
-    from tupac.infer.actors import predict_windows
+    from tupac.heatmaps.engine import predict_windows
 
     n = ctx.geometry[task]["window_px"]
     px = make_windows(max(ctx.plan.device_batches), n, seed=3)
@@ -611,7 +611,7 @@ def model_only_rates(ctx: Ctx, task: str, batch: int) -> dict:
 def cpu_rates(ctx: Ctx, task: str, batch: int) -> dict:
     import torch
 
-    from tupac.infer.actors import predict_windows
+    from tupac.heatmaps.engine import predict_windows
 
     torch.set_num_threads(os.cpu_count() or 1)
     n = ctx.geometry[task]["window_px"]
@@ -728,7 +728,7 @@ def loop_run(ctx: Ctx, name: str, task: str, kwargs: dict, ds, device: str, epoc
 def check_trained(ctx: Ctx, task: str) -> dict:
     """predict_windows, device vs CPU, with the weights the CPU training loop learned (their
     probabilities spread further from 0.5 than a fresh network's)."""
-    from tupac.infer.actors import predict_windows
+    from tupac.heatmaps.engine import predict_windows
 
     if task not in ctx.trained:
         raise RuntimeError(f"no trained {task} network (its CPU training loop did not finish)")

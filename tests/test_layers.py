@@ -41,14 +41,12 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(names) for names in (
 # (importer, imported) module pairs that run upward today; see the module docstring.
 KNOWN_UPWARD = frozenset({
     ("tupac.features.tracking", "tupac.predict.tracking"),
-    ("tupac.tumor.evaluate", "tupac.features.aggregate"),
     ("tupac.tumor.evaluate", "tupac.synth"),
 })
 
 # Strongly connected sets of modules today (a package's __init__ re-exporting a submodule that
 # imports the package back counts: the import order then decides what works).
 KNOWN_LOOPS = frozenset({
-    frozenset({"tupac.infer.actors", "tupac.infer.slide_task"}),
 })
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tupac.heatmaps.windows import heatmap_geometry, heatmap_to_array
+from tupac.heatmaps.engine import heatmap_to_array
+from tupac.heatmaps.windows import heatmap_geometry
 from tupac.models import create_model, to_input
 from tupac.slide import open_slide
 

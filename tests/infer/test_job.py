@@ -242,7 +242,7 @@ def test_job_config_and_model_folders_are_validated(tmp_path):
     from tupac.errors import ConfigError, ModelError
     from tupac.infer.actors import model_dirs
     from tupac.infer.job import JobConfig
-    from tupac.infer.slide_task import CardInfo
+    from tupac.heatmaps.prepare import CardInfo
 
     for bad in ({"batch_size": 0}, {"max_attempts": 0}, {"actors": 0}, {"num_gpus_per_actor": -1.0}):
         with pytest.raises(ConfigError):
@@ -268,7 +268,8 @@ def test_actor_plan_that_starves_slide_tasks_is_refused(local_ray, models, cohor
 
 def test_stain_lookup_table_path_gives_the_same_bytes(local_ray, models, cohort):
     """Large stages standardize through the slide's lookup table; the bytes equal the per-pixel path."""
-    from tupac.infer.actors import ModelActor, read_windows, use_stain_lut
+    from tupac.heatmaps.engine import read_windows
+    from tupac.infer.actors import ModelActor, use_stain_lut
     from tupac.heatmaps.windows import heatmap_geometry
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask

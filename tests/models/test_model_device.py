@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tupac.infer.actors import predict_windows
-from tupac.heatmaps.windows import window_probabilities
+from tupac.heatmaps.engine import predict_windows, window_probabilities
 from tupac.mitosis.inference import mitosis_heatmap
 from tupac.models import create_model, model_device
 

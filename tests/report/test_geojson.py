@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from runs import disk  # noqa: E402
 
+from tupac.geometry import Frame as HeatmapFrame  # noqa: E402
 from tupac.report.geojson import (  # noqa: E402
-    HeatmapFrame,
     dumps,
     feature_collection,
     mask_polygons,

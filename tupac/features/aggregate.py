@@ -32,14 +32,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tupac.errors import FeatureError, FeatureFileError
+from tupac.errors import FeatureError, FeatureFileError, HeatmapStoreError
+from tupac.features.catalog import feature_dictionary
 from tupac.features.deep_hist import DeepHistogram
 from tupac.features.dictionary import check_finite
 from tupac.features.fringe import fringe_patches, fringe_summary
 from tupac.features.mitosis_arch import HEAT_BINS, arch_features, heatmap_moments
 from tupac.features.mitosis_bio import detections_in_patch, patch_bio_features, slide_bio_features
 from tupac.features.tumor import tumor_features
-from tupac.geometry import MPP_40X
+from tupac.geometry import MPP_40X, Frame, pixels_under, resample_onto
+from tupac.heatmaps.store import HeatmapStore
 
 __all__ = ["SlideHeatmaps", "SlideInput", "SlideFeatures", "open_heatmaps", "slide_features", "cohort_features"]
 
@@ -51,6 +53,7 @@ class SlideHeatmaps:
     ``*_offset_um`` is ``(y, x)`` in µm from the slide's level-0 origin to the *centre* of heatmap
     pixel (0, 0), as the store records it (``ArraySpec.offset_um``); None means ``mpp / 2``: pixel
     (0, 0) covers ``[0, mpp)`` from the origin, the convention of the pure feature modules.
+    :meth:`frame` gives each heatmap's :class:`tupac.geometry.Frame`.
     """
 
     tumor: Any
@@ -64,24 +67,32 @@ class SlideHeatmaps:
     mitosis_offset_um: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tumor", "tissue", "mitosis"):
-            arr, mpp = getattr(self, name), getattr(self, f"{name}_mpp")
+        for name, (arr, mpp, off) in self._layers().items():
             if arr is None:
                 continue
             if arr.ndim != 2:
                 raise FeatureError(f"{name} heatmap must be 2-D (y, x), got shape {arr.shape}")
             if mpp is None or not (math.isfinite(mpp) and mpp > 0):
                 raise FeatureError(f"{name} heatmap needs a positive µm/px, got {mpp!r}")
-            off = getattr(self, f"{name}_offset_um")
             if off is not None and (len(off) != 2 or not all(math.isfinite(float(v)) for v in off)):
                 raise FeatureError(f"{name} heatmap offset must be two finite µm values (y, x), got {off!r}")
 
+    def _layers(self) -> dict[str, tuple[Any, float | None, tuple[float, float] | None]]:
+        return {
+            "tumor": (self.tumor, self.tumor_mpp, self.tumor_offset_um),
+            "tissue": (self.tissue, self.tissue_mpp, self.tissue_offset_um),
+            "mitosis": (self.mitosis, self.mitosis_mpp, self.mitosis_offset_um),
+        }
+
+    def frame(self, name: str) -> Frame:
+        """Where heatmap ``name`` lies on the slide."""
+        arr, mpp, off = self._layers()[name]
+        known = arr is not None and all(isinstance(v, (int, np.integer)) for v in arr.shape)
+        return Frame(mpp, off, tuple(arr.shape) if known else None)
+
     def origin_um(self, name: str) -> np.ndarray:
         """``(y, x)`` µm from the slide origin to the top-left corner of heatmap ``name``'s pixel (0, 0)."""
-        mpp, off = getattr(self, f"{name}_mpp"), getattr(self, f"{name}_offset_um")
-        if off is None:
-            return np.zeros(2)
-        return np.asarray(off, dtype=np.float64) - mpp / 2.0
+        return self.frame(name).origin_um
 
 
 class ZarrReader:
@@ -108,6 +119,7 @@ class ZarrReader:
         self.__dict__.update(state, _array=None)
 
     def __getitem__(self, key):
+        # Deferred: zarr loads in the worker that first reads a chunk, not where the graph is built.
         import zarr
 
         if self._array is None:
@@ -117,7 +129,7 @@ class ZarrReader:
 
 def _lazy(path: Path, z, name: str):
     """Dask array over the zarr array ``z`` found at ``name`` inside the store ``path``: one task per chunk."""
-    import dask.array as da
+    import dask.array as da  # deferred: dask loads with the first graph (importing the features stays cheap)
 
     reader = ZarrReader(str(path), name, z.shape, z.dtype, z.chunks)
     token = dask_token(path, name, z.shape, z.chunks)
@@ -126,7 +138,7 @@ def _lazy(path: Path, z, name: str):
 
 
 def dask_token(*parts) -> str:
-    from dask.base import tokenize
+    from dask.base import tokenize  # deferred: dask loads with the first graph
 
     return tokenize(*(str(p) for p in parts))
 
@@ -152,9 +164,6 @@ def open_heatmaps(store_path: str | Path) -> SlideHeatmaps:
     FeatureFileError
         Not a tupac heatmap store, or no ``tumor`` heatmap; the message names the store.
     """
-    from tupac.errors import HeatmapStoreError
-    from tupac.heatmaps.store import HeatmapStore
-
     path = Path(store_path)
     try:
         store = HeatmapStore.open(path, mode="r")
@@ -162,7 +171,8 @@ def open_heatmaps(store_path: str | Path) -> SlideHeatmaps:
         raise FeatureFileError(path, f"not a readable heatmap store: {e.problem}") from None
     if "tumor" not in store.names:
         raise FeatureFileError(path, f"has no 'tumor' heatmap (heatmaps: {', '.join(store.names) or 'none'})")
-    out: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}
+    frames: dict[str, Frame] = {}
     for name in ("tumor", "tissue", "mitosis"):
         if name not in store.names:
             continue
@@ -170,10 +180,16 @@ def open_heatmaps(store_path: str | Path) -> SlideHeatmaps:
             z = store.array(name, 0)
         except (HeatmapStoreError, KeyError) as e:
             raise FeatureFileError(path / name, f"heatmap dataset 0 is unreadable: {e}") from None
-        out[name] = _lazy(path, z, f"{name}/0")
-        out[f"{name}_mpp"] = store.mpp(name, 0)
-        out[f"{name}_offset_um"] = tuple(store.spec(name).offset_um)
-    return SlideHeatmaps(**out)
+        arrays[name] = _lazy(path, z, f"{name}/0")
+        frames[name] = store.spec(name).frame
+    placed = {name: (f.mpp, f.offset_um) for name, f in frames.items()}
+    (tumor_mpp, tumor_off), (tissue_mpp, tissue_off), (mitosis_mpp, mitosis_off) = (
+        placed.get(name, (None, None)) for name in ("tumor", "tissue", "mitosis"))
+    return SlideHeatmaps(
+        tumor=arrays["tumor"], tumor_mpp=tumor_mpp, tumor_offset_um=tumor_off,
+        tissue=arrays.get("tissue"), tissue_mpp=tissue_mpp, tissue_offset_um=tissue_off,
+        mitosis=arrays.get("mitosis"), mitosis_mpp=mitosis_mpp, mitosis_offset_um=mitosis_off,
+    )
 
 
 # ---------------------------------------------------------------- graph pieces
@@ -185,7 +201,7 @@ def _bounded(arr, mpp: float, max_pixels: int, reduce: str):
     The block-averaged raster keeps its top-left corner where the source's was (cell 0 covers source
     pixels ``0..f-1``), so :meth:`SlideHeatmaps.origin_um` holds for it too.
     """
-    import dask.array as da
+    import dask.array as da  # deferred: dask loads with the first graph
 
     n = arr.shape[0] * arr.shape[1]
     f = max(1, math.ceil(math.sqrt(n / max_pixels)))
@@ -200,40 +216,11 @@ def _bounded(arr, mpp: float, max_pixels: int, reduce: str):
     return da.coarsen(np.mean, arr.astype(np.float32), {0: f, 1: f}) >= 0.5, mpp * f
 
 
-def _index_on(n: int, start: int, mpp: float, origin_um: float, to_mpp: float, to_origin_um: float, size: int) -> np.ndarray:
-    """Indices into a raster (``to_mpp``, top-left at ``to_origin_um``, ``size`` pixels) of the centres of
-    pixels ``start .. start + n - 1`` of another (``mpp``, top-left at ``origin_um``); clipped to the edge."""
-    centre_um = origin_um + (np.arange(start, start + n) + 0.5) * mpp
-    return np.clip(np.floor((centre_um - to_origin_um) / to_mpp).astype(np.int64), 0, size - 1)
-
-
-def resample_onto(src: np.ndarray, src_mpp: float, src_origin_um, shape: tuple[int, int], mpp: float, origin_um) -> np.ndarray:
-    """Nearest-neighbour resampling of ``src`` onto the grid ``(shape, mpp, origin_um)``, both placed on the slide.
-
-    Parameters
-    ----------
-    src : ndarray, shape (h, w)
-    src_mpp, mpp : float
-        µm/px of the source and of the target grid.
-    src_origin_um, origin_um : (y, x) µm
-        Top-left corner of pixel (0, 0) of each raster, from the slide origin.
-    shape : (rows, cols)
-
-    Returns
-    -------
-    ndarray, shape ``shape``, dtype of ``src``
-        Target pixels whose centre falls outside the source take the nearest edge value.
-    """
-    rows = _index_on(shape[0], 0, mpp, float(origin_um[0]), src_mpp, float(src_origin_um[0]), src.shape[0])
-    cols = _index_on(shape[1], 0, mpp, float(origin_um[1]), src_mpp, float(src_origin_um[1]), src.shape[1])
-    return src[np.ix_(rows, cols)]
-
-
 def _moment_block(block, tumor, tumor_mpp, tumor_origin, heat_mpp, heat_origin, block_info=None):
     """Heatmap moments of one chunk, inside the tumor (nearest tumor pixel by chunk pixel centre)."""
     (r0, r1), (c0, c1) = block_info[0]["array-location"]
-    rows = _index_on(r1 - r0, r0, heat_mpp, heat_origin[0], tumor_mpp, tumor_origin[0], tumor.shape[0])
-    cols = _index_on(c1 - c0, c0, heat_mpp, heat_origin[1], tumor_mpp, tumor_origin[1], tumor.shape[1])
+    rows = pixels_under(r1 - r0, r0, heat_mpp, heat_origin[0], tumor_mpp, tumor_origin[0], tumor.shape[0])
+    cols = pixels_under(c1 - c0, c0, heat_mpp, heat_origin[1], tumor_mpp, tumor_origin[1], tumor.shape[1])
     inside = tumor[np.ix_(rows, cols)]
     return heatmap_moments(block, inside)[None, None, :]
 
@@ -334,7 +321,7 @@ def slide_features(
     -------
     SlideFeatures
     """
-    import dask
+    import dask  # deferred: dask loads with the first graph
 
     scheduler = scheduler or "threads"
     xy, prob = _detections(detections)
@@ -462,8 +449,6 @@ def cohort_features(
     CohortFeatures
         ``table`` has one row per slide and no NaN/Inf; every column but ``slide_id`` is in ``dictionary``.
     """
-    from tupac.features.catalog import feature_dictionary
-
     rows, tasks, fringes, groups_seen = [], {}, {}, None
     for s in slides:
         hm = s.heatmaps if isinstance(s.heatmaps, SlideHeatmaps) else open_heatmaps(s.heatmaps)

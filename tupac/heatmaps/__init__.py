@@ -9,8 +9,9 @@ tumor / mitosis code read a run without importing the Ray machinery of :mod:`tup
     RUN/slides/<id>.zarr/commit.json  written last; a slide without it is not done (tupac.heatmaps.commit)
     RUN/slides/<id>.mitoses.csv       detections x,y,prob (level 0), checksummed in commit.json
 
-:mod:`tupac.heatmaps.windows` turns a slide's pixels into heatmap cells for any model. Importing this
-package is cheap: zarr and dask are imported when a store is opened.
+:mod:`tupac.heatmaps.windows` lays a model's heatmap over a slide (the windows), :mod:`tupac.heatmaps.engine`
+turns their pixels into heatmap cells for any model, and :mod:`tupac.heatmaps.prepare` prepares a slide
+for it (tissue windows, stain statistics, the store). Importing this package is cheap: zarr and dask are imported when a store is opened.
 """
 
 from tupac.heatmaps.commit import (

@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from tupac.errors import ConfigError, HeatmapStoreError, StoreExistsError
+from tupac.geometry import Frame
 from tupac.heatmaps.commit import (
     COMMIT_FILE, CommitRecord, InputFingerprint, file_sha256, is_committed, read_commit, write_commit,
 )
@@ -96,7 +97,8 @@ class ArraySpec:
         ``(y, x)`` in µm, from the slide's level-0 origin, of the *centre* of heatmap pixel
         (0, 0). For a model heatmap whose cell 0 is centred ``o`` pixels at ``m`` µm/px from the
         origin with output stride ``s`` (:class:`tupac.heatmaps.windows.HeatmapGeometry`):
-        ``mpp = s * m`` and ``offset_um = (o * m, o * m)``.
+        ``mpp = s * m`` and ``offset_um = (o * m, o * m)``. ``mpp``, ``offset_um`` and ``shape`` are
+        the spec's :class:`tupac.geometry.Frame` (:attr:`frame`, :meth:`from_frame`).
     """
 
     shape: tuple[int, int]
@@ -131,6 +133,17 @@ class ArraySpec:
         object.__setattr__(self, "levels", int(self.levels))
         object.__setattr__(self, "offset_um", offset)
         object.__setattr__(self, "fill_value", np.dtype(dtype).type(self.fill_value).item())
+
+    @classmethod
+    def from_frame(cls, frame: Frame, chunks: tuple[int, int], dtype: str, fill_value: float | int | bool = 0,
+                   levels: int = 1) -> "ArraySpec":
+        """The spec of a raster placed by ``frame`` (which must know its ``shape``)."""
+        return cls(frame.shape, chunks, dtype, frame.mpp, fill_value, levels, offset_um=frame.offset_um)
+
+    @property
+    def frame(self) -> Frame:
+        """Where this heatmap (level 0) lies on the slide."""
+        return Frame(self.mpp, self.offset_um, self.shape)
 
     def level_shape(self, k: int) -> tuple[int, int]:
         """Shape of level ``k`` (floor halving: a trailing odd row/column is dropped)."""

@@ -15,19 +15,19 @@ The slide is cut into *windows* of ``chunk`` x ``chunk`` output cells; a window 
 from the same pixels whichever window holds it. Windows with no tissue under them are skipped and
 stay 0.
 
-This module reads pixels through a :class:`tupac.slide.SlideReader` and calls a model; where the
-output goes (Zarr, numpy) is the caller's choice through the ``sink`` callback.
+This module is the geometry and the choice of windows; :mod:`tupac.heatmaps.engine` reads their
+pixels and turns them into cells.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from tupac.geometry import size_at_mpp
+from tupac.geometry import Frame, size_at_mpp
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class HeatmapGeometry:
     def cell_um(self) -> float:
         """Heatmap resolution in micrometers per cell."""
         return self.stride_px * self.mpp
+
+    @property
+    def frame(self) -> Frame:
+        """Where the heatmap lies on the slide (``mpp = cell_um``, cell 0 centred ``offset_px * mpp`` µm in)."""
+        return Frame.of_model(self.shape, self.stride_px, self.offset_px, self.mpp, self.slide_mpp)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -163,97 +168,3 @@ def iter_windows(geom: HeatmapGeometry, keep: np.ndarray | None = None) -> Itera
         for c in range(gc):
             if keep is None or keep[r, c]:
                 yield (r, c)
-
-
-def window_probabilities(model, window_rgb: np.ndarray, device: str | None = None) -> np.ndarray:
-    """Positive-class probability map of one window, ``(h, w)`` float32.
-
-    Parameters
-    ----------
-    model : TupacModel
-        Registered tupac model (applies its own normalization).
-    window_rgb : ndarray, uint8, shape (H, W, 3)
-        Pixels at the model's mpp, already stain-standardized.
-    device : str, optional
-        Torch device to run on; default: where the model's weights are.
-    """
-    import torch
-
-    from tupac.models import model_device, to_device_input
-
-    x = to_device_input(window_rgb[None], model_device(model, device))
-    with torch.inference_mode():
-        probs = model.heatmap(x)
-    return probs[0, 1].float().cpu().numpy()
-
-
-def compute_slide_heatmap(
-    reader,
-    model,
-    sink: Callable[[tuple[int, int], np.ndarray], None],
-    *,
-    tissue_mask: np.ndarray | None = None,
-    tissue_mpp: float | None = None,
-    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-    chunk: int = 64,
-    device: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> HeatmapGeometry:
-    """Run ``model`` over a slide window by window and hand each window's cells to ``sink``.
-
-    Parameters
-    ----------
-    reader : SlideReader
-        The open slide.
-    model : TupacModel
-        A model whose card gives the input mpp and geometry.
-    sink : callable ``(rc_chunk, block)``
-        Receives ``block`` (float32, ``(rows, cols)`` of the window's cells, clipped at the
-        slide edge) for window ``rc_chunk``; e.g. a Zarr chunk writer. Called once per kept window.
-    tissue_mask, tissue_mpp : optional
-        Skip windows with no tissue (they stay at the sink's fill value).
-    preprocess : callable, optional
-        ``uint8 (H, W, 3) -> uint8 (H, W, 3)`` applied to each window (stain standardization).
-    chunk : int
-        Window edge in output cells (see :func:`heatmap_geometry`).
-    device : str, optional
-        Torch device to run on; default: where the model's weights are.
-    progress : callable, optional
-        Called with the number of windows done after each window.
-
-    Returns
-    -------
-    HeatmapGeometry
-    """
-    card = model.card
-    geom = heatmap_geometry(reader.dimensions, reader.mpp, card, chunk)
-    keep = window_tissue(geom, tissue_mask, tissue_mpp) if tissue_mask is not None else None
-    n = geom.window_px
-    done = 0
-    for rc in iter_windows(geom, keep):
-        window = reader.read_region_mpp(geom.window_origin_l0(rc), (n, n), card.mpp)
-        if preprocess is not None:
-            window = preprocess(window)
-        probs = window_probabilities(model, window, device)
-        rows, cols = geom.cells(rc)
-        sink(rc, probs[: rows.stop - rows.start, : cols.stop - cols.start].astype(np.float32))
-        done += 1
-        if progress is not None:
-            progress(done)
-    return geom
-
-
-def heatmap_to_array(reader, model, **kwargs) -> tuple[np.ndarray, HeatmapGeometry]:
-    """Convenience: the whole heatmap as an in-memory ``(rows, cols)`` float32 array.
-
-    For tests and small slides; cohort inference writes to Zarr through a sink instead.
-    """
-    geom = heatmap_geometry(reader.dimensions, reader.mpp, model.card, kwargs.get("chunk", 64))
-    out = np.zeros(geom.shape, dtype=np.float32)
-
-    def sink(rc, block):
-        rows, cols = geom.cells(rc)
-        out[rows, cols] = block
-
-    compute_slide_heatmap(reader, model, sink, **kwargs)
-    return out, geom

@@ -36,27 +36,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import numpy as np
+from tupac.heatmaps.engine import SlideWindows, WindowPredictor, own_cells, standardize, standardizer
+from tupac.heatmaps.store import HeatmapStore
+from tupac.infer.slide_task import error_line, maybe_inject_fault
+from tupac.preprocess import stain
+from tupac.preprocess.stain.base import N_COLORS
+from tupac.slide import open_slide
 
-__all__ = ["WindowBatch", "ModelActor", "device_info", "predict_windows", "read_windows", "maybe_inject_fault",
-           "use_stain_lut"]
-
-FAULT_ENV = "TUPAC_INFER_FAULT"
-"""Fault injection for the reliability tests: ``segfault:<slide_id>:<stage>`` makes the worker
-that handles that slide at that stage (``prepare``, ``tumor``, ``mitosis``) die by SIGSEGV, the
-way a crashing native decoder would. Unset in normal runs."""
-
-
-def maybe_inject_fault(slide_id: str, stage: str) -> None:
-    """Crash this process if :data:`FAULT_ENV` asks for it (tests only)."""
-    spec = os.environ.get(FAULT_ENV, "")
-    if spec and spec == f"segfault:{slide_id}:{stage}":
-        import ctypes
-
-        ctypes.string_at(0)  # reads address 0: SIGSEGV, exactly what a native decoder crash looks like
-
+__all__ = ["WindowBatch", "ModelActor", "device_info", "use_stain_lut"]
 
 @dataclass(frozen=True)
 class WindowBatch:
@@ -119,13 +108,12 @@ def use_stain_lut(n_windows: int, window_px: int) -> bool:
     window_px : int
         Window edge (pixels at the model's resolution).
     """
-    from tupac.preprocess.stain.base import N_COLORS
-
     return n_windows * window_px * window_px >= N_COLORS
 
 
 def device_info(device: str) -> dict[str, Any]:
     """Where this process runs: host, PID, parent (the raylet), Ray node and GPU ids, device."""
+    # Deferred: ray is heavy and this module is imported by the driver before Ray starts.
     import ray
 
     ctx = ray.get_runtime_context()
@@ -143,53 +131,6 @@ def device_info(device: str) -> dict[str, Any]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "device": device,
     }
-
-
-def read_windows(reader, geom, windows: Sequence[tuple[int, int]]) -> np.ndarray:
-    """Decode windows of a slide at the model's resolution.
-
-    Parameters
-    ----------
-    reader : SlideReader
-    geom : HeatmapGeometry
-    windows : sequence of (row, col)
-
-    Returns
-    -------
-    ndarray of uint8, shape (len(windows), n, n, 3)
-        ``n = geom.window_px``; area outside the slide is white.
-    """
-    n = geom.window_px
-    out = np.empty((len(windows), n, n, 3), dtype=np.uint8)
-    for i, rc in enumerate(windows):
-        out[i] = reader.read_region_mpp(geom.window_origin_l0(tuple(rc)), (n, n), geom.mpp)
-    return out
-
-
-def predict_windows(model, pixels: np.ndarray, device: str | None = None) -> np.ndarray:
-    """Positive-class probabilities of a batch of windows.
-
-    Parameters
-    ----------
-    model : TupacModel
-    pixels : ndarray of uint8, shape (B, n, n, 3)
-        Stain-standardized windows at the model's mpp.
-    device : str, optional
-        Torch device to run on; default: where the model's weights are.
-
-    Returns
-    -------
-    ndarray of float32, shape (B, h, w)
-        The model's heatmap of each window (``h = w = (n - P) // s + 1`` cells).
-    """
-    import torch
-
-    from tupac.models import model_device, to_device_input
-
-    x = to_device_input(pixels, model_device(model, device))
-    with torch.inference_mode():
-        probs = model.heatmap(x)
-    return probs[:, 1].float().cpu().numpy()
 
 
 class _LRU(OrderedDict):
@@ -230,19 +171,20 @@ class ModelActor:
     """
 
     def __init__(self, model_dirs: Mapping[str, str], threads: int = 1, gpu_tf32: bool = False) -> None:
+        # Deferred: torch and ray load in the actor process only, not in the driver that imports this.
+        import ray
         import torch
 
         from tupac.models.trained import load_trained
 
         torch.set_num_threads(max(1, int(threads)))
-        import ray
-
         gpu_ids = ray.get_gpu_ids()
         self.device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
         if self.device == "cuda":
             # Process-wide, and this process runs nothing but this actor.
             torch.backends.cudnn.allow_tf32 = bool(gpu_tf32)
         self.trained = {task: load_trained(d, device=self.device) for task, d in model_dirs.items()}
+        self.predictors = {task: WindowPredictor(t.model, self.device) for task, t in self.trained.items()}
         self.info = {**device_info(self.device), "torch_threads": torch.get_num_threads(),
                      "tf32": self.device == "cuda" and bool(gpu_tf32)}
         self._model_lock = threading.Lock()
@@ -258,30 +200,24 @@ class ModelActor:
         return {**self.info, "batches": self.batches}
 
     def _reader(self, path: str, mpp: float | None, backend: str):
-        from tupac.slide import open_slide
-
         with self._handles_lock:
             return self._readers.get_or((path, mpp, backend), lambda: open_slide(path, backend=backend, mpp=mpp))
 
     def _store(self, path: str):
-        from tupac.heatmaps.store import HeatmapStore
-
         with self._handles_lock:
             return self._stores.get_or(path, lambda: HeatmapStore.open(path))
 
     def _preprocess(self, task: str, stats_dict: dict | None, lut: bool = False):
-        from tupac.preprocess import stain
-
         reference = self.trained[task].reference
         if reference is None or stats_dict is None:
             return None
         stats = stain.SlideStainStats.from_dict(stats_dict)
         stats = self._stats.setdefault(stats.key, stats)
+        table = None
         if lut and not stats.degenerate:
             with self._lut_lock:
                 table = stain.lookup_table(stats, reference)
-            return lambda tile: stain.apply_lut(table, tile)
-        return lambda tile: stain.transform(tile, stats, reference)
+        return standardizer(reference, stats, table)
 
     def run(self, batch: WindowBatch) -> dict[str, Any]:
         """Read, standardize, predict and store the batch's windows.
@@ -295,29 +231,22 @@ class ModelActor:
         try:
             return self._run(batch)
         except Exception as e:  # a bad slide fails its slide, not the actor (see call_safely)
-            from tupac.infer.slide_task import error_line
-
             return {"error": error_line(e, batch.path), "windows": 0, "pid": os.getpid()}
 
     def _run(self, batch: WindowBatch) -> dict[str, Any]:
         maybe_inject_fault(batch.slide_id, batch.task)
-        trained = self.trained[batch.task]
         t0 = time.perf_counter()
         reader = self._reader(batch.path, batch.mpp_override, batch.backend)
-        pixels = read_windows(reader, batch.geom, batch.windows)
-        pre = self._preprocess(batch.task, batch.stats, batch.stain_lut)
-        if pre is not None:
-            for i in range(len(pixels)):
-                pixels[i] = pre(pixels[i])
+        pixels = standardize(SlideWindows(reader, batch.geom).read(batch.windows),
+                             self._preprocess(batch.task, batch.stats, batch.stain_lut))
         t1 = time.perf_counter()
         with self._model_lock:
-            probs = predict_windows(trained.model, pixels, self.device)
+            probs = self.predictors[batch.task](pixels)
         del pixels
         t2 = time.perf_counter()
         store = self._store(batch.store)
-        for rc, block in zip(batch.windows, probs):
-            rows, cols = batch.geom.cells(tuple(rc))
-            store.write_tile(batch.task, rc, block[: rows.stop - rows.start, : cols.stop - cols.start])
+        for rc, block in own_cells(batch.geom, batch.windows, probs):
+            store.write_tile(batch.task, rc, block)
         self.batches += 1
         return {"windows": len(batch.windows), "read_s": t1 - t0, "model_s": t2 - t1, "pid": os.getpid()}
 

@@ -644,7 +644,7 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
     from tupac.heatmaps.commit import InputFingerprint, atomic_write_bytes, models_fingerprint, read_commit
     from tupac.heatmaps.ledger import Ledger
     from tupac.infer.progress import CohortProgress
-    from tupac.infer.slide_task import CardInfo
+    from tupac.heatmaps.prepare import CardInfo
     from tupac.heatmaps.store import store_path, verify_committed
 
     found, skipped = model_dirs(cfg.models)

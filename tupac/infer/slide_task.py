@@ -16,22 +16,45 @@ segfault in a reader) kills a Ray worker, which Ray reports as a failed task, ne
 
 from __future__ import annotations
 
+import ctypes
+import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 
-from tupac.infer.actors import maybe_inject_fault
+from tupac.errors import ResolutionError, TupacError
+from tupac.heatmaps.commit import atomic_write_bytes
+from tupac.heatmaps.prepare import CardInfo, SlidePlan, plan_slide
+from tupac.heatmaps.store import HeatmapStore, detections_path
+from tupac.heatmaps.windows import window_tissue
+from tupac.mitosis.detect import detect_from_heatmap, nms
+from tupac.mitosis.scoring import TUPAC_RADIUS_PX
+from tupac.preprocess import stain
+from tupac.preprocess.tissue import TissueMask, slide_tissue_mask
+from tupac.slide import open_slide
+from tupac.slide.resample import MPP_TOLERANCE
+from tupac.tumor.regions import heatmap_on_grid
 
-__all__ = ["SlidePlan", "CardInfo", "prepare_slide", "tumor_regions", "finalize_slide", "detect_windowed", "call_safely", "error_line"]
+__all__ = ["prepare_slide", "tumor_regions", "finalize_slide", "detect_windowed", "call_safely", "error_line",
+           "maybe_inject_fault"]
+
+FAULT_ENV = "TUPAC_INFER_FAULT"
+"""Fault injection for the reliability tests: ``segfault:<slide_id>:<stage>`` makes the worker
+that handles that slide at that stage (``prepare``, ``tumor``, ``mitosis``) die by SIGSEGV, the
+way a crashing native decoder would. Unset in normal runs."""
+
+
+def maybe_inject_fault(slide_id: str, stage: str) -> None:
+    """Crash this process if :data:`FAULT_ENV` asks for it (tests only)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec and spec == f"segfault:{slide_id}:{stage}":
+        ctypes.string_at(0)  # reads address 0: SIGSEGV, exactly what a native decoder crash looks like
 
 
 def error_line(e: BaseException, path: Any = None) -> str:
     """One line naming the file and the problem (tupac errors already do; others get the path)."""
-    from tupac.errors import TupacError
-
     text = (str(e).strip().splitlines() or [""])[0][:500]
     if isinstance(e, TupacError):
         return text
@@ -53,94 +76,6 @@ def call_safely(fn, label: Any, *args, **kwargs) -> tuple[str, Any]:
         return "error", error_line(e, label)
 
 
-@dataclass(frozen=True)
-class CardInfo:
-    """What the slide tasks need from one trained model (no weights).
-
-    Attributes
-    ----------
-    task : str
-    card : ModelCard
-    stain_method : str or None
-        Method of the model's stain reference (None: no standardization).
-    threshold : float
-        Tumor: region threshold; mitosis: detection threshold.
-    weights_sha256 : str
-    """
-
-    task: str
-    card: Any
-    stain_method: str | None
-    threshold: float
-    weights_sha256: str
-
-    @classmethod
-    def from_dir(cls, task: str, model_dir: str | Path) -> "CardInfo":
-        from tupac.models.trained import weights_hash
-        from tupac.models.io import load_card
-
-        card = load_card(model_dir)
-        if card.task != task:
-            from tupac.errors import ModelError
-
-            raise ModelError(f"{model_dir}: card says task {card.task!r}, expected a {task} model")
-        if card.detection_threshold is not None:
-            threshold = float(card.detection_threshold)
-        else:
-            threshold = float(card.extra.get("threshold", 0.5))
-        method = card.stain_method
-        if card.stain_reference and not method:
-            from tupac.preprocess.stain import StainReference
-
-            method = StainReference.load(Path(model_dir) / card.stain_reference).method
-        return cls(task, card, method if card.stain_reference else None, threshold, weights_hash(model_dir))
-
-
-@dataclass(frozen=True)
-class SlidePlan:
-    """What :func:`prepare_slide` found: geometry and the tumor windows, as coordinates.
-
-    Attributes
-    ----------
-    geoms : dict of str to HeatmapGeometry
-        Per task.
-    stats : dict of str to (dict or None)
-        Stain statistics per method (``SlideStainStats.to_dict()``), None without tissue.
-    tumor_windows : ndarray of int64, shape (k, 2)
-        Tumor windows with tissue, raster order.
-    tissue_mpp : float
-    tissue_fraction : float
-    dimensions : (int, int)
-        Level-0 (width, height).
-    mpp : float
-        Level-0 µm/px used.
-    backend : str
-        The reader backend ``auto`` chose.
-    seconds : float
-    """
-
-    geoms: dict
-    stats: dict
-    tumor_windows: np.ndarray
-    tissue_mpp: float
-    tissue_fraction: float
-    dimensions: tuple[int, int]
-    mpp: float
-    backend: str
-    seconds: float
-
-
-def _specs(geoms: Mapping[str, Any], tissue) -> dict:
-    from tupac.heatmaps.store import ArraySpec
-
-    specs = {
-        "tissue": ArraySpec(tissue.mask.shape, (256, 256), "uint8", tissue.mpp, 0, offset_um=(tissue.mpp / 2,) * 2),
-    }
-    for task, g in geoms.items():
-        specs[task] = ArraySpec(g.shape, (g.chunk, g.chunk), "float32", g.cell_um, 0.0, offset_um=(g.offset_px * g.mpp,) * 2)
-    return specs
-
-
 def prepare_slide(
     slide_id: str,
     path: str,
@@ -153,20 +88,14 @@ def prepare_slide(
 ) -> SlidePlan:
     """Tissue, stain statistics and the (empty) store of one slide; see the module docstring.
 
+    The Ray task around :func:`tupac.heatmaps.prepare.plan_slide` (the preparation ``tupac
+    tumor-map`` shares): it opens the slide and refuses one whose level 0 is coarser than a model reads.
+
     Raises
     ------
     SlideOpenError, MissingMPPError, ResolutionError, SlideDecodeError
         The slide cannot be used; the message names the file and the problem.
     """
-    from tupac.errors import ResolutionError
-    from tupac.heatmaps.windows import heatmap_geometry, window_tissue
-    from tupac.heatmaps.store import HeatmapStore
-    from tupac.infer.tumor_map import _write_full
-    from tupac.preprocess import stain
-    from tupac.preprocess.tissue import slide_tissue_mask
-    from tupac.slide import open_slide
-    from tupac.slide.resample import MPP_TOLERANCE
-
     t0 = time.perf_counter()
     maybe_inject_fault(slide_id, "prepare")
     with open_slide(path, backend=backend, mpp=mpp_override) as reader:
@@ -178,21 +107,7 @@ def prepare_slide(
                     f"{path}: the {task} model reads at {info.card.mpp:g} um/px but the slide's level 0 is "
                     f"{reader.mpp:g} um/px (a {task} stage needs a finer scan)"
                 )
-        geoms = {t: heatmap_geometry(reader.dimensions, reader.mpp, info.card, chunks[t]) for t, info in cards.items()}
-        keep = window_tissue(geoms["tumor"], tissue.mask, tissue.mpp)
-        stats: dict[str, dict | None] = {}
-        for info in cards.values():
-            m = info.stain_method
-            if m and m not in stats:
-                stats[m] = stain.fit_slide(reader, tissue, method=m).to_dict() if keep.any() else None
-        store = HeatmapStore.create(store_path, slide_id, _specs(geoms, tissue), overwrite=False)
-        _write_full(store, "tissue", tissue.mask.astype(np.uint8))
-        windows = np.argwhere(keep).astype(np.int64)
-        return SlidePlan(
-            geoms=geoms, stats=stats, tumor_windows=windows, tissue_mpp=tissue.mpp,
-            tissue_fraction=tissue.fraction, dimensions=tuple(reader.dimensions), mpp=float(reader.mpp),
-            backend=reader.backend, seconds=time.perf_counter() - t0,
-        )
+        return plan_slide(reader, tissue, slide_id, store_path, cards, chunks, overwrite=False, t0=t0)
 
 
 def tumor_regions(
@@ -222,15 +137,12 @@ def tumor_regions(
         ``windows``: int64 (k, 2) mitosis windows; ``tumor_area_mm2``; ``stats``: the regions'
         ``SlideStainStats.to_dict()`` (None without regions or without ``stain_method``); ``seconds``.
     """
-    from tupac.heatmaps.windows import window_tissue
-    from tupac.heatmaps.store import HeatmapStore
-    from tupac.tumor.regions import heatmap_on_grid
-
     t0 = time.perf_counter()
     store = HeatmapStore.open(store_path, mode="r")
     tissue = store.read("tissue").astype(bool)
     g = plan.geoms["tumor"]
-    prob = heatmap_on_grid(store.read("tumor"), g.cell_um, g.offset_px * g.mpp, tissue.shape, plan.tissue_mpp)
+    frame = g.frame
+    prob = heatmap_on_grid(store.read("tumor"), frame.mpp, frame.offset_um[0], tissue.shape, plan.tissue_mpp)
     regions = tissue & (prob >= threshold)
     keep = window_tissue(plan.geoms["mitosis"], regions, plan.tissue_mpp) if "mitosis" in plan.geoms else None
     windows = np.argwhere(keep).astype(np.int64) if keep is not None else np.zeros((0, 2), np.int64)
@@ -260,10 +172,6 @@ def region_stain_stats(
     dict
         ``SlideStainStats.to_dict()``.
     """
-    from tupac.preprocess import stain
-    from tupac.preprocess.tissue import TissueMask
-    from tupac.slide import open_slide
-
     with open_slide(slide_path, backend=plan.backend, mpp=mpp_override) as reader:
         fitted = stain.fit_slide(
             reader, TissueMask(tissue, plan.tissue_mpp), region=TissueMask(region, plan.tissue_mpp), method=method
@@ -300,10 +208,6 @@ def detect_windowed(
     DataFrame
         ``x, y`` (level 0, float64), ``prob`` (float32), by descending ``prob``.
     """
-    import pandas as pd
-
-    from tupac.mitosis.detect import detect_from_heatmap, nms
-
     s, off = float(geom.stride_px), float(geom.offset_px)
     sigma_cells = sigma_px / s if sigma_px > 0 else 0.0
     halo = (int(4.0 * sigma_cells + 0.5) if sigma_cells > 0 else 0) + 2
@@ -351,9 +255,6 @@ def finalize_slide(
     dict
         ``mitoses`` (count or None), ``seconds``.
     """
-    from tupac.heatmaps.commit import atomic_write_bytes
-    from tupac.heatmaps.store import HeatmapStore, detections_path
-
     t0 = time.perf_counter()
     store = HeatmapStore.open(store_path)
     outputs = {}
@@ -396,8 +297,6 @@ def planned_chunks(store: Any, plan: SlidePlan, mitosis_windows: np.ndarray | No
 
 def detection_params(card) -> dict[str, float]:
     """Smoothing and NMS of the mitosis detector (card.extra may override; level-0 40x pixels)."""
-    from tupac.mitosis.scoring import TUPAC_RADIUS_PX
-
     extra = dict(card.extra or {})
     return {
         "sigma_px": float(extra.get("sigma_px", 8.0)),

@@ -8,7 +8,8 @@ of the TUPAC16 auxiliary set or a tile read from a slide. The pipeline:
 2. Mirror-pad by the model's cell offset so heatmap cell ``(0, 0)`` sits on image pixel ``(0, 0)``
    (a mitosis at the image border is still seen), and compute the heatmap in windows of bounded
    size (:func:`mitosis_heatmap`); windows start on the cell grid, so the stitched heatmap equals
-   a whole-image pass for the exact FCNs and the sliding-window classifiers.
+   a whole-image pass for the exact FCNs and the sliding-window classifiers. The windows go
+   through the window engine of the slides (:mod:`tupac.heatmaps.engine`, :class:`ImageWindows`).
 3. Smooth, take local maxima above the threshold, suppress neighbours
    (:func:`tupac.mitosis.detect.detect_from_heatmap`).
 
@@ -23,8 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tifffile
+from PIL import Image
 
+from tupac.errors import DatasetLayoutError
+from tupac.heatmaps.engine import ImageWindows, WindowPredictor, compute_heatmap, image_geometry
+from tupac.heatmaps.windows import iter_windows
 from tupac.mitosis.detect import detect_from_heatmap
+from tupac.preprocess.stain import fit_image, get_method
 
 __all__ = [
     "DEFAULT_NMS_RADIUS_PX",
@@ -55,19 +62,13 @@ def read_image(path: str | Path) -> np.ndarray:
     DatasetLayoutError
         The file is missing, cannot be decoded, or is not an 8-bit RGB(A) image; the message names it.
     """
-    from tupac.errors import DatasetLayoutError
-
     path = Path(path)
     if not path.is_file():
         raise DatasetLayoutError(path, "image file does not exist")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
             img = tifffile.imread(path)
         else:
-            from PIL import Image
-
             with Image.open(path) as im:
                 img = np.asarray(im.convert("RGBA") if im.mode in ("P", "LA") else im)
     except Exception as e:  # decoders raise many types; all mean "not a readable image"
@@ -97,8 +98,6 @@ def standardize_image(rgb: np.ndarray, reference, seed: int = 0) -> np.ndarray:
     -------
     ndarray of uint8, shape (h, w, 3)
     """
-    from tupac.preprocess.stain import fit_image, get_method
-
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if reference is None:
         return rgb.copy()
@@ -156,33 +155,17 @@ def mitosis_heatmap(model, rgb: np.ndarray, window_cells: int = 64, device: str 
     -------
     Heatmap
     """
-    import torch
+    geom = image_geometry(rgb.shape[:2], model.card, window_cells)
+    out = np.zeros(geom.shape, np.float32)
 
-    from tupac.models import model_device, to_device_input
+    def sink(rc, block):
+        rows, cols = geom.cells(rc)
+        out[rows, cols] = block
 
-    device = model_device(model, device)
-    card = model.card
-    s, p = int(card.output_stride), int(card.patch_size)
-    h, w = rgb.shape[:2]
-    # Pad so that cell (0, 0)'s window is centred on pixel (0, 0) and the last cell reaches the last pixel.
-    lead = int(round(card.output_offset))
-    n_rows, n_cols = (h - 1) // s + 1, (w - 1) // s + 1
-    need_h, need_w = (n_rows - 1) * s + p, (n_cols - 1) * s + p
-    pad = ((lead, max(0, need_h - h - lead)), (lead, max(0, need_w - w - lead)), (0, 0))
-    padded = np.pad(np.asarray(rgb, np.uint8), pad, mode="reflect" if min(h, w) > 1 else "edge")
-    out = np.zeros((n_rows, n_cols), np.float32)
-    span = (window_cells - 1) * s + p
     model.eval()
-    with torch.inference_mode():
-        for i0 in range(0, n_rows, window_cells):
-            for j0 in range(0, n_cols, window_cells):
-                y0, x0 = i0 * s, j0 * s
-                tile = padded[y0 : y0 + span, x0 : x0 + span]
-                x = to_device_input(np.ascontiguousarray(tile)[None], device)
-                heat = model.heatmap(x)[0, 1].float().cpu().numpy()
-                hh, ww = min(heat.shape[0], n_rows - i0), min(heat.shape[1], n_cols - j0)
-                out[i0 : i0 + hh, j0 : j0 + ww] = heat[:hh, :ww]
-    return Heatmap(out, float(s), float(card.output_offset) - float(lead))
+    # Windows of one image differ in size at its far edges: one window per model call.
+    compute_heatmap(ImageWindows(rgb, geom), WindowPredictor(model, device), sink, iter_windows(geom), batch_size=1)
+    return Heatmap(out, float(geom.stride_px), geom.offset_px)
 
 
 def detect_mitoses(
@@ -241,6 +224,7 @@ class MitosisDetector:
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", threshold: float | None = None) -> None:
+        # Deferred: loading a model imports torch, which detection on a precomputed heatmap does not need.
         from tupac.models.trained import load_trained
 
         self.trained = load_trained(model_dir, device=device)

@@ -15,7 +15,8 @@ with their probability as a measurement.
 
 Geometry: heatmap pixel ``(i, j)`` is centred at ``offset_um + mpp * (i, j)`` µm from the slide's
 level-0 origin (the store's convention, see :mod:`tupac.heatmaps.store`); level-0 pixel coordinates
-are µm / ``slide_mpp``. Region outlines are the 0.5 iso-lines of the binary mask (marching
+are µm / ``slide_mpp`` (:class:`tupac.geometry.Frame`, placed on the slide). Region outlines are
+the 0.5 iso-lines of the binary mask (marching
 squares on a zero-padded mask: every ring is closed; regions are 4-connected and background is
 8-connected, so a ring never touches another), simplified with Douglas-Peucker at a tolerance in
 µm, and oriented as RFC 7946 asks (exterior counter-clockwise, holes clockwise, by the signed
@@ -25,17 +26,19 @@ shoelace area of the ``(x, y)`` numbers).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
+from skimage.measure import approximate_polygon, find_contours
+
+from tupac.geometry import Frame
 
 __all__ = [
     "TUMOR_CLASS",
     "MITOSIS_CLASS",
-    "HeatmapFrame",
     "ring_signed_area",
     "mask_polygons",
     "tumor_features",
@@ -50,50 +53,6 @@ TUMOR_CLASS = {"name": "Tumor", "color": [200, 0, 0]}
 """QuPath's built-in "Tumor" class and its default colour."""
 MITOSIS_CLASS = {"name": "Mitosis", "color": [255, 200, 0]}
 _DECIMALS = 3  # 1/1000 level-0 pixel: far below anything a viewer shows, keeps files small
-
-
-@dataclass(frozen=True)
-class HeatmapFrame:
-    """Where a heatmap lies on the slide.
-
-    Attributes
-    ----------
-    mpp : float
-        µm per heatmap pixel.
-    offset_um : (float, float)
-        ``(y, x)`` µm of the centre of heatmap pixel (0, 0) from the slide's level-0 origin.
-    slide_mpp : float
-        Level-0 µm per pixel of the slide.
-    slide_size : (int, int) or None
-        Level-0 ``(width, height)`` of the slide, when known; geometry is kept inside it.
-    """
-
-    mpp: float
-    offset_um: tuple[float, float]
-    slide_mpp: float
-    slide_size: tuple[int, int] | None = None
-
-    def rc_to_l0(self, rc: np.ndarray) -> np.ndarray:
-        """Heatmap ``(row, col)`` (float, shape (n, 2)) to level-0 ``(x, y)`` pixels, shape (n, 2)."""
-        rc = np.asarray(rc, np.float64)
-        y_um = self.offset_um[0] + self.mpp * rc[:, 0]
-        x_um = self.offset_um[1] + self.mpp * rc[:, 1]
-        xy = np.stack([x_um, y_um], axis=1) / self.slide_mpp
-        if self.slide_size is not None:
-            # The outline lies half a heatmap cell outside the outermost kept cell centre; clamping
-            # to the slide edge moves those points onto the edge line, which keeps rings simple.
-            xy[:, 0] = np.clip(xy[:, 0], 0.0, float(self.slide_size[0]))
-            xy[:, 1] = np.clip(xy[:, 1], 0.0, float(self.slide_size[1]))
-        return xy
-
-    def centres_inside(self, shape: tuple[int, int]) -> np.ndarray | None:
-        """Bool mask, shape ``shape``: heatmap pixels whose centre lies on the slide (None = all)."""
-        if self.slide_size is None:
-            return None
-        w_um, h_um = self.slide_size[0] * self.slide_mpp, self.slide_size[1] * self.slide_mpp
-        ys = self.offset_um[0] + self.mpp * np.arange(shape[0])
-        xs = self.offset_um[1] + self.mpp * np.arange(shape[1])
-        return ((ys >= 0) & (ys <= h_um))[:, None] & ((xs >= 0) & (xs <= w_um))[None, :]
 
 
 def ring_signed_area(xy: np.ndarray) -> float:
@@ -119,8 +78,6 @@ def _oriented(xy: np.ndarray, ccw: bool) -> np.ndarray:
 
 def _simplify(rc: np.ndarray, tolerance_px: float) -> np.ndarray:
     """Douglas-Peucker on a closed ring; falls back to the input when it would collapse."""
-    from skimage.measure import approximate_polygon
-
     if tolerance_px <= 0:
         return rc
     out = approximate_polygon(rc, tolerance_px)
@@ -131,7 +88,7 @@ def _simplify(rc: np.ndarray, tolerance_px: float) -> np.ndarray:
 
 def _rings_valid(rings: list[np.ndarray]) -> bool:
     """Shapely's validity check when shapely is installed (the dev extra); else True."""
-    try:
+    try:  # optional (the dev extra), so imported where it is used
         import shapely
     except ImportError:
         return True
@@ -139,7 +96,7 @@ def _rings_valid(rings: list[np.ndarray]) -> bool:
 
 
 def mask_polygons(
-    mask: np.ndarray, frame: HeatmapFrame, tolerance_um: float = 0.0
+    mask: np.ndarray, frame: Frame, tolerance_um: float = 0.0
 ) -> list[tuple[list[np.ndarray], np.ndarray]]:
     """Outline every 4-connected region of a binary mask as a polygon in level-0 pixels.
 
@@ -147,7 +104,7 @@ def mask_polygons(
     ----------
     mask : ndarray of bool, shape (rows, cols)
         Heatmap pixels inside the region (not modified).
-    frame : HeatmapFrame
+    frame : Frame
         Placement of the heatmap on the slide.
     tolerance_um : float
         Douglas-Peucker tolerance in µm (0 keeps the marching-squares outline).
@@ -160,9 +117,6 @@ def mask_polygons(
         holes clockwise (numeric shoelace sign); ``component`` = the region's heatmap pixels as
         a tuple of slices and a bool sub-mask (for per-region statistics).
     """
-    from scipy import ndimage
-    from skimage.measure import find_contours
-
     mask = np.asarray(mask, bool)
     inside = frame.centres_inside(mask.shape)
     if inside is not None:
@@ -200,7 +154,7 @@ def _round_ring(xy: np.ndarray) -> list[list[float]]:
 
 def tumor_features(
     prob: np.ndarray,
-    frame: HeatmapFrame,
+    frame: Frame,
     threshold: float,
     tolerance_um: float = 0.0,
     min_area_um2: float = 0.0,
@@ -211,7 +165,7 @@ def tumor_features(
     ----------
     prob : ndarray of float, shape (rows, cols)
         Tumor probability heatmap (NaN counts as 0).
-    frame : HeatmapFrame
+    frame : Frame
     threshold : float
         Region threshold on the probability.
     tolerance_um : float
@@ -320,7 +274,7 @@ def validate_feature_collection(fc: Any, slide_size: tuple[int, int] | None = No
     """
     if not isinstance(fc, dict) or fc.get("type") != "FeatureCollection" or not isinstance(fc.get("features"), list):
         return ["not a GeoJSON FeatureCollection with a 'features' list"]
-    try:
+    try:  # optional (the dev extra), so imported where it is used
         import shapely
         from shapely.validation import explain_validity
     except ImportError:

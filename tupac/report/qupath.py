@@ -15,7 +15,6 @@ from tupac.errors import HeatmapStoreError, ReportError
 from tupac.heatmaps.commit import atomic_write_bytes
 from tupac.heatmaps.store import HeatmapStore
 from tupac.report.geojson import (
-    HeatmapFrame,
     dumps,
     feature_collection,
     mitosis_features,
@@ -115,7 +114,7 @@ def export_slide(
     except HeatmapStoreError as e:
         raise ReportError(entry.store, f"no readable tumor heatmap: {e.problem}") from None
     mpp, size = slide_geometry(entry.record, slide_mpp)
-    frame = HeatmapFrame(spec.mpp, spec.offset_um, mpp, size)
+    frame = spec.frame.on_slide(mpp, size)
     t = tumor_threshold(entry.record, threshold)
     tol = 0.5 * spec.mpp if tolerance_um is None else float(tolerance_um)
     regions = tumor_features(prob, frame, t, tol, min_area_um2)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tupac.geometry import resample_onto
 from tupac.tumor.regions import heatmap_on_grid, map_quality
 
 
@@ -18,8 +19,7 @@ def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, 
     the predicted tissue mask: the area the features' ``tumor_area_mm2`` reports) and the pixel
     scores needed to pool an AUROC over slides (``_scores``, ``_truth``).
     """
-    from tupac.features.aggregate import resample_onto
-    from tupac.heatmaps.windows import heatmap_to_array
+    from tupac.heatmaps.engine import heatmap_to_array
     from tupac.preprocess import stain
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide

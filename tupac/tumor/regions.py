@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tupac.geometry import Frame, nearest_cells
+
 
 def heatmap_on_grid(
     heatmap: np.ndarray,
@@ -39,11 +41,7 @@ def heatmap_on_grid(
     ndarray, shape ``shape``, dtype of ``heatmap``
         Points outside the heatmap take the nearest edge cell.
     """
-    h, w = shape
-    rows = np.rint(((np.arange(h) + 0.5) * grid_mpp - offset_um) / cell_um).astype(np.int64)
-    cols = np.rint(((np.arange(w) + 0.5) * grid_mpp - offset_um) / cell_um).astype(np.int64)
-    rows = np.clip(rows, 0, heatmap.shape[0] - 1)
-    cols = np.clip(cols, 0, heatmap.shape[1] - 1)
+    rows, cols = nearest_cells(Frame(cell_um, (offset_um, offset_um)), Frame(grid_mpp, shape=shape), heatmap.shape)
     return heatmap[np.ix_(rows, cols)]
 
 

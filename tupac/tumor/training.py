@@ -313,7 +313,7 @@ def tumor_probability_on_tissue_grid(ctx: SlideContext, model, reference) -> np.
     -------
     ndarray of float32, shape of ``ctx.tissue.mask``
     """
-    from tupac.heatmaps.windows import heatmap_to_array
+    from tupac.heatmaps.engine import heatmap_to_array
     from tupac.slide import open_slide
 
     model.eval()
