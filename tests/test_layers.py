@@ -43,8 +43,6 @@ KNOWN_UPWARD = frozenset({
     ("tupac.data.masks", "tupac.preprocess.tissue"),
     ("tupac.features.general", "tupac.predict.cv"),
     ("tupac.features.tracking", "tupac.predict.tracking"),
-    ("tupac.tumor.evaluate", "tupac.features.aggregate"),
-    ("tupac.tumor.evaluate", "tupac.synth"),
 })
 
 # Strongly connected sets of modules today (a package's __init__ re-exporting a submodule that
