@@ -120,7 +120,7 @@ def run(arch: str, cfg, train_root: Path, test_root: Path, out_dir: Path) -> dic
     import torch
 
     from tupac.train import MemoryTracker
-    from tupac.tumor.evaluate import evaluate_cohort
+    from tupac.synth.tumor_quality import evaluate_cohort
     from tupac.tumor.training import STAIN_REFERENCE_FILE, train_tumor
 
     load0, cpu0, t0 = _load(), _cpu_seconds(), time.perf_counter()

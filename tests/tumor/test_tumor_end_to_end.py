@@ -98,7 +98,7 @@ def test_tumor_map_cli_writes_ngff_zarr(trained_models, held_out_cohort, tmp_pat
 
 def test_held_out_quality(trained_models, held_out_cohort):
     from tupac.models.trained import load_trained
-    from tupac.tumor.evaluate import evaluate_cohort
+    from tupac.synth.tumor_quality import evaluate_cohort
 
     table, pooled = evaluate_cohort(load_trained(trained_models / "tumor"), held_out_cohort)
     print(table.to_string(), pooled)

@@ -17,12 +17,14 @@ model so inference uses the same one. Outputs in ``out_dir`` (``MODELS/mitosis``
 ``nms_radius_px``, stages), ``stain_reference.json``, ``training.json``, and ``stage1/``,
 ``stage2/`` run folders, each with ``selected/`` (that stage's chosen weights and threshold;
 loadable with :func:`tupac.models.trained.load_trained`).
+
+The schedule itself (stage 1, the mining step, stage 2, the choice, the saved card and record) is
+:mod:`tupac.train.two_stage`; this module supplies mitosis's steps (:class:`MitosisStages`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,16 +34,28 @@ import numpy as np
 import pandas as pd
 
 from tupac.config_check import SCHEMA
+from tupac.data import Tupac16Dataset
 from tupac.errors import ConfigError, DatasetLayoutError
 from tupac.mitosis.detect import choose_threshold, detect_from_heatmap
 from tupac.mitosis.inference import mitosis_heatmap, read_image, standardize_image
 from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negatives, jittered, label_candidates
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
+from tupac.models import create_model, list_models, save_model
+from tupac.preprocess import stain
+from tupac.train import PatchDataset, train
 from tupac.train.config import TrainConfig
-from tupac.train.data import training_set_hash
-from tupac.train.tracking import StageTracker, flatten_params, is_number
-
-STAIN_REFERENCE_FILE = "stain_reference.json"
+from tupac.train.tracking import flatten_params
+from tupac.train.two_stage import (
+    STAIN_REFERENCE_FILE,
+    StageOutcome,
+    card_fields,
+    run_stages,
+    save_chosen,
+    stage_config,
+    stage_metrics,
+    stage_summary,
+    stage_tracker,
+)
 
 
 @dataclass(frozen=True)
@@ -108,8 +122,6 @@ class MitosisTrainConfig:
     )
 
     def __post_init__(self) -> None:
-        from tupac.models import list_models  # deferred: the registry imports every architecture (torch)
-
         if self.arch not in list_models("mitosis"):
             raise ConfigError(f"arch={self.arch!r}, expected one of {', '.join(list_models('mitosis'))}")
         if self.stain_method not in ("wsics", "macenko", "reinhard"):
@@ -306,17 +318,14 @@ def _epoch_key(image_f1: float, state) -> tuple[float, float]:
 
 
 def _train_stage(stage, config, train_ds, val_ds, val_images, val_truths, out, tracker):
-    from tupac.models import create_model
-    from tupac.train import TrainConfig, train
-
-    tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
+    tcfg = stage_config(config.train, config.seed, stage)
     model = create_model(config.arch, task="mitosis", seed=tcfg.seed, **config.model_kwargs)
-    stage_tracker = StageTracker(tracker, stage) if tracker is not None else None
+    tracked = stage_tracker(tracker, stage)
     callbacks = []
     if config.epoch_selection == "f1" and val_images:
-        callbacks.append(_BestF1(val_images, val_truths, config, stage_tracker))
+        callbacks.append(_BestF1(val_images, val_truths, config, tracked))
     t0 = time.perf_counter()
-    result = train(model, train_ds, val_ds, tcfg, out / f"stage{stage}", tracker=stage_tracker, callbacks=callbacks)
+    result = train(model, train_ds, val_ds, tcfg, out / f"stage{stage}", tracker=tracked, callbacks=callbacks)
     train_seconds = time.perf_counter() - t0
     best_epoch = result.best_epoch
     if callbacks and callbacks[0].best is not None:
@@ -324,10 +333,7 @@ def _train_stage(stage, config, train_ds, val_ds, val_images, val_truths, out, t
         model.load_state_dict(state)
     model.eval()
     summary: dict[str, Any] = {
-        "stage": stage,
-        "train_patches": len(train_ds),
-        "train_positives": int(np.sum(train_ds.labels)),
-        "best_epoch": int(best_epoch),
+        **stage_summary(stage, train_ds, int(best_epoch)),
         "epochs": len(result.history),
         "train_seconds": round(train_seconds, 1),
     }
@@ -338,8 +344,6 @@ def _train_stage(stage, config, train_ds, val_ds, val_images, val_truths, out, t
 
 def _save_stage(model, stage: int, summary: dict, config: MitosisTrainConfig, out: Path) -> Path:
     """Keep a stage's selected weights with their own threshold (``stageN/selected``), for comparison."""
-    from tupac.models import save_model
-
     card = model.card.with_metadata(
         stain_reference=f"../../{STAIN_REFERENCE_FILE}",
         detection_threshold=min(max(float(summary.get("val_threshold", 0.5)), 0.0), 1.0),
@@ -349,8 +353,6 @@ def _save_stage(model, stage: int, summary: dict, config: MitosisTrainConfig, ou
 
 
 def _patch_set(contexts, rgbs, patch, config, stream, jitter=True, extra_negatives=None):
-    from tupac.train import PatchDataset
-
     xs, ys = [], []
     for i, (ctx, rgb) in enumerate(zip(contexts, rgbs)):
         rng = np.random.default_rng([config.seed, stream, i])
@@ -364,6 +366,112 @@ def _patch_set(contexts, rgbs, patch, config, stream, jitter=True, extra_negativ
     if not xs:
         return None
     return PatchDataset(np.concatenate(xs), np.concatenate(ys))
+
+
+def mine_hard_negatives(model, contexts: list[ImageContext], rgbs: list[np.ndarray],
+                        config: MitosisTrainConfig) -> dict[str, np.ndarray]:
+    """The stage-1 model's confident false detections on the training images, per image key.
+
+    Detections above ``config.hard_min_prob`` farther than ``config.match_radius_px`` from every
+    annotated mitosis, at most ``config.hard_max_per_image`` per image
+    (:func:`tupac.mitosis.sampling.hard_negatives`); ``(k, 2)`` float ``x, y`` pixel arrays.
+    """
+    hard = {}
+    for ctx, rgb in zip(contexts, rgbs):
+        hm = mitosis_heatmap(model, rgb)
+        det = detect_from_heatmap(hm.prob, hm.stride_px, hm.offset_px, config.hard_min_prob,
+                                  config.sigma_px, config.nms_radius_px)
+        hard[ctx.key] = hard_negatives(det, ctx.truth, config.hard_min_prob, config.match_radius_px,
+                                       config.hard_max_per_image)
+    return hard
+
+
+def _choose_stage(stages: list[dict[str, Any]]) -> int:
+    """The stage with the best validation F1; the later stage on ties (it saw the hard negatives)."""
+    scored = [(s.get("val_f1", float("nan")), s["stage"]) for s in stages]
+    valid = [(f, st) for f, st in scored if np.isfinite(f)]
+    if not valid:
+        return stages[-1]["stage"]
+    best = max(f for f, _ in valid)
+    return max(st for f, st in valid if f == best)
+
+
+@dataclass(frozen=True)
+class MitosisStages:
+    """Mitosis's steps of the two-stage schedule (:class:`tupac.train.two_stage.TwoStageTask`).
+
+    A stage's data is its training patch set; the validation patches and images are the same for
+    both stages. The refine step mines hard negatives with the stage-1 model
+    (:func:`mine_hard_negatives`) and adds them to the same sample; each stage's selected weights
+    are kept in ``stageN/selected``; the choice is :func:`_choose_stage` on validation F1.
+    """
+
+    config: MitosisTrainConfig
+    train_ctx: list[ImageContext]
+    train_rgb: list[np.ndarray]
+    val_ds: PatchDataset | None
+    val_rgb: list[np.ndarray]
+    val_truths: list[pd.DataFrame]
+    patch: int
+    out: Path
+    tracker: Any
+    say: Callable[[str], None]
+
+    def train(self, stage: int, data: PatchDataset) -> tuple[Any, dict[str, Any]]:
+        return _train_stage(stage, self.config, data, self.val_ds, self.val_rgb, self.val_truths, self.out, self.tracker)
+
+    def keep(self, stage: int, model, summary: dict[str, Any]) -> None:
+        _save_stage(model, stage, summary, self.config, self.out)
+
+    def refine(self, model, summary: dict[str, Any], data: PatchDataset) -> PatchDataset:
+        self.say("stage 2: mining hard negatives on the training images with the stage-1 model")
+        t0 = time.perf_counter()
+        hard = mine_hard_negatives(model, self.train_ctx, self.train_rgb, self.config)
+        summary["hard_negatives"] = int(sum(len(v) for v in hard.values()))
+        summary["mining_seconds"] = round(time.perf_counter() - t0, 1)
+        refined = _patch_set(self.train_ctx, self.train_rgb, self.patch, self.config, stream=1, extra_negatives=hard)
+        self.say(f"stage 2: {summary['hard_negatives']} hard negatives; retraining on {len(refined)} patches")
+        return refined
+
+    def rescore(self, model, summary: dict[str, Any], data: PatchDataset) -> None:
+        """Nothing: both stages are scored on the same validation images."""
+
+    def choose(self, stages: list[dict[str, Any]]) -> int:
+        return _choose_stage(stages)
+
+
+def _mitosis_images(root: str | Path, config: MitosisTrainConfig) -> list:
+    """The auxiliary images of the dataset (the first ``config.max_images``); refuses none."""
+    entries = list(Tupac16Dataset(Path(root)).mitosis_images)
+    if config.max_images is not None:
+        entries = entries[: config.max_images]
+    if not entries:
+        raise DatasetLayoutError(Path(root) / "mitoses", "no auxiliary mitosis images (mitoses/mitoses_image_data/NN/MM.tif)")
+    return entries
+
+
+def _split(root: str | Path, by_key: dict, config: MitosisTrainConfig) -> tuple[list[str], list[str]]:
+    """:func:`split_images` of the entries; refuses a training split without an annotated mitosis."""
+    train_keys, val_keys = split_images({k: len(e.points_rc) for k, e in by_key.items()}, config.val_fraction, config.seed)
+    if not any(len(by_key[k].points_rc) for k in train_keys):
+        raise DatasetLayoutError(Path(root) / "mitoses", "no annotated mitosis in the training images")
+    return train_keys, val_keys
+
+
+def _stages(prepared: dict, train_keys: list[str], val_keys: list[str], config: MitosisTrainConfig, out: Path,
+            tracker, say) -> tuple[MitosisStages, PatchDataset]:
+    """The stage steps over the prepared images, and the stage-1 training patches."""
+    train_ctx = [prepared[k][0] for k in train_keys]
+    train_rgb = [prepared[k][1] for k in train_keys]
+    val_ctx = [prepared[k][0] for k in val_keys]
+    val_rgb = [prepared[k][1] for k in val_keys]
+    patch = create_model(config.arch, task="mitosis", **config.model_kwargs).card.patch_size
+    train_ds = _patch_set(train_ctx, train_rgb, patch, config, stream=1)
+    val_ds = _patch_set(val_ctx, val_rgb, patch, config, stream=2, jitter=False)
+    say(f"stage 1: training {config.arch} on {len(train_ds)} patches ({int(train_ds.labels.sum())} positive) "
+        f"from {len(train_ctx)} images; {len(val_ctx)} validation images")
+    task = MitosisStages(config, train_ctx, train_rgb, val_ds, val_rgb, [c.truth for c in val_ctx], patch, out, tracker, say)
+    return task, train_ds
 
 
 def train_mitosis(
@@ -395,23 +503,13 @@ def train_mitosis(
     -------
     MitosisTrainResult
     """
-    from tupac.data import Tupac16Dataset
-    from tupac.models import create_model, save_model
-    from tupac.preprocess import stain
-
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    entries = list(Tupac16Dataset(Path(root)).mitosis_images)
-    if config.max_images is not None:
-        entries = entries[: config.max_images]
-    if not entries:
-        raise DatasetLayoutError(Path(root) / "mitoses", "no auxiliary mitosis images (mitoses/mitoses_image_data/NN/MM.tif)")
+    entries = _mitosis_images(root, config)
     by_key = {e.key: e for e in entries}
-    train_keys, val_keys = split_images({k: len(e.points_rc) for k, e in by_key.items()}, config.val_fraction, config.seed)
-    if not any(len(by_key[k].points_rc) for k in train_keys):
-        raise DatasetLayoutError(Path(root) / "mitoses", "no annotated mitosis in the training images")
+    train_keys, val_keys = _split(root, by_key, config)
     if stain_reference is None:
         first = by_key[train_keys[0]].path
         stain_reference = stain.StainReference(stain.fit_image(read_image(first), method=config.stain_method,
@@ -420,81 +518,31 @@ def train_mitosis(
     if tracker is not None:
         tracker.log_params({f"mitosis.{k}": v for k, v in flatten_params(config.to_dict()).items()})
         tracker.log_params({"mitosis.train_images": len(train_keys), "mitosis.val_images": len(val_keys)})
-
     say(f"preparing {len(entries)} images (stain standardization, candidate nuclei)")
     t0 = time.perf_counter()
     prepared = {k: prepare_image(by_key[k], stain_reference, config) for k in sorted(by_key)}
     prep_seconds = time.perf_counter() - t0
-    train_ctx = [prepared[k][0] for k in train_keys]
-    train_rgb = [prepared[k][1] for k in train_keys]
-    val_ctx = [prepared[k][0] for k in val_keys]
-    val_rgb = [prepared[k][1] for k in val_keys]
-    val_truths = [c.truth for c in val_ctx]
+    task, train_ds = _stages(prepared, train_keys, val_keys, config, out, tracker, say)
     del prepared
-
-    patch = create_model(config.arch, task="mitosis", **config.model_kwargs).card.patch_size
-    train_ds = _patch_set(train_ctx, train_rgb, patch, config, stream=1)
-    val_ds = _patch_set(val_ctx, val_rgb, patch, config, stream=2, jitter=False)
-    say(f"stage 1: training {config.arch} on {len(train_ds)} patches ({int(train_ds.labels.sum())} positive) "
-        f"from {len(train_ctx)} images; {len(val_ctx)} validation images")
-    model, s1 = _train_stage(1, config, train_ds, val_ds, val_rgb, val_truths, out, tracker)
-    s1["prepare_seconds"] = round(prep_seconds, 1)
-    _save_stage(model, 1, s1, config, out)
-    stages, models = [s1], [model]
-
-    if config.two_stage:
-        say("stage 2: mining hard negatives on the training images with the stage-1 model")
-        t0 = time.perf_counter()
-        hard = {}
-        for ctx, rgb in zip(train_ctx, train_rgb):
-            hm = mitosis_heatmap(model, rgb)
-            det = detect_from_heatmap(hm.prob, hm.stride_px, hm.offset_px, config.hard_min_prob,
-                                      config.sigma_px, config.nms_radius_px)
-            hard[ctx.key] = hard_negatives(det, ctx.truth, config.hard_min_prob, config.match_radius_px,
-                                           config.hard_max_per_image)
-        s1["hard_negatives"] = int(sum(len(v) for v in hard.values()))
-        s1["mining_seconds"] = round(time.perf_counter() - t0, 1)
-        train_ds2 = _patch_set(train_ctx, train_rgb, patch, config, stream=1, extra_negatives=hard)
-        say(f"stage 2: {s1['hard_negatives']} hard negatives; retraining on {len(train_ds2)} patches")
-        model2, s2 = _train_stage(2, config, train_ds2, val_ds, val_rgb, val_truths, out, tracker)
-        _save_stage(model2, 2, s2, config, out)
-        stages.append(s2)
-        models.append(model2)
-
-    chosen = _choose_stage(stages)
-    final, summary = models[chosen - 1], stages[chosen - 1]
-    threshold = float(summary.get("val_threshold", 0.5))
+    outcome = run_stages(task, train_ds, config.two_stage, setup={"prepare_seconds": round(prep_seconds, 1)})
+    threshold = float(outcome.summary.get("val_threshold", 0.5))
     seconds = time.perf_counter() - t_start
-    final.update_card(
-        training_data_hash=training_set_hash(train_keys, root),
-        stain_reference=STAIN_REFERENCE_FILE,
-        stain_method=stain_reference.method,
-        detection_threshold=min(max(threshold, 0.0), 1.0),
-        seed=config.seed,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        extra={"sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px,
-               "match_radius_px": config.match_radius_px, "stage": chosen, "stages": stages},
-    )
-    save_model(final, final.card, out)
-    record = {"config": config.to_dict(), "train_images": train_keys, "val_images": val_keys,
-              "stages": stages, "chosen_stage": chosen, "threshold": threshold, "seconds": round(seconds, 1)}
-    (out / "training.json").write_text(json.dumps(record, indent=2, default=float))
-    if tracker is not None:
-        tracker.log_metrics({f"stage{s['stage']}.final_{k}": float(v) for s in stages for k, v in s.items()
-                             if is_number(v)}, step=0)
-        tracker.log_metrics({"seconds": seconds, "detection_threshold": threshold}, step=0)
-        tracker.log_artifact(out / "training.json")
-        tracker.log_artifact(ref_path)
-    say(f"done in {seconds:.0f} s: stage {chosen} chosen, threshold {threshold:.3f}, "
-        f"validation F1 {summary.get('val_f1', float('nan')):.3f}; model in {out}")
-    return MitosisTrainResult(out, chosen, threshold, stages, train_keys, val_keys, seconds)
+    _save_mitosis(outcome, root, out, config, stain_reference.method, (train_keys, val_keys), threshold, seconds,
+                  tracker, ref_path)
+    say(f"done in {seconds:.0f} s: stage {outcome.chosen} chosen, threshold {threshold:.3f}, "
+        f"validation F1 {outcome.summary.get('val_f1', float('nan')):.3f}; model in {out}")
+    return MitosisTrainResult(out, outcome.chosen, threshold, outcome.stages, train_keys, val_keys, seconds)
 
 
-def _choose_stage(stages: list[dict[str, Any]]) -> int:
-    """The stage with the best validation F1; the later stage on ties (it saw the hard negatives)."""
-    scored = [(s.get("val_f1", float("nan")), s["stage"]) for s in stages]
-    valid = [(f, st) for f, st in scored if np.isfinite(f)]
-    if not valid:
-        return stages[-1]["stage"]
-    best = max(f for f, _ in valid)
-    return max(st for f, st in valid if f == best)
+def _save_mitosis(outcome: StageOutcome, root, out: Path, config: MitosisTrainConfig, stain_method: str,
+                  split: tuple[list[str], list[str]], threshold: float, seconds: float, tracker, ref_path: Path) -> None:
+    """The chosen model with its card (detection threshold; detector settings and stages in ``extra``),
+    ``training.json``, the tracked summary."""
+    train_keys, val_keys = split
+    card = card_fields(train_keys, root, stain_method, config.seed, detection_threshold=min(max(threshold, 0.0), 1.0),
+                       extra={"sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px,
+                              "match_radius_px": config.match_radius_px, "stage": outcome.chosen, "stages": outcome.stages})
+    record = {"config": config.to_dict(), "train_images": train_keys, "val_images": val_keys, "stages": outcome.stages,
+              "chosen_stage": outcome.chosen, "threshold": threshold, "seconds": round(seconds, 1)}
+    metrics = [stage_metrics(outcome.stages, "stage{stage}.final_{key}"), {"seconds": seconds, "detection_threshold": threshold}]
+    save_chosen(outcome, out, card, record, tracker, metrics, [ref_path])

@@ -43,28 +43,46 @@ template, which is saved beside the model so that inference uses the same templa
 Outputs in ``out_dir`` (``MODELS/tumor``): ``model.safetensors`` + ``card.json`` (the chosen stage),
 ``stain_reference.json``, ``training.json`` (splits, per-stage validation metrics, timings), and
 ``stage1/``, ``stage2/`` run folders (checkpoints, resumable).
+
+The schedule itself (stage 1, the refine step, stage 2, the choice, the saved card and record) is
+:mod:`tupac.train.two_stage`; this module supplies tumor's steps (:class:`TumorStages`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from tupac.config_check import SCHEMA
+from tupac.data import Tupac16Dataset
 from tupac.errors import ConfigError, DatasetLayoutError
+from tupac.heatmaps.engine import heatmap_to_array
+from tupac.models import create_model, list_models, model_device, to_device_input
+from tupac.preprocess import stain
+from tupac.preprocess.tissue import slide_tissue_mask
+from tupac.slide import open_slide
+from tupac.train import PatchDataset, binary_metrics, train
 from tupac.train.config import TrainConfig
-from tupac.train.data import training_set_hash
-from tupac.train.tracking import StageTracker, flatten_params, is_number
+from tupac.train.tracking import flatten_params
+from tupac.train.two_stage import (
+    STAIN_REFERENCE_FILE,
+    StageOutcome,
+    card_fields,
+    run_stages,
+    save_chosen,
+    stage_config,
+    stage_metrics,
+    stage_summary,
+    stage_tracker,
+)
 from tupac.tumor.edges import edge_composites
 from tupac.tumor.regions import best_threshold, heatmap_on_grid
 from tupac.tumor.sampling import read_patches, sample_patch_centers
-
-STAIN_REFERENCE_FILE = "stain_reference.json"
 
 
 @dataclass(frozen=True)
@@ -134,8 +152,6 @@ class TumorTrainConfig:
     )
 
     def __post_init__(self) -> None:
-        from tupac.models import list_models  # deferred: the registry imports every architecture (torch)
-
         if self.arch not in list_models("tumor"):
             raise ConfigError(f"arch={self.arch!r}, expected one of {', '.join(list_models('tumor'))}")
         if self.stain_method not in ("wsics", "macenko", "reinhard"):
@@ -207,10 +223,6 @@ def split_slides(slide_ids: list[str], with_rois: set[str], val_fraction: float,
 
 def prepare_slide(entry, config: TumorTrainConfig, mpp_override: float | None = None) -> SlideContext:
     """Open a slide, compute its tissue mask and stain statistics."""
-    from tupac.preprocess import stain
-    from tupac.preprocess.tissue import slide_tissue_mask
-    from tupac.slide import open_slide
-
     with open_slide(entry.path, mpp=mpp_override) as reader:
         tissue = slide_tissue_mask(reader, config.tissue_mpp)
         stats = stain.fit_slide(reader, tissue, method=config.stain_method, seed=config.seed)
@@ -218,9 +230,23 @@ def prepare_slide(entry, config: TumorTrainConfig, mpp_override: float | None = 
 
 
 def _preprocess(ctx: SlideContext, reference) -> Callable[[np.ndarray], np.ndarray]:
-    from tupac.preprocess import stain
-
     return lambda tile: stain.transform(tile, ctx.stats, reference)
+
+
+@dataclass(frozen=True)
+class Stage1Map:
+    """What the stage-1 model says about one slide, on its tissue-mask grid (bool masks).
+
+    Attributes
+    ----------
+    confident : ndarray of bool, shape (h, w)
+        Tissue with probability above the stage-2 cutoff: stage-2 positives.
+    possible : ndarray of bool, shape (h, w)
+        Tissue at or above the stage-1 decision threshold: no stage-2 negatives near it.
+    """
+
+    confident: np.ndarray
+    possible: np.ndarray
 
 
 def slide_patches(
@@ -229,7 +255,7 @@ def slide_patches(
     card,
     config: TumorTrainConfig,
     rng: np.random.Generator,
-    stage1: "Stage1Map | None" = None,
+    stage1: Stage1Map | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample and read one slide's labelled patches: ``(n, P, P, 3)`` uint8 and ``(n,)`` int64 labels.
 
@@ -237,8 +263,6 @@ def slide_patches(
     from its possible tumor. Synthetic edge patches (``config.edge_patches``) follow the sampled
     ones, on slides that give both kinds.
     """
-    from tupac.slide import open_slide
-
     annotated = len(ctx.rois) > 0
     extra_positive = None if stage1 is None else stage1.confident
     # A slide without ROI annotations says nothing about where tumor is *not* (TUPAC16 annotates
@@ -265,10 +289,8 @@ def slide_patches(
     return np.concatenate([pos, neg, edge]), labels
 
 
-def build_patch_set(contexts, reference, card, config, seed_stream: int, stage1: "dict[str, Stage1Map] | None" = None):
+def build_patch_set(contexts, reference, card, config, seed_stream: int, stage1: dict[str, Stage1Map] | None = None):
     """Patches of several slides as one :class:`tupac.train.PatchDataset` (``stage1``: per slide id, stage 2)."""
-    from tupac.train import PatchDataset
-
     images, labels = [], []
     for i, ctx in enumerate(contexts):
         rng = np.random.default_rng([config.seed, seed_stream, i])
@@ -279,22 +301,6 @@ def build_patch_set(contexts, reference, card, config, seed_stream: int, stage1:
     x = np.concatenate(images) if images else np.zeros((0, p, p, 3), np.uint8)
     y = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
     return PatchDataset(x, y)
-
-
-@dataclass(frozen=True)
-class Stage1Map:
-    """What the stage-1 model says about one slide, on its tissue-mask grid (bool masks).
-
-    Attributes
-    ----------
-    confident : ndarray of bool, shape (h, w)
-        Tissue with probability above the stage-2 cutoff: stage-2 positives.
-    possible : ndarray of bool, shape (h, w)
-        Tissue at or above the stage-1 decision threshold: no stage-2 negatives near it.
-    """
-
-    confident: np.ndarray
-    possible: np.ndarray
 
 
 def stage1_map(ctx: SlideContext, model, reference, confident: float | None, threshold: float) -> Stage1Map:
@@ -313,9 +319,6 @@ def tumor_probability_on_tissue_grid(ctx: SlideContext, model, reference) -> np.
     -------
     ndarray of float32, shape of ``ctx.tissue.mask``
     """
-    from tupac.heatmaps.engine import heatmap_to_array
-    from tupac.slide import open_slide
-
     model.eval()
     with open_slide(ctx.path, mpp=ctx.slide_mpp) as reader:
         heat, geom = heatmap_to_array(
@@ -325,10 +328,6 @@ def tumor_probability_on_tissue_grid(ctx: SlideContext, model, reference) -> np.
 
 
 def _validation_scores(model, val_ds) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    from tupac.models import model_device, to_device_input
-
     model.eval()
     device = model_device(model)  # still on the training device
     probs = []
@@ -339,38 +338,89 @@ def _validation_scores(model, val_ds) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(probs) if probs else np.zeros(0)), np.asarray(val_ds.labels)
 
 
-def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir: Path, tracker, stain_ref_path: Path):
-    from tupac.models import create_model
-    from tupac.train import TrainConfig, train
-
-    tcfg = TrainConfig.from_dict({**config.train, "seed": config.seed + stage})
+def _train_stage(stage: int, config: TumorTrainConfig, train_ds, val_ds, out_dir: Path, tracker):
+    tcfg = stage_config(config.train, config.seed, stage)
     if val_ds is None and tcfg.monitor != "loss":
         tcfg = tcfg.replace(monitor="loss")
     model = create_model(config.arch, task="tumor", seed=tcfg.seed, **config.model_kwargs)
     t0 = time.perf_counter()
-    stage_tracker = StageTracker(tracker, stage) if tracker is not None else None
-    result = train(model, train_ds, val_ds, tcfg, out_dir / f"stage{stage}", tracker=stage_tracker)
-    seconds = time.perf_counter() - t0
-    summary: dict[str, Any] = {
-        "stage": stage,
-        "train_patches": len(train_ds),
-        "train_positives": int(np.sum(train_ds.labels)),
-        "best_epoch": result.best_epoch,
-        "seconds": round(seconds, 1),
-    }
+    result = train(model, train_ds, val_ds, tcfg, out_dir / f"stage{stage}", tracker=stage_tracker(tracker, stage))
+    summary = {**stage_summary(stage, train_ds, result.best_epoch), "seconds": round(time.perf_counter() - t0, 1)}
     summary.update(validation_summary(model, val_ds))
     return model, summary
 
 
 def validation_summary(model, val_ds) -> dict[str, Any]:
     """Threshold (best F1 on the validation patches) and the validation metrics at it."""
-    from tupac.train import binary_metrics
-
     if val_ds is None or not len(val_ds):
         return {"threshold": 0.5}
     prob, y = _validation_scores(model, val_ds)
     thr, f1 = best_threshold(prob, y)
     return {"threshold": thr, "val_f1_at_threshold": f1, **{f"val_{k}": v for k, v in binary_metrics(y, prob, thr).items()}}
+
+
+def _choose_stage(stages: list[dict[str, Any]], tolerance: float = 0.0) -> int:
+    """The last stage, unless an earlier one has a validation AUROC higher by more than ``tolerance``."""
+    last = stages[-1]
+    best = max(stages, key=lambda s: (s.get("val_auroc", float("nan")), s["stage"]))
+    a_last, a_best = last.get("val_auroc", float("nan")), best.get("val_auroc", float("nan"))
+    if np.isnan(a_last) or np.isnan(a_best) or a_best - a_last <= tolerance:
+        return last["stage"]
+    return best["stage"]
+
+
+@dataclass(frozen=True)
+class TumorStages:
+    """Tumor's steps of the two-stage schedule (:class:`tupac.train.two_stage.TwoStageTask`).
+
+    A stage's data is ``(train_ds, val_ds)`` (``val_ds`` None without validation slides). The
+    refine step maps every slide with the stage-1 model (:func:`stage1_map`) and samples both sets
+    again with its tumor as positives; the choice is :func:`_choose_stage` on validation AUROC.
+    """
+
+    config: TumorTrainConfig
+    reference: Any  # StainReference
+    card: Any  # ModelCard of the architecture: patch size and mpp
+    train_ctx: list[SlideContext]
+    val_ctx: list[SlideContext]
+    out: Path
+    tracker: Any
+    say: Callable[[str], None]
+
+    def sample(self, streams: tuple[int, int], maps: dict[str, Stage1Map] | None = None) -> tuple[Any, Any]:
+        """Training and validation patch sets, from the seed streams ``(train, val)``."""
+        train_ds = build_patch_set(self.train_ctx, self.reference, self.card, self.config, seed_stream=streams[0], stage1=maps)
+        val_ds = (build_patch_set(self.val_ctx, self.reference, self.card, self.config, seed_stream=streams[1], stage1=maps)
+                  if self.val_ctx else None)
+        return train_ds, val_ds
+
+    def train(self, stage: int, data: tuple[Any, Any]) -> tuple[Any, dict[str, Any]]:
+        return _train_stage(stage, self.config, data[0], data[1], self.out, self.tracker)
+
+    def keep(self, stage: int, model, summary: dict[str, Any]) -> None:
+        """Nothing: only the chosen stage is saved (each stage's run folder keeps its best epoch)."""
+
+    def refine(self, model, summary: dict[str, Any], data: tuple[Any, Any]) -> tuple[Any, Any]:
+        self.say("stage 2: mapping training and validation slides with the stage-1 model")
+        cfg = self.config
+        maps = {c.slide_id: stage1_map(c, model, self.reference, cfg.confident, summary["threshold"])
+                for c in self.train_ctx + self.val_ctx}
+        mm2 = (cfg.tissue_mpp / 1000.0) ** 2
+        summary["confident_area_mm2"] = float(sum(m.confident.sum() for m in maps.values()) * mm2)
+        summary["possible_area_mm2"] = float(sum(m.possible.sum() for m in maps.values()) * mm2)
+        # The validation slides get the same treatment: their confidently-tumor regions are no
+        # longer drawn as negatives. Unannotated tumor among the negatives would otherwise reward
+        # the model that misses it, and push the chosen threshold up.
+        refined = self.sample((3, 4), maps)
+        self.say(f"stage 2: retraining on {len(refined[0])} patches")
+        return refined
+
+    def rescore(self, model, summary: dict[str, Any], data: tuple[Any, Any]) -> None:
+        """Both stages are compared, and thresholded, on the refined validation set."""
+        summary.update(validation_summary(model, data[1]))
+
+    def choose(self, stages: list[dict[str, Any]]) -> int:
+        return _choose_stage(stages, self.config.stage_tolerance)
 
 
 def train_tumor(
@@ -402,15 +452,10 @@ def train_tumor(
     -------
     TumorTrainResult
     """
-    from tupac.data import Tupac16Dataset
-    from tupac.models import save_model
-    from tupac.preprocess.stain import StainReference
-
     say = progress or (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = Tupac16Dataset(Path(root))
-    entries = {s.slide_id: s for s in dataset.slides}
+    entries = {s.slide_id: s for s in Tupac16Dataset(Path(root)).slides}
     train_ids, val_ids = split_slides(
         list(entries), {s for s, e in entries.items() if len(e.rois)}, config.val_fraction, config.seed
     )
@@ -418,76 +463,28 @@ def train_tumor(
     say(f"preparing {len(entries)} slides (tissue masks, {config.stain_method} statistics)")
     contexts = {sid: prepare_slide(entries[sid], config) for sid in sorted(entries)}
     if stain_reference is None:
-        stain_reference = StainReference(contexts[train_ids[0]].stats)
+        stain_reference = stain.StainReference(contexts[train_ids[0]].stats)
     ref_path = stain_reference.save(out / STAIN_REFERENCE_FILE)
-
     if tracker is not None:
         tracker.log_params({f"tumor.{k}": v for k, v in flatten_params(config.to_dict()).items()})
-    from tupac.models import create_model
-
     card = create_model(config.arch, task="tumor", **config.model_kwargs).card
-    train_ctx = [contexts[s] for s in train_ids]
-    val_ctx = [contexts[s] for s in val_ids]
-    say(f"stage 1: sampling patches from {len(train_ctx)} training and {len(val_ctx)} validation slides")
-    train_ds = build_patch_set(train_ctx, stain_reference, card, config, seed_stream=1)
-    val_ds = build_patch_set(val_ctx, stain_reference, card, config, seed_stream=2) if val_ctx else None
-    say(f"stage 1: training {config.arch} on {len(train_ds)} patches")
-    model, s1 = _train_stage(1, config, train_ds, val_ds, out, tracker, ref_path)
-    stages, models = [s1], [model]
-
-    if config.two_stage:
-        say("stage 2: mapping training and validation slides with the stage-1 model")
-        maps = {
-            c.slide_id: stage1_map(c, model, stain_reference, config.confident, s1["threshold"]) for c in train_ctx + val_ctx
-        }
-        mm2 = (config.tissue_mpp / 1000.0) ** 2
-        s1["confident_area_mm2"] = float(sum(m.confident.sum() for m in maps.values()) * mm2)
-        s1["possible_area_mm2"] = float(sum(m.possible.sum() for m in maps.values()) * mm2)
-        train_ds2 = build_patch_set(train_ctx, stain_reference, card, config, seed_stream=3, stage1=maps)
-        # The validation slides get the same treatment: their confidently-tumor regions are no
-        # longer drawn as negatives. Unannotated tumor among the negatives would otherwise reward
-        # the model that misses it, and push the chosen threshold up.
-        val_ds2 = build_patch_set(val_ctx, stain_reference, card, config, seed_stream=4, stage1=maps) if val_ctx else None
-        say(f"stage 2: retraining on {len(train_ds2)} patches")
-        model2, s2 = _train_stage(2, config, train_ds2, val_ds2, out, tracker, ref_path)
-        # Both stages are compared, and thresholded, on the refined validation set.
-        s1.update(validation_summary(model, val_ds2))
-        stages.append(s2)
-        models.append(model2)
-
-    chosen = _choose_stage(stages, config.stage_tolerance)
-    final, summary = models[chosen - 1], stages[chosen - 1]
-    final.update_card(
-        training_data_hash=training_set_hash(train_ids, root),
-        stain_reference=STAIN_REFERENCE_FILE,
-        stain_method=config.stain_method,
-        seed=config.seed,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        extra={"threshold": summary["threshold"], "stage": chosen, "stages": stages},
-    )
-    save_model(final, final.card, out)
-    record = {
-        "config": config.to_dict(),
-        "train_slides": train_ids,
-        "val_slides": val_ids,
-        "stages": stages,
-        "chosen_stage": chosen,
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
-    (out / "training.json").write_text(json.dumps(record, indent=2))
-    if tracker is not None:
-        tracker.log_metrics({f"stage{s['stage']}_{k}": float(v) for s in stages for k, v in s.items() if is_number(v)}, step=0)
-        tracker.log_artifact(out / "training.json")
-        tracker.log_artifact(ref_path)
-    say(f"done: stage {chosen} chosen, threshold {summary['threshold']:.3f}, model in {out}")
-    return TumorTrainResult(out, chosen, float(summary["threshold"]), stages, train_ids, val_ids)
+    task = TumorStages(config, stain_reference, card, [contexts[s] for s in train_ids], [contexts[s] for s in val_ids],
+                       out, tracker, say)
+    say(f"stage 1: sampling patches from {len(task.train_ctx)} training and {len(task.val_ctx)} validation slides")
+    data = task.sample((1, 2))
+    say(f"stage 1: training {config.arch} on {len(data[0])} patches")
+    outcome = run_stages(task, data, config.two_stage)
+    _save_tumor(outcome, root, out, config, train_ids, val_ids, time.perf_counter() - t_start, tracker, ref_path)
+    threshold = outcome.summary["threshold"]
+    say(f"done: stage {outcome.chosen} chosen, threshold {threshold:.3f}, model in {out}")
+    return TumorTrainResult(out, outcome.chosen, float(threshold), outcome.stages, train_ids, val_ids)
 
 
-def _choose_stage(stages: list[dict[str, Any]], tolerance: float = 0.0) -> int:
-    """The last stage, unless an earlier one has a validation AUROC higher by more than ``tolerance``."""
-    last = stages[-1]
-    best = max(stages, key=lambda s: (s.get("val_auroc", float("nan")), s["stage"]))
-    a_last, a_best = last.get("val_auroc", float("nan")), best.get("val_auroc", float("nan"))
-    if np.isnan(a_last) or np.isnan(a_best) or a_best - a_last <= tolerance:
-        return last["stage"]
-    return best["stage"]
+def _save_tumor(outcome: StageOutcome, root, out: Path, config: TumorTrainConfig, train_ids: list[str],
+                val_ids: list[str], seconds: float, tracker, ref_path: Path) -> None:
+    """The chosen model with its card (threshold and stages in ``extra``), ``training.json``, the tracked summary."""
+    card = card_fields(train_ids, root, config.stain_method, config.seed,
+                       extra={"threshold": outcome.summary["threshold"], "stage": outcome.chosen, "stages": outcome.stages})
+    record = {"config": config.to_dict(), "train_slides": train_ids, "val_slides": val_ids, "stages": outcome.stages,
+              "chosen_stage": outcome.chosen, "seconds": round(seconds, 1)}
+    save_chosen(outcome, out, card, record, tracker, [stage_metrics(outcome.stages, "stage{stage}_{key}")], [ref_path])
