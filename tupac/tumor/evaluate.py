@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 
 from tupac.geometry import resample_onto
-from tupac.tumor.regions import heatmap_on_grid, map_quality
+from tupac.heatmaps.engine import heatmap_to_array
+from tupac.preprocess import stain
+from tupac.preprocess.tissue import slide_tissue_mask
+from tupac.slide import open_slide
+from tupac.synth import read_truth_mask
+from tupac.tumor.regions import heatmap_on_grid, map_quality, pixel_auroc
 
 
 def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, area_threshold: float = 0.5) -> dict:
@@ -19,12 +24,6 @@ def evaluate_slide(trained, slide_path: Path, truth_dir: Path, chunk: int = 64, 
     the predicted tissue mask: the area the features' ``tumor_area_mm2`` reports) and the pixel
     scores needed to pool an AUROC over slides (``_scores``, ``_truth``).
     """
-    from tupac.heatmaps.engine import heatmap_to_array
-    from tupac.preprocess import stain
-    from tupac.preprocess.tissue import slide_tissue_mask
-    from tupac.slide import open_slide
-    from tupac.synth import read_truth_mask
-
     truth, truth_mpp = read_truth_mask(truth_dir / "tumor.png")
     true_tissue, _ = read_truth_mask(truth_dir / "tissue.png")
     with open_slide(slide_path) as reader:
@@ -56,8 +55,6 @@ def evaluate_cohort(trained, root: str | Path, slide_ids: list[str] | None = Non
         ``pooled``: pixel AUROC over all slides, Dice over all pixels, total false-positive area,
         median and largest absolute relative area error.
     """
-    from tupac.tumor.regions import pixel_auroc
-
     root = Path(root)
     slides = sorted((root / "training_image_data").glob("*.svs"))
     rows, scores, truths = [], [], []
