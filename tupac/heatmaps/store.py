@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import shutil
 import uuid
@@ -232,7 +233,7 @@ class HeatmapStore:
         HeatmapStoreError
             Something that is not a tupac store is at ``path`` and ``overwrite`` is False.
         """
-        import zarr
+        import zarr  # deferred: importing the run format stays cheap; zarr loads when a store is opened
 
         path = Path(path)
         problem = slide_id_problem(slide_id)
@@ -299,7 +300,7 @@ class HeatmapStore:
         HeatmapStoreError
             Missing, not a Zarr v3 group, or not a tupac store.
         """
-        import zarr
+        import zarr  # deferred: importing the run format stays cheap; zarr loads when a store is opened
 
         path = Path(path)
         if not (path / "zarr.json").is_file():
@@ -347,7 +348,7 @@ class HeatmapStore:
 
     def as_dask(self, name: str, level: int = 0) -> Any:
         """A lazy ``dask.array`` over the heatmap, one dask chunk per Zarr chunk (tile)."""
-        import dask.array as da
+        import dask.array as da  # deferred: dask loads only where a lazy view or the pyramid is asked for
 
         return da.from_zarr(self.array(name, level))
 
@@ -402,7 +403,7 @@ class HeatmapStore:
     def build_pyramid(self, name: str) -> None:
         """Fill levels 1.. of ``name`` from level 0 (2x2 mean for floats, max otherwise), streamed
         chunk by chunk with dask. Call after every tile of level 0 is written, before the commit."""
-        import dask.array as da
+        import dask.array as da  # deferred: dask loads only where a lazy view or the pyramid is asked for
 
         spec = self.spec(name)
         self._check_writable()
@@ -604,8 +605,6 @@ def _remove_orphaned_writes(root: Path) -> list[Path]:
 
 def _fsync_tree(root: Path) -> None:
     """fsync every file, then every folder (so the chunk files' names are durable too)."""
-    import os
-
     paths = sorted(root.rglob("*"), key=lambda p: (p.is_dir(), -len(p.parts)))
     for p in [*paths, root]:
         try:
