@@ -230,7 +230,6 @@ def compute_heatmap(
         Called with the number of windows done after each batch.
     """
     done = 0
-    batch: list[tuple[int, int]] = []
     pending = iter(windows)
     while True:
         batch = [rc for _, rc in zip(range(max(1, int(batch_size))), pending)]
