@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tupac.heatmaps.engine import heatmap_to_array
+from tupac.heatmaps.engine import SlideWindows, WindowPredictor, compute_heatmap, heatmap_to_array
 from tupac.heatmaps.windows import heatmap_geometry
 from tupac.models import create_model, to_input
 from tupac.slide import open_slide
@@ -56,3 +56,21 @@ def test_tissue_free_windows_are_skipped(small_cohort, tiny_locnet):
         heat, _ = heatmap_to_array(reader, tiny_locnet, chunk=16, tissue_mask=blank, tissue_mpp=150.0,
                                    progress=calls.append)
     assert calls == [] and not heat.any() and geom.grid[0] >= 2
+
+
+def test_batched_engine_gives_the_serial_heatmap(small_cohort, tiny_locnet):
+    # The Ray actors call the engine a batch of windows at a time, tumor-map one window at a time:
+    # both must give the same cells.
+    path = small_cohort / "training_image_data" / "TUPAC-TR-003.svs"
+    with open_slide(path) as reader:
+        serial, geom = heatmap_to_array(reader, tiny_locnet, chunk=8)
+        batched = np.full(geom.shape, np.nan, dtype=np.float32)
+
+        def sink(rc, block):
+            rows, cols = geom.cells(rc)
+            batched[rows, cols] = block
+
+        windows = [(r, c) for r in range(geom.grid[0]) for c in range(geom.grid[1])]
+        compute_heatmap(SlideWindows(reader, geom), WindowPredictor(tiny_locnet), sink, windows, batch_size=5)
+    assert not np.isnan(batched).any()
+    np.testing.assert_allclose(batched, serial, atol=1e-5)
