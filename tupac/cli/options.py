@@ -25,6 +25,7 @@ and the command line would otherwise pay for all of them on every call.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import importlib
@@ -44,7 +45,9 @@ from tupac.config_check import HELP, SCHEMA
 # Why a field has no option, for the common cases.
 CONFIG_FILE_ONLY = "set in a `tupac run` config file"
 
-_META_KEY = "tupac.config_values"
+# The derived options' values, from ConfigCommand.invoke to the command's function (Typer's callback
+# wrapper passes on only the parameters of the function's own signature).
+_CONFIG_VALUES: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tupac_config_values", default={})
 
 
 @dataclass(frozen=True)
@@ -187,8 +190,11 @@ class ConfigCommand(TyperCommand):
         derived = self._materialize()
         raw = {p.name: ctx.params.pop(p.name) for p in derived.params if p.name in ctx.params}
         values = derived.callback(**raw)  # Typer's own conversions (paths, tuples)
-        ctx.meta[_META_KEY] = {name.replace("__", "."): value for name, value in values.items()}
-        return super().invoke(ctx)
+        token = _CONFIG_VALUES.set({name.replace("__", "."): value for name, value in values.items()})
+        try:
+            return super().invoke(ctx)
+        finally:
+            _CONFIG_VALUES.reset(token)
 
     def _materialize(self) -> click.Command:
         if self._derived is None:
@@ -213,7 +219,7 @@ def config_command(group: typer.Typer, name: str | None, options: ConfigOptions,
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
-            return fn(**kwargs, **click.get_current_context().meta.get(_META_KEY, {}))
+            return fn(**kwargs, **_CONFIG_VALUES.get())
 
         command.__signature__ = inspect.Signature(own)  # type: ignore[attr-defined]
         cls = type(f"{fn.__name__}_command", (ConfigCommand,), {"options": options})
