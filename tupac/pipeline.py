@@ -44,6 +44,7 @@ from tupac.models.trained import weights_hash
 from tupac.predict.cohort import build_cohort, read_feature_table
 from tupac.predict.fit import FitConfig, fit_cohort, write_outputs
 from tupac.report.html import build_report
+from tupac.report.config import ReportOptions
 from tupac.report.qupath import export_run
 from tupac.runlock import run_lock
 from tupac.tumor.training import TumorTrainConfig
@@ -55,19 +56,6 @@ SECTIONS = ("tumor", "mitosis", "infer", "features", "fit", "report")
 _INFER_RESERVED = ("models", "out")
 # Placeholders that let the `infer:` section be built, and so checked, when the config is loaded.
 _PLACEHOLDER_MODELS, _PLACEHOLDER_OUT = Path("MODELS"), Path("RUN")
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """Options of the report stage (:func:`tupac.report.html.build_report`)."""
-
-    max_side: int = option(640, help="Longer side of the slide thumbnails in pixels.")
-    n_boot: int = option(2000, help="Bootstrap resamples of the kappa / Spearman confidence intervals.")
-
-    def __post_init__(self) -> None:
-        for name in ("max_side", "n_boot"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -125,11 +125,13 @@ class ConfigOptions:
 def _parameter(cls: type, name: str, flag: Flag) -> inspect.Parameter:
     owner, key, default = _resolve(cls, name)
     f = next(f for f in dataclasses.fields(owner) if f.name == key)
-    help_text = f.metadata.get(HELP, "")
-    if flag.optional:
-        default, help_text = None, f"{help_text} (default: {default})"
+    words = [f.metadata.get(HELP, "").rstrip(".")]
     if flag.note:
-        help_text = f"{help_text} {flag.note}"
+        words.append(flag.note)
+    if flag.optional:
+        words.append(f"(default: {default})")
+        default = None
+    help_text = " ".join(words) + "."
     annotation = typing.get_type_hints(owner)[key]
     if flag.optional:
         annotation = Optional[annotation]
