@@ -183,10 +183,18 @@ class ConfigCommand(TyperCommand):
 
     options: ClassVar[ConfigOptions]
     _derived: click.Command | None = None
+    _own: list[click.Parameter]
 
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    @property  # type: ignore[override]
+    def params(self) -> list[click.Parameter]:
+        """Its own parameters, then the config class's (the first read loads them). One list, kept:
+        click appends to it and pops from it in place."""
         self._materialize()
-        return super().get_params(ctx)
+        return self._own
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._own = list(value)
 
     def invoke(self, ctx: click.Context) -> Any:
         derived = self._materialize()
@@ -207,7 +215,7 @@ class ConfigCommand(TyperCommand):
             one = typer.Typer(add_completion=False)
             one.command()(collect)
             self._derived = typer.main.get_command(one)
-            self.params = [*self.params, *self._derived.params]
+            self._own.extend(self._derived.params)
         return self._derived
 
 
