@@ -168,7 +168,7 @@ class PipelineConfig:
             cls = SECTION_CLASSES[section]
             lines += ["", f"{section}:  # {cls.__module__}.{cls.__qualname__}"]
             for key, value in values.items():
-                lines += [f"  # {line}" for line in textwrap.wrap(help_of(cls, key), 96)]
+                lines += [f"  # {line}" for line in textwrap.wrap(help_of(cls, key), 96, break_on_hyphens=False)]
                 dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()
                 lines.append("  " + dumped[1:-1] if dumped.startswith("{") else "  " + dumped)
         return "\n".join(lines) + "\n"
