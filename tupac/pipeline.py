@@ -43,8 +43,8 @@ from tupac.mitosis.training import MitosisTrainConfig
 from tupac.models.trained import weights_hash
 from tupac.predict.cohort import build_cohort, read_feature_table
 from tupac.predict.fit import FitConfig, fit_cohort, write_outputs
-from tupac.report.html import build_report
 from tupac.report.config import ReportOptions
+from tupac.report.html import build_report
 from tupac.report.qupath import export_run
 from tupac.runlock import run_lock
 from tupac.tumor.training import TumorTrainConfig
@@ -70,7 +70,7 @@ class StageConfigs:
     report: ReportOptions
 
 
-# The config class of each section, and the values the pipeline gives it (the rest come from the file).
+# The config class of each section; the sections in _SEEDED take the top-level seed.
 SECTION_CLASSES: dict[str, type] = {
     "tumor": TumorTrainConfig, "mitosis": MitosisTrainConfig, "infer": JobConfig,
     "features": FeatureRunConfig, "fit": FitConfig, "report": ReportOptions,
@@ -108,10 +108,10 @@ class PipelineConfig:
         built = {}
         for name, cls in SECTION_CLASSES.items():
             given: dict[str, Any] = {"seed": self.seed} if name in _SEEDED else {}
+            reserved: tuple[str, ...] = ()
             if name == "infer":
-                given = {"models": _PLACEHOLDER_MODELS, "out": _PLACEHOLDER_OUT}
-            built[name] = build_checked(cls, getattr(self, name), name, given=given,
-                                        reserved=_INFER_RESERVED if name == "infer" else ())
+                given, reserved = {"models": _PLACEHOLDER_MODELS, "out": _PLACEHOLDER_OUT}, _INFER_RESERVED
+            built[name] = build_checked(cls, getattr(self, name), name, given=given, reserved=reserved)
         object.__setattr__(self, "stages", StageConfigs(**built))
 
     @classmethod
