@@ -26,9 +26,12 @@ if (_ROOT / "tupac" / "__init__.py").is_file() and str(_ROOT) not in sys.path:
 def main() -> None:
     import typer
 
-    from tupac.cli.infer_cmds import infer_cmd
+    from tupac.cli.infer_cmds import INFER_OPTIONS, infer_cmd
+    from tupac.cli.options import config_command
 
-    typer.run(infer_cmd)
+    job = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    config_command(job, "infer", INFER_OPTIONS)(infer_cmd)  # the options of `tupac infer`, from JobConfig
+    job()
 
 
 if __name__ == "__main__":

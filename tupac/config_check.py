@@ -23,6 +23,9 @@ A ``dict`` field whose mapping holds the options of another config class (``trai
 and mitosis training configs holds :class:`~tupac.train.config.TrainConfig` fields) says so with
 ``field(metadata={SCHEMA: TrainConfig})``: its mapping is checked against that class and stays a
 mapping, as the stage expects.
+
+Each field also carries its description, written once with the field (:func:`option`): the command
+line's ``--help`` (``tupac/cli/options.py``) and ``tupac run --print-config`` read it from there.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from tupac.errors import ConfigError
 
 #: Key of a field's ``metadata`` naming the config class that a ``dict`` field's mapping follows.
 SCHEMA = "schema"
+#: Key of a field's ``metadata`` holding its description (config file comments, command-line help).
+HELP = "help"
 
 _SHOW_CHARS = 60
 
@@ -102,6 +107,24 @@ def build_checked(
         if schema is not None:
             build_checked(schema, value, dotted)
     return _construct(cls, dict(given or {}), checked, values, where)
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+           **metadata: Any) -> Any:
+    """A config field with its description: ``field(default=..., metadata={HELP: help})``.
+
+    The one place a field's default and help are written; ``metadata`` adds other keys
+    (:data:`SCHEMA`).
+    """
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={HELP: help, **metadata})
+
+
+def help_of(cls: type, name: str) -> str:
+    """The description of field ``name`` of config class ``cls`` ("" when it has none)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get(HELP, "")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 
 def check_value(value: Any, hint: Any, dotted: str) -> Any:

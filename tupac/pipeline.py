@@ -18,9 +18,11 @@ others), after which the stages downstream see a changed input and run again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +30,24 @@ from typing import Any, Callable
 
 import yaml
 
-from tupac.config_check import build_checked, check_value, kind, show
+from tupac.config_check import build_checked, check_value, help_of, kind, option, show
+from tupac.data import read_ground_truth
+from tupac.data.manifest import load_cohort
 from tupac.errors import ConfigError
+from tupac.feature_run import run_features
+from tupac.features.config import FeatureRunConfig
+from tupac.heatmaps.commit import is_committed, move_aside
+from tupac.heatmaps.store import store_path
+from tupac.infer.job import JobConfig, run_job
+from tupac.mitosis.training import MitosisTrainConfig
+from tupac.models.trained import weights_hash
+from tupac.predict.cohort import build_cohort, read_feature_table
+from tupac.predict.fit import FitConfig, fit_cohort, write_outputs
+from tupac.report.config import ReportOptions
+from tupac.report.html import build_report
+from tupac.report.qupath import export_run
 from tupac.runlock import run_lock
+from tupac.tumor.training import TumorTrainConfig
 
 STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
 SECTIONS = ("tumor", "mitosis", "infer", "features", "fit", "report")
@@ -42,61 +59,60 @@ _PLACEHOLDER_MODELS, _PLACEHOLDER_OUT = Path("MODELS"), Path("RUN")
 
 
 @dataclass(frozen=True)
-class ReportOptions:
-    """Options of the report stage (:func:`tupac.report.html.build_report`).
+class StageConfigs:
+    """Every stage's own config, built from the sections of a :class:`PipelineConfig` and checked."""
 
-    Attributes
-    ----------
-    max_side : int
-        Longer side of the slide thumbnails in pixels.
-    n_boot : int
-        Bootstrap resamples of the kappa / Spearman confidence intervals.
-    """
+    tumor: TumorTrainConfig
+    mitosis: MitosisTrainConfig
+    infer: JobConfig  # its folders are placeholders: PipelineConfig.job_config sets the command's
+    features: FeatureRunConfig
+    fit: FitConfig
+    report: ReportOptions
 
-    max_side: int = 640
-    n_boot: int = 2000
 
-    def __post_init__(self) -> None:
-        for name in ("max_side", "n_boot"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+# The config class of each section; the sections in _SEEDED take the top-level seed.
+SECTION_CLASSES: dict[str, type] = {
+    "tumor": TumorTrainConfig, "mitosis": MitosisTrainConfig, "infer": JobConfig,
+    "features": FeatureRunConfig, "fit": FitConfig, "report": ReportOptions,
+}
+_SEEDED = ("tumor", "mitosis", "features", "fit")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Options of every stage, as in the YAML config (``tupac run --print-config`` shows the defaults).
+    """Options of every stage, as in the YAML config (``tupac run --print-config`` shows them all).
 
-    Each section holds the fields of one stage's own config class: ``tumor`` ->
-    :class:`tupac.tumor.training.TumorTrainConfig`, ``mitosis`` ->
-    :class:`tupac.mitosis.training.MitosisTrainConfig`, ``infer`` -> :class:`tupac.infer.job.JobConfig`
-    (without ``models``/``out``), ``features`` -> :class:`tupac.features.config.FeatureRunConfig`,
-    ``fit`` -> :class:`tupac.predict.fit.FitConfig`, ``report`` -> :class:`ReportOptions`.
-
-    Every section, ``train:`` inside ``tumor:`` and ``mitosis:`` included, is checked for option
-    names, types and ranges at construction (:mod:`tupac.config_check`), so that a bad config fails
+    Each section holds the options the file gives for one stage's config class
+    (:data:`SECTION_CLASSES`; ``infer`` without ``models``/``out``); :attr:`stages` holds the
+    classes themselves, built at construction with every other option at its default. Every
+    section, ``train:`` inside ``tumor:`` and ``mitosis:`` included, is checked for option names,
+    types and ranges then (:func:`tupac.config_check.build_checked`), so that a bad config fails
     before any work starts with one line: the dotted key, the value and what was expected.
     """
 
-    seed: int = 0
-    tumor: dict[str, Any] = field(default_factory=dict)
-    mitosis: dict[str, Any] = field(default_factory=dict)
-    infer: dict[str, Any] = field(default_factory=dict)
-    features: dict[str, Any] = field(default_factory=dict)
-    fit: dict[str, Any] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
+    seed: int = option(0, help="Seeds every stage.")
+    tumor: dict[str, Any] = option(default_factory=dict, help="Options of the tumor training (TumorTrainConfig).")
+    mitosis: dict[str, Any] = option(default_factory=dict,
+                                     help="Options of the mitosis training (MitosisTrainConfig).")
+    infer: dict[str, Any] = option(default_factory=dict, help="Options of the inference job (JobConfig).")
+    features: dict[str, Any] = option(default_factory=dict, help="Options of the features (FeatureRunConfig).")
+    fit: dict[str, Any] = option(default_factory=dict, help="Options of the predictive models (FitConfig).")
+    report: dict[str, Any] = option(default_factory=dict, help="Options of the report (ReportOptions).")
+    stages: StageConfigs = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_value(self.seed, int, "seed")
         if self.seed < 0:  # numpy's generators refuse negative seeds, and every stage derives from this one
             raise ConfigError(f"seed = {self.seed}: expected an integer >= 0")
-        for name in SECTIONS:
-            section = getattr(self, name)
-            if not isinstance(section, dict):
-                raise ConfigError(f"{name} = {show(section)}: expected a mapping of options, got {kind(section)}")
         # Build each stage's config now, so that a typo or a bad value fails before hours of work.
-        self.tumor_config(), self.mitosis_config(), self.features_config(), self.fit_config()
-        self.job_config(_PLACEHOLDER_MODELS, _PLACEHOLDER_OUT)
-        self.report_options()
+        built = {}
+        for name, cls in SECTION_CLASSES.items():
+            given: dict[str, Any] = {"seed": self.seed} if name in _SEEDED else {}
+            reserved: tuple[str, ...] = ()
+            if name == "infer":
+                given, reserved = {"models": _PLACEHOLDER_MODELS, "out": _PLACEHOLDER_OUT}, _INFER_RESERVED
+            built[name] = build_checked(cls, getattr(self, name), name, given=given, reserved=reserved)
+        object.__setattr__(self, "stages", StageConfigs(**built))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -117,7 +133,7 @@ class PipelineConfig:
         doc = {} if doc is None else doc
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {kind(doc)}")
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
         for key, value in doc.items():
             if key not in names:
                 raise ConfigError(f"{path}: {key} = {show(value)}: unknown section; expected one of {', '.join(names)}")
@@ -129,73 +145,52 @@ class PipelineConfig:
             raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as given (the seed and each section's own options), as the run folder records it."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
 
     def effective(self) -> dict[str, Any]:
         """Every option of every stage with the value that will be used (defaults filled in)."""
-        sections = {
-            "tumor": self.tumor_config(), "mitosis": self.mitosis_config(), "features": self.features_config(),
-            "fit": self.fit_config(), "infer": self.job_config(Path("MODELS"), Path("RUN")),
-        }
         out: dict[str, Any] = {"seed": self.seed}
-        for name, cfg in sections.items():
-            values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "models", "out")}
+        for name in SECTIONS:
+            values = {k: v for k, v in dataclasses.asdict(getattr(self.stages, name)).items()
+                      if k not in ("seed", *_INFER_RESERVED)}
             out[name] = json.loads(json.dumps(values, default=str))
-        out["report"] = dataclasses.asdict(self.report_options())
         return out
 
     def to_yaml(self) -> str:
-        """The effective config as YAML, each option preceded by its documentation as a comment."""
-        classes = {"tumor": "tupac.tumor.training.TumorTrainConfig", "mitosis": "tupac.mitosis.training.MitosisTrainConfig",
-                   "infer": "tupac.infer.job.JobConfig", "features": "tupac.features.config.FeatureRunConfig",
-                   "fit": "tupac.predict.fit.FitConfig", "report": "tupac.pipeline.ReportOptions"}
+        """The effective config as YAML, each option preceded by its help as a comment."""
         lines = ["# tupac run configuration: every option with the value in effect.",
                  "# Sections map onto each stage's config class; omit what you do not change.",
-                 "seed: " + str(self.seed) + "  # seeds every stage"]
+                 f"seed: {self.seed}  # {help_of(PipelineConfig, 'seed').lower().rstrip('.')}"]
         for section, values in self.effective().items():
             if section == "seed":
                 continue
-            docs = _field_docs(classes[section]) if section in classes else {}
-            lines.append("")
-            lines.append(f"{section}:" + (f"  # {classes[section]}" if section in classes else ""))
+            cls = SECTION_CLASSES[section]
+            lines += ["", f"{section}:  # {cls.__module__}.{cls.__qualname__}"]
             for key, value in values.items():
-                for doc_line in docs.get(key, []):
-                    lines.append(f"  # {doc_line}")
+                lines += [f"  # {line}" for line in textwrap.wrap(help_of(cls, key), 96, break_on_hyphens=False)]
                 dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()
                 lines.append("  " + dumped[1:-1] if dumped.startswith("{") else "  " + dumped)
         return "\n".join(lines) + "\n"
 
-    def _build(self, cls, section: str, *, reserved: tuple[str, ...] = (), **given):
-        """``cls`` from the section's options over ``given``, checked (see :func:`tupac.config_check.build_checked`)."""
-        return build_checked(cls, getattr(self, section), section, given=given, reserved=reserved)
+    def tumor_config(self) -> TumorTrainConfig:
+        return self.stages.tumor
 
-    def tumor_config(self):
-        from tupac.tumor.training import TumorTrainConfig
+    def mitosis_config(self) -> MitosisTrainConfig:
+        return self.stages.mitosis
 
-        return self._build(TumorTrainConfig, "tumor", seed=self.seed)
+    def features_config(self) -> FeatureRunConfig:
+        return self.stages.features
 
-    def mitosis_config(self):
-        from tupac.mitosis.training import MitosisTrainConfig
+    def fit_config(self) -> FitConfig:
+        return self.stages.fit
 
-        return self._build(MitosisTrainConfig, "mitosis", seed=self.seed)
-
-    def features_config(self):
-        from tupac.features.config import FeatureRunConfig
-
-        return self._build(FeatureRunConfig, "features", seed=self.seed)
-
-    def fit_config(self):
-        from tupac.predict.fit import FitConfig
-
-        return self._build(FitConfig, "fit", seed=self.seed)
-
-    def job_config(self, models: Path, out: Path):
-        from tupac.infer.job import JobConfig
-
-        return self._build(JobConfig, "infer", reserved=_INFER_RESERVED, models=models, out=out)
+    def job_config(self, models: Path, out: Path) -> JobConfig:
+        """The inference job's config with the command's folders."""
+        return dataclasses.replace(self.stages.infer, models=models, out=out)
 
     def report_options(self) -> ReportOptions:
-        return self._build(ReportOptions, "report")
+        return self.stages.report
 
 
 DEMO_CONFIG = PipelineConfig(
@@ -214,27 +209,6 @@ DEMO_CONFIG = PipelineConfig(
 )
 """The demo's settings: a narrow LocNet, short training, few fringe patches, light CV. Enough to
 exercise every stage on a laptop in minutes; the defaults (``PipelineConfig()``) are the full size."""
-
-
-def _field_docs(dotted: str) -> dict[str, list[str]]:
-    """Field descriptions from a numpydoc ``Parameters``/``Attributes`` section of a class docstring."""
-    import importlib
-    import inspect
-    import re
-
-    module, name = dotted.rsplit(".", 1)
-    doc = inspect.getdoc(getattr(importlib.import_module(module), name)) or ""
-    docs: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in doc.splitlines():
-        m = re.match(r"^([A-Za-z_][\w, ]*?)\s*:\s*(.*)$", line)
-        if m and not line.startswith(" "):
-            current = []
-            for field_name in (n.strip() for n in m.group(1).split(",")):
-                docs[field_name] = current
-        elif line.startswith("    ") and line.strip():
-            current.append(line.strip())
-    return docs
 
 
 # --- stage records -------------------------------------------------------------------------------
@@ -282,8 +256,6 @@ def retire_stale_training(model_dir: Path, key: str) -> Path | None:
     Path or None
         Where the old folder went; None when nothing moved.
     """
-    from tupac.heatmaps.commit import move_aside
-
     model_dir = Path(model_dir)
     marker = model_dir / TRAINING_KEY_FILE
     moved = None
@@ -366,8 +338,6 @@ class Pipeline:
         if self.given_models:
             if not (model_dir / "card.json").is_file():
                 raise ConfigError(f"{model_dir}: --models was given but has no trained {task} model (card.json)")
-            from tupac.models.trained import weights_hash
-
             return weights_hash(model_dir)
         cfg = self.config.tumor_config() if task == "tumor" else self.config.mitosis_config()
 
@@ -387,17 +357,11 @@ class Pipeline:
                            [model_dir / "model.safetensors", model_dir / "card.json"], run)
 
     def _infer(self, data_fp: str, k_tumor: str, k_mitosis: str) -> str:
-        from tupac.heatmaps.commit import is_committed
-        from tupac.data.manifest import load_cohort
-        from tupac.heatmaps.store import store_path
-
         entries = load_cohort(data=self.data)
         stores = [store_path(self.out, e.slide_id) for e in entries]
         job = self.config.job_config(self.models, self.out)
 
         def run() -> None:
-            from tupac.infer.job import run_job
-
             summary = run_job(entries, job, say=self.say)
             if summary.get("failed"):
                 self.say(f"[infer] {len(summary['failed'])} slide(s) failed; see RUN/summary.json")
@@ -411,8 +375,6 @@ class Pipeline:
         return _files_fingerprint(commits)
 
     def _features(self, k_infer: str) -> str:
-        from tupac.feature_run import run_features
-
         labels = self.data / "training_ground_truth.csv"
         cfg = self.config.features_config()
         table = self.out / "features.parquet"
@@ -430,9 +392,6 @@ class Pipeline:
         out = self.out / "predict"
 
         def run() -> None:
-            from tupac.data import read_ground_truth
-            from tupac.predict.cohort import build_cohort, read_feature_table
-            from tupac.predict.fit import fit_cohort, write_outputs
             from tupac.predict.tracking import log_fit
 
             cohort = build_cohort(read_feature_table(self.out / "features.parquet"), read_ground_truth(labels),
@@ -450,11 +409,8 @@ class Pipeline:
 
     def _report(self, k_fit: str) -> None:
         def run() -> None:
-            from tupac.report.html import build_report
-            from tupac.report.qupath import export_run
-
             export_run(self.out)
-            build_report(self.out, **self.config.report)
+            build_report(self.out, **dataclasses.asdict(self.config.report_options()))
 
         self._stage("report", [k_fit, self.config.report, _files_fingerprint([self.out / "summary.json"])],
                     [self.out / "report" / "index.html"], run)

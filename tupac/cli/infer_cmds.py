@@ -20,56 +20,56 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.table import Table
 
 from tupac.cli.app import app, console, err_console, fail, run_guarded
+from tupac.cli.options import CONFIG_FILE_ONLY, ConfigOptions, Flag, config_command
+
+# JobConfig's fields as options: names and command-line bounds here, defaults and help from the class.
+INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
+    "models": Flag("--models"),
+    "out": Flag("--out"),
+    "address": Flag("--address"),
+    "num_gpus_per_actor": Flag("--num-gpus-per-actor", min=0.0),
+    "actors": Flag("--actors", min=1),
+    "batch_size": Flag("--batch-size", min=1),
+    "max_attempts": Flag("--max-attempts", min=1),
+    "cpus_per_actor": Flag("--cpus-per-actor", min=0.01),
+    "threads_per_actor": Flag("--threads-per-actor", min=1),
+    "tumor_chunk": Flag("--tumor-chunk", min=4),
+    "mitosis_chunk": Flag("--mitosis-chunk", min=4),
+    "backend": Flag("--backend"),
+    "local_cpus": Flag("--local-cpus", min=1),
+    "object_store_mb": Flag("--object-store-mb", min=64),
+    "include_dashboard": Flag("--dashboard/--no-dashboard"),
+    "local_temp_dir": Flag("--local-temp-dir"),
+    "gpu_tf32": Flag("--gpu-tf32/--no-gpu-tf32"),
+}, not_exposed={name: CONFIG_FILE_ONLY for name in (
+    "tissue_mpp", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
 
 
 def infer_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="TUPAC16-layout dataset root (its slides are the cohort)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV with header slide_id,path[,mpp]."),
-    models: Path = typer.Option(..., "--models", help="Models folder with tumor/ (and mitosis/) from `tupac train`."),
-    out: Path = typer.Option(..., "--out", help="Run folder: slides/<id>.zarr, <id>.mitoses.csv, ledger, summary.json."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray address (default: $RAY_ADDRESS, else a local Ray)."),
-    num_gpus_per_actor: Optional[float] = typer.Option(
-        None, "--num-gpus-per-actor", min=0.0, help="GPUs per model actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)."),
-    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Model actors (default: one per GPU share; on CPU, CPUs/2)."),
-    batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", min=1, help="Windows (~1k x 1k px) per actor call (default: 8 on GPU, 1 on CPU)."),
-    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Runs after which a failing slide is given up."),
-    cpus_per_actor: float = typer.Option(1.0, "--cpus-per-actor", min=0.01, help="CPUs Ray reserves per actor."),
-    threads_per_actor: Optional[int] = typer.Option(
-        None, "--threads-per-actor", min=1, help="torch threads of a CPU actor (default: cluster CPUs / actors)."),
-    tumor_chunk: int = typer.Option(64, "--tumor-chunk", min=4, help="Tumor heatmap cells per window edge."),
-    mitosis_chunk: int = typer.Option(64, "--mitosis-chunk", min=4, help="Mitosis heatmap cells per window edge."),
-    backend: str = typer.Option("auto", "--backend", help="Slide reader: auto, openslide or cucim."),
-    local_cpus: Optional[int] = typer.Option(None, "--local-cpus", min=1, help="CPUs of a local Ray started here."),
-    object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", min=64, help="Object store of a local Ray (MiB)."),
-    dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Dashboard of a local Ray."),
-    local_temp_dir: Optional[str] = typer.Option(None, "--local-temp-dir", help="Temp folder of a local Ray (short path)."),
-    gpu_tf32: bool = typer.Option(
-        False, "--gpu-tf32/--no-gpu-tf32",
-        help="TF32 convolutions on GPU actors: faster, but heatmaps then differ from a CPU run's by up to ~2e-3."),
+    **job,
 ) -> None:
     """Run the tumor and mitosis models over a cohort on Ray: heatmaps, detections, ledger, summary."""
-    from tupac.infer.job import JobConfig
+    # Deferred: the job's modules import numpy and the slide readers, which `tupac --help` should not pay for.
     from tupac.data.manifest import load_cohort
+    from tupac.infer.job import JobConfig
 
     if (data is None) == (manifest is None):
         fail(ValueError("give exactly one of --data ROOT or --manifest CSV"))
     entries = run_guarded(load_cohort, manifest=manifest, data=data)
-    cfg = run_guarded(
-        JobConfig, models=models, out=out, address=address, num_gpus_per_actor=num_gpus_per_actor, actors=actors,
-        batch_size=batch_size, max_attempts=max_attempts, cpus_per_actor=cpus_per_actor, threads_per_actor=threads_per_actor, tumor_chunk=tumor_chunk,
-        mitosis_chunk=mitosis_chunk, backend=backend, local_cpus=local_cpus, object_store_mb=object_store_mb,
-        include_dashboard=dashboard, local_temp_dir=local_temp_dir, gpu_tf32=gpu_tf32,
-    )
+    cfg = run_guarded(JobConfig, **job)
     summary = run_guarded(_run, entries, cfg)
-    _print_summary(summary, out)
+    _print_summary(summary, cfg.out)
     if not summary["ok"]:
         raise typer.Exit(1)
 
 
 def _run(entries, cfg):
+    # Deferred: the job and its progress display import numpy and the slide readers (ray, at run time).
     from tupac.infer.job import run_job
     from tupac.infer.progress import CohortProgress
 
@@ -77,8 +77,6 @@ def _run(entries, cfg):
 
 
 def _print_summary(summary: dict, out: Path) -> None:
-    from rich.table import Table
-
     counts = summary["counts"]
     t = Table(title=f"tupac infer: {out}", show_header=True)
     for col in ("done", "skipped (already done)", "failed", "unfinished", "tiles/s", "slides/h"):
@@ -98,6 +96,6 @@ def _print_summary(summary: dict, out: Path) -> None:
     console.print(f"summary: {out / 'summary.json'}", highlight=False)
 
 
-app.command("infer")(infer_cmd)
+config_command(app, "infer", INFER_OPTIONS)(infer_cmd)
 
-__all__ = ["infer_cmd"]
+__all__ = ["INFER_OPTIONS", "infer_cmd"]

@@ -7,17 +7,30 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 
 from tupac.cli.app import app, console, err_console, fail, run_guarded
-from tupac.cli.tumor_cmds import train_app
+from tupac.cli.options import ConfigOptions, Flag, config_command, nest
+from tupac.cli.tumor_cmds import IN_CONFIG_FILE, train_app
+from tupac.errors import ConfigError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
-def _mitosis_config(arch: str, epochs: Optional[int], seed: int, two_stage: bool, config: Optional[Path]):
-    import yaml
+# MitosisTrainConfig's fields as options: names and bounds here, defaults and help from the class.
+TRAIN_MITOSIS_OPTIONS = ConfigOptions("tupac.mitosis.training:MitosisTrainConfig", {
+    "arch": Flag("--arch"),
+    "train.epochs": Flag("--epochs", min=1, optional=True, note="(per stage)"),
+    "seed": Flag("--seed"),
+    "two_stage": Flag("--two-stage/--one-stage"),
+}, not_exposed={name: IN_CONFIG_FILE for name in (
+    "model_kwargs", "stain_method", "val_fraction", "max_images", "negatives_per_image", "background_per_image",
+    "positive_copies", "positive_jitter_px", "match_radius_px", "hard_min_prob", "hard_max_per_image", "sigma_px",
+    "nms_radius_px", "epoch_selection")})
 
-    from tupac.errors import ConfigError
+
+def _mitosis_config(values: dict, config: Optional[Path]):
+    # Deferred: the training module imports torch, which `tupac --help` should not pay for.
     from tupac.mitosis.training import MitosisTrainConfig
 
     base: dict = {}
@@ -31,10 +44,12 @@ def _mitosis_config(arch: str, epochs: Optional[int], seed: int, two_stage: bool
         if not isinstance(doc, dict):
             raise ConfigError(f"{config}: expected a mapping of MitosisTrainConfig fields")
         base = dict(doc.get("mitosis", doc))
+    given = nest(values)
+    epochs = given.pop("train")["epochs"]
     train = {**MitosisTrainConfig().train, **base.pop("train", {})}
-    if epochs is not None:
+    if epochs is not None:  # --epochs given: it wins over the config file's
         train["epochs"] = epochs
-    fields = {"arch": arch, "seed": seed, "two_stage": two_stage, **base, "train": train}
+    fields = {**given, **base, "train": train}
     try:
         return MitosisTrainConfig(**fields)
     except TypeError as e:
@@ -54,26 +69,25 @@ def _train_mitosis(data: Path, out: Path, cfg, tracking_uri: Optional[str]):
                                     say=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
 
 
-@train_app.command("mitosis")
 def train_mitosis_cmd(
     data: Path = typer.Option(..., "--data", help="TUPAC16-layout root with mitoses/mitoses_image_data and _ground_truth."),
     out: Path = typer.Option(..., "--out", help="Models folder; the model goes to OUT/mitosis/."),
-    arch: str = typer.Option("mitosnet", "--arch", help="Registered network (see `tupac models`)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per stage (default 12)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the sampling and the networks."),
-    two_stage: bool = typer.Option(True, "--two-stage/--one-stage", help="Retrain with stage-1 hard negatives."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with MitosisTrainConfig fields (under `mitosis:`)."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under OUT)."
     ),
+    **mitosis,
 ) -> None:
     """Train the mitosis detector (two-stage hard-negative mining) and register it in MLflow."""
-    cfg = run_guarded(_mitosis_config, arch, epochs, seed, two_stage, config)
+    cfg = run_guarded(_mitosis_config, mitosis, config)
     result = run_guarded(_train_mitosis, data, out, cfg, tracking_uri)
     console.print_json(json.dumps({
         "model_dir": str(result.model_dir), "chosen_stage": result.chosen_stage, "threshold": result.threshold,
         "seconds": round(result.seconds, 1), "stages": result.stages,
     }, default=float))
+
+
+config_command(train_app, "mitosis", TRAIN_MITOSIS_OPTIONS)(train_mitosis_cmd)
 
 
 def _list_images(images_dir: Path) -> list[Path]:

@@ -6,30 +6,28 @@ import json
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tupac.cli.app import app, console, err_console, fail, is_tty, run_guarded
+from tupac.cli.options import CONFIG_FILE_ONLY, ConfigOptions, Flag, config_command
 
 FEATURES_NAME = "features.parquet"
 
 
-def _names(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    return default if not text else tuple(s.strip() for s in text.split(",") if s.strip())
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
-def _fit(run: Path, labels: Path, features: Path | None, seed: int, repeats: int, k_features: int,
-         grade_models: str | None, rna_models: str | None, strict: bool, track: bool, experiment: str,
-         run_name: str | None) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _fit(run: Path, labels: Path, features: Path | None, grade_models: str | None, rna_models: str | None,
+         track: bool, experiment: str, run_name: str | None, fit: dict) -> None:
+    # Deferred: the predictive stage imports pandas and scikit-learn, which `tupac --help` should not pay for.
     from tupac.data import read_ground_truth
     from tupac.predict.cohort import build_cohort, read_feature_table
-    from tupac.predict.estimators import GRADE_MODELS, RNA_MODELS
     from tupac.predict.fit import FitConfig, fit_cohort, n_steps, write_outputs
 
-    config = FitConfig(
-        seed=seed, repeats=repeats, k_features=k_features, strict=strict,
-        grade_models=_names(grade_models, tuple(GRADE_MODELS)), rna_models=_names(rna_models, tuple(RNA_MODELS)),
-    )
+    chosen = {name: _names(text) for name, text in (("grade_models", grade_models), ("rna_models", rna_models)) if text}
+    config = FitConfig(**fit, **chosen)
+    strict = config.strict
     table = read_feature_table(features or run / FEATURES_NAME)
     cohort = build_cohort(table, read_ground_truth(labels), strict=strict, labels_source=str(labels))
     for e in cohort.exclusions:
@@ -73,24 +71,35 @@ def _fit_locked(run: Path, *args) -> None:
         _fit(run, *args)
 
 
-@app.command("fit")
+# FitConfig's fields as options: names here, defaults and help from the class.
+FIT_OPTIONS = ConfigOptions("tupac.predict.fit:FitConfig", {
+    "seed": Flag("--seed"),
+    "repeats": Flag("--repeats"),
+    "k_features": Flag("--k-features"),
+    "strict": Flag("--strict"),
+}, not_exposed={
+    "grade_models": "--grade-models, a comma-separated list (default: every candidate)",
+    "rna_models": "--rna-models, a comma-separated list (default: every candidate)",
+    **{name: CONFIG_FILE_ONLY for name in ("n_splits", "inner_splits", "n_boot", "importance_repeats")},
+})
+
+
 def fit_cmd(
     run: Path = typer.Option(..., "--run", help="Run directory holding features.parquet; outputs go to RUN/predict."),
     labels: Path = typer.Option(..., "--labels", help="TUPAC16 training_ground_truth.csv (no header)."),
     features: Path = typer.Option(None, "--features", help="Feature table (default RUN/features.parquet)."),
-    seed: int = typer.Option(0, "--seed", help="First CV seed; repeat r uses seed + r."),
-    repeats: int = typer.Option(3, "--repeats", help="Repetitions of the 5-fold CV."),
-    k_features: int = typer.Option(50, "--k-features", help="Features kept by univariate selection in each pipeline."),
     grade_models: str = typer.Option(None, "--grade-models", help="Comma-separated subset of the grade classifiers."),
     rna_models: str = typer.Option(None, "--rna-models", help="Comma-separated subset of the RNA regressors."),
-    strict: bool = typer.Option(False, "--strict", help="Fail instead of excluding unmatched or unlabelled slides."),
     track: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the run and register the models in MLflow."),
     experiment: str = typer.Option("tupac", "--experiment", help="MLflow experiment name."),
     run_name: str = typer.Option(None, "--run-name", help="MLflow run name."),
+    **fit,
 ) -> None:
     """Cross-validate grade classifiers and RNA regressors; write metrics, figures, biomarkers; track in MLflow."""
-    run_guarded(_fit_locked, run, labels, features, seed, repeats, k_features, grade_models, rna_models, strict, track,
-                experiment, run_name)
+    run_guarded(_fit_locked, run, labels, features, grade_models, rna_models, track, experiment, run_name, fit)
+
+
+config_command(app, "fit", FIT_OPTIONS)(fit_cmd)
 
 
 def _predict(run: Path, model_uri: str, rna_model_uri: str | None, features: Path | None, out: Path) -> None:

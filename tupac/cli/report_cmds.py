@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.progress import Progress
 
 from tupac.cli.app import app, console, err_console, fail, run_guarded
+from tupac.cli.options import CONFIG_FILE_ONLY, ConfigOptions, Flag, config_command
+from tupac.errors import ConfigError
 
 
 @app.command("export-qupath")
@@ -26,9 +29,7 @@ def export_qupath_cmd(
 ) -> None:
     """Write RUN/qupath/<id>.tumor.geojson (tumor polygons) and <id>.mitoses.geojson (points with prob)
     in level-0 pixels; import them in QuPath with File > Import objects from file."""
-    from rich.progress import Progress
-
-    from tupac.errors import ConfigError
+    # Deferred: the export reads Zarr stores and polygons (zarr, numpy, scikit-image), not for `tupac --help`.
     from tupac.report.qupath import export_run
 
     if mitosis_object not in ("detection", "annotation"):
@@ -51,29 +52,34 @@ def export_qupath_cmd(
     console.print(f"wrote {2 * len(exports)} GeoJSON file(s) to {exports[0].tumor_path.parent}", highlight=False)
 
 
-@app.command("report")
+# ReportOptions' fields as options: names and bounds here, defaults and help from the class.
+REPORT_OPTIONS = ConfigOptions("tupac.report.config:ReportOptions", {"max_side": Flag("--thumb-px", min=64)},
+                               not_exposed={"n_boot": CONFIG_FILE_ONLY})
+
+
 def report_cmd(
     run: Path = typer.Option(..., "--run", help="Run folder."),
     out: Path = typer.Option(None, "--out", help="Report folder (default: RUN/report)."),
-    max_side: int = typer.Option(640, "--thumb-px", min=64, help="Longer side of slide thumbnails in pixels."),
     slide_mpp: float = typer.Option(None, "--slide-mpp", min=1e-6, help="Level-0 µm/px for slides lacking it."),
     profile_networks: bool = typer.Option(
         True, "--profile-networks/--no-profile-networks",
         help="Measure the network table now when RUN/models.json is absent (tens of seconds on CPU).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence intervals."),
+    **report,
 ) -> None:
     """Write the static HTML report (index.html + PNGs) of a run; open it from disk."""
-    from rich.progress import Progress
-
+    # Deferred: the report imports pandas and matplotlib, which `tupac --help` should not pay for.
     from tupac.report.html import build_report
 
     with Progress(transient=True, console=err_console) as progress:
         bar = progress.add_task("report", total=None)
-        res = run_guarded(build_report, run, out, max_side=max_side, slide_mpp=slide_mpp, seed=seed,
-                          profile_networks=profile_networks,
-                          progress=lambda m: progress.update(bar, description=m))
+        res = run_guarded(build_report, run, out, slide_mpp=slide_mpp, seed=seed, profile_networks=profile_networks,
+                          progress=lambda m: progress.update(bar, description=m), **report)
     for section, why in res.missing.items():
         console.print(f"[yellow]{section}:[/] not computed ({why})", highlight=False)
     console.print(f"report: {res.index}  ({len(res.images)} images)", highlight=False)
     console.print(f"open it: file://{res.index}", highlight=False)
+
+
+config_command(app, "report", REPORT_OPTIONS)(report_cmd)

@@ -10,58 +10,71 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 
 from tupac.cli.app import app, console, run_guarded
+from tupac.cli.options import ConfigOptions, Flag, config_command, nest
+
+IN_CONFIG_FILE = "set in --config FILE"
 
 train_app = typer.Typer(help="Train the tumor or mitosis networks on a TUPAC16-layout dataset.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
-def _tumor_config(arch: str, epochs: int, patches: int, stain: str, seed: int, two_stage: bool, config: Optional[Path]):
-    import yaml
+# TumorTrainConfig's fields as options: names and bounds here, defaults and help from the class.
+TRAIN_TUMOR_OPTIONS = ConfigOptions("tupac.tumor.training:TumorTrainConfig", {
+    "arch": Flag("--arch"),
+    "train.epochs": Flag("--epochs", min=1, note="(per stage)"),
+    "positives_per_slide": Flag("--patches-per-slide", min=1, note="(and as many negatives)"),
+    "stain_method": Flag("--stain"),
+    "seed": Flag("--seed"),
+    "two_stage": Flag("--two-stage/--one-stage"),
+}, not_exposed={name: IN_CONFIG_FILE for name in (
+    "model_kwargs", "tissue_mpp", "negatives_per_slide", "val_fraction", "confident", "negative_margin_um",
+    "edge_patches", "stage_tolerance")})
 
+
+def _tumor_config(values: dict, config: Optional[Path]):
+    # Deferred: the training module imports torch, which `tupac --help` should not pay for.
     from tupac.tumor.training import TumorTrainConfig
 
     base = {}
     if config is not None:
         doc = yaml.safe_load(config.read_text()) or {}
         base = doc.get("tumor", doc)
-    train = {**TumorTrainConfig().train, "epochs": epochs, **base.pop("train", {})}
-    fields = {
-        "arch": arch, "stain_method": stain, "seed": seed, "two_stage": two_stage,
-        "positives_per_slide": patches, "negatives_per_slide": patches, **base, "train": train,
-    }
-    return TumorTrainConfig(**fields)
+    given = nest(values)
+    given["negatives_per_slide"] = given["positives_per_slide"]
+    # A value in the config file wins over the command's (its defaults included).
+    train = {**TumorTrainConfig().train, **given.pop("train"), **base.pop("train", {})}
+    return TumorTrainConfig(**{**given, **base, "train": train})
 
 
 def _train_tumor(data: Path, out: Path, cfg, tracking_uri: Optional[str]):
+    # Deferred: MLflow and torch, which `tupac --help` should not pay for.
     from tupac.tumor.tracking import tracked_tumor_training
 
     return tracked_tumor_training(data, out / "tumor", cfg, tracking_uri=tracking_uri, say=lambda m: console.print(f"[dim]{m}[/]"))
 
 
-@train_app.command("tumor")
 def train_tumor_cmd(
     data: Path = typer.Option(..., "--data", help="TUPAC16-layout dataset root."),
     out: Path = typer.Option(..., "--out", help="Models folder; the model goes to OUT/tumor/."),
-    arch: str = typer.Option("locnet", "--arch", help="Registered network (see `tupac models`)."),
-    epochs: int = typer.Option(8, "--epochs", min=1, help="Epochs per stage."),
-    patches: int = typer.Option(200, "--patches-per-slide", min=1, help="Positive (and negative) patches per slide and stage."),
-    stain: str = typer.Option("wsics", "--stain", help="Stain standardization: wsics, macenko or reinhard."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the sampling and the networks."),
-    two_stage: bool = typer.Option(True, "--two-stage/--one-stage", help="Run the paper's stage-2 active learning."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with TumorTrainConfig fields (under `tumor:`)."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under OUT)."
     ),
+    **tumor,
 ) -> None:
     """Train the tumor localizer (two-stage active learning) and register it in MLflow."""
-    cfg = run_guarded(_tumor_config, arch, epochs, patches, stain, seed, two_stage, config)
+    cfg = run_guarded(_tumor_config, tumor, config)
     result = run_guarded(_train_tumor, data, out, cfg, tracking_uri)
     console.print_json(json.dumps({
         "model_dir": str(result.model_dir), "chosen_stage": result.chosen_stage, "threshold": result.threshold,
         "stages": result.stages,
     }, default=float))
+
+
+config_command(train_app, "tumor", TRAIN_TUMOR_OPTIONS)(train_tumor_cmd)
 
 
 def _tumor_map(slide: Path, models: Path, out: Path, mpp: Optional[float], overwrite: bool, chunk: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tupac.config_check import option
 from tupac.errors import FeatureError
 
 __all__ = ["FeatureRunConfig"]
@@ -12,51 +13,27 @@ __all__ = ["FeatureRunConfig"]
 
 @dataclass(frozen=True)
 class FeatureRunConfig:
-    """Settings of :func:`run_features`.
+    """Settings of :func:`run_features`; each field's description is its ``help``
+    (:func:`tupac.config_check.option`)."""
 
-    Attributes
-    ----------
-    seed : int
-        Seeds fringe choice, deep projection and k-means, the general network and its folds.
-    n_patches : int
-        Fringe patches per slide (50 in the paper).
-    threshold : float
-        Tumor probability threshold.
-    min_region_mm2 : float
-        Tumor regions smaller than this are speckle and dropped.
-    min_prob : float
-        Detections with a lower probability are ignored.
-    n_clusters : int
-        Deep-histogram bins wanted; fewer when the training slides hold fewer mitoses (recorded).
-    max_deep_per_slide : int
-        Most detections per slide (highest probability first) whose deep vectors are computed.
-    pixels : bool
-        Read the slides for the biological, deep and general features.
-    general : bool or None
-        General features; None: when labels and a network are given (or a saved fit exists).
-    general_model : str
-        ``mitosis`` or ``tumor``: the frozen network of the general features.
-    general_patches, general_px : int
-        Patches per slide (centred on its first fringe patches) and their side at the network's mpp.
-    n_splits : int
-        Cross-fitting folds (the predictive models' CV folds).
-    general_epochs : int
-    """
-
-    seed: int = 0
-    n_patches: int = 50
-    threshold: float = 0.5
-    min_region_mm2: float = 0.01
-    min_prob: float = 0.0
-    n_clusters: int = 200
-    max_deep_per_slide: int = 2000
-    pixels: bool = True
-    general: bool | None = None
-    general_model: str = "mitosis"
-    general_patches: int = 8
-    general_px: int = 256
-    n_splits: int = 5
-    general_epochs: int = 60
+    seed: int = option(0, help="Seed of every random choice and fit (fringe choice, deep projection and k-means, "
+                               "the general network and its folds).")
+    n_patches: int = option(50, help="Fringe patches per slide (50 in the paper).")
+    threshold: float = option(0.5, help="Tumor probability threshold.")
+    min_region_mm2: float = option(0.01, help="Tumor regions smaller than this (mm²) are dropped as speckle.")
+    min_prob: float = option(0.0, help="Ignore detections below this probability.")
+    n_clusters: int = option(200, help="Deep-histogram bins (k-means clusters); fewer when the training slides "
+                                       "hold fewer mitoses (recorded).")
+    max_deep_per_slide: int = option(2000, help="Most detections per slide (highest probability first) whose deep "
+                                                "vectors are computed.")
+    pixels: bool = option(True, help="Read the slides (biological, deep, general features).")
+    general: bool | None = option(None, help="General features (grade network); default: on when labels and a "
+                                             "network are given (or a saved fit exists).")
+    general_model: str = option("mitosis", help="Frozen network of the general features: mitosis or tumor.")
+    general_patches: int = option(8, help="General-feature patches per slide (centred on its first fringe patches).")
+    general_px: int = option(256, help="Side of a general-feature patch at the network's mpp (px).")
+    n_splits: int = option(5, help="Cross-fitting folds (as the predictive CV).")
+    general_epochs: int = option(60, help="Training epochs of the grade network.")
 
     def __post_init__(self) -> None:
         if self.general_model not in ("mitosis", "tumor"):

@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tupac.config_check import option
 from tupac.errors import ConfigError, HeatmapStoreError, ModelFileError
 from tupac.runlock import run_lock
 from tupac.slide.factory import BACKENDS
@@ -72,90 +73,50 @@ def default_batch_size(gpu: bool = True) -> int:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Options of one cohort run (the CLI's options).
+    """Options of one cohort run (``tupac infer``'s options; ``tupac run``'s ``infer:`` section).
 
-    Attributes
-    ----------
-    models : Path
-        ``MODELS`` folder with ``tumor/`` (required) and ``mitosis/`` (optional: without it the
-        mitosis stage is skipped and the summary says so).
-    out : Path
-        ``RUN`` folder.
-    address : str or None
-        Ray cluster address; None uses ``RAY_ADDRESS`` or starts a local Ray.
-    num_gpus_per_actor : float or None
-        GPUs per model actor (fractional allowed); None: 1 when the cluster has GPUs, else 0.
-    actors : int or None
-        Number of model actors; None: one per GPU share, or on CPU ``max(1, CPUs // 2)``.
-    cpus_per_actor : float
-        CPUs Ray reserves per actor.
-    threads_per_actor : int or None
-        torch intra-op threads of a CPU actor. None: the actor's share of the cluster's CPUs
-        (``CPUs // actors``, at least 1). The reservation and the threads differ on purpose: the
-        default plan reserves one CPU per actor and leaves the rest to the per-slide tasks
-        (tissue, stain statistics, detections), which are short and bursty, so an actor that ran
-        one thread would leave half of a CPU node idle most of the time. GPU actors keep
-        ``max(1, int(cpus_per_actor))`` threads (the GPU does the work). Fixed per run, so a
-        batch recomputed after a fault gives the same bytes.
-    batch_size : int or None
-        Windows per actor call; None: :func:`default_batch_size` for the actors' device.
-    max_attempts : int
-        Runs after which a failing slide is given up.
-    tissue_mpp : float
-        Tissue mask resolution (µm/px).
-    tumor_chunk, mitosis_chunk : int
-        Heatmap cells per window edge (and Zarr chunk edge) per stage.
-    backend : str
-        Slide reader backend.
-    inflight_per_actor : int
-        Batches queued at one actor at most (2 run, one waits).
-    max_active_slides : int or None
-        Slides open at once (default: actors + 1).
-    batch_retries : int
-        Re-queues of a batch whose actor died, before the slide fails.
-    task_retries : int
-        Ray retries of a slide task whose worker died.
-    local_cpus : int or None
-        CPUs of a local Ray started by the job (None: all).
-    object_store_mb : int or None
-        Object store size of a local Ray (None: Ray's default).
-    include_dashboard : bool or None
-        Dashboard of a local Ray (None: Ray's default).
-    local_temp_dir : str or None
-        Temp/session folder of a local Ray (keep it short: socket paths are limited to ~100 chars).
-    actor_timeout_s : float
-        Give up when no model actor is alive for this long.
-    gpu_tf32 : bool
-        Let cuDNN run the convolutions of GPU actors in TF32. Off by default, so that a GPU run's
-        heatmaps match a CPU run's: on an H200 (``benchmarks/gpu_check.py``), TF32 moved a trained
-        MitosNet's probabilities by up to 2e-3 against the CPU (1.4e-6 without it), enough to flip
-        a detection at a card threshold near 1 (the benchmark's is 0.998). On, LocNet ran 3x
-        faster model-only (641 vs 217 windows of 1148 px per second; MitosNet 2314 vs 1425).
+    Each field's description is its ``help`` (:func:`tupac.config_check.option`).
     """
 
-    models: Path
-    out: Path
-    address: str | None = None
-    num_gpus_per_actor: float | None = None
-    actors: int | None = None
-    cpus_per_actor: float = 1.0
-    threads_per_actor: int | None = None
-    batch_size: int | None = None
-    max_attempts: int = 3
-    tissue_mpp: float = 8.0
-    tumor_chunk: int = 64
-    mitosis_chunk: int = 64
-    backend: str = "auto"
-    inflight_per_actor: int = 3
-    max_active_slides: int | None = None
-    batch_retries: int = 2
-    task_retries: int = 2
-    local_cpus: int | None = None
-    object_store_mb: int | None = None
-    include_dashboard: bool | None = None
-    local_temp_dir: str | None = None
-    actor_timeout_s: float = 600.0
-    gpu_tf32: bool = False
+    models: Path = option(help="Models folder with tumor/ (and mitosis/) from `tupac train`; without mitosis/ the "
+                               "mitosis stage is skipped and the summary says so.")
+    out: Path = option(help="Run folder: slides/<id>.zarr, <id>.mitoses.csv, ledger, summary.json.")
+    address: str | None = option(None, help="Ray address (default: $RAY_ADDRESS, else a local Ray).")
+    num_gpus_per_actor: float | None = option(
+        None, help="GPUs per model actor, fractional allowed (default: 1 if the cluster has GPUs, else 0).")
+    actors: int | None = option(None, help="Model actors (default: one per GPU share; on CPU, CPUs/2).")
+    cpus_per_actor: float = option(1.0, help="CPUs Ray reserves per actor.")
+    # The reservation and the threads differ on purpose: the default plan reserves one CPU per actor
+    # and leaves the rest to the per-slide tasks (tissue, stain statistics, detections), which are
+    # short and bursty, so an actor that ran one thread would leave half of a CPU node idle most of
+    # the time. GPU actors keep max(1, int(cpus_per_actor)) threads (the GPU does the work). Fixed
+    # per run, so a batch recomputed after a fault gives the same bytes.
+    threads_per_actor: int | None = option(
+        None, help="torch threads of a CPU actor (default: cluster CPUs / actors, at least 1).")
+    batch_size: int | None = option(
+        None, help="Windows (~1k x 1k px) per actor call (default: 8 on GPU, 1 on CPU).")
+    max_attempts: int = option(3, help="Runs after which a failing slide is given up.")
+    tissue_mpp: float = option(8.0, help="Tissue mask resolution (um/px).")
+    tumor_chunk: int = option(64, help="Tumor heatmap cells per window edge (and Zarr chunk edge).")
+    mitosis_chunk: int = option(64, help="Mitosis heatmap cells per window edge (and Zarr chunk edge).")
+    backend: str = option("auto", help="Slide reader: auto, openslide or cucim.")
+    inflight_per_actor: int = option(3, help="Batches queued at one actor at most (2 run, one waits).")
+    max_active_slides: int | None = option(None, help="Slides open at once (default: actors + 1).")
+    batch_retries: int = option(2, help="Re-queues of a batch whose actor died, before the slide fails.")
+    task_retries: int = option(2, help="Ray retries of a slide task whose worker died.")
+    local_cpus: int | None = option(None, help="CPUs of a local Ray started here (default: all).")
+    object_store_mb: int | None = option(None, help="Object store of a local Ray (MiB; default: Ray's).")
+    include_dashboard: bool | None = option(None, help="Dashboard of a local Ray (default: Ray's).")
+    local_temp_dir: str | None = option(
+        None, help="Temp folder of a local Ray (keep it short: socket paths are limited to ~100 chars).")
+    actor_timeout_s: float = option(600.0, help="Give up when no model actor is alive for this long (s).")
+    # Off by default, so that a GPU run's heatmaps match a CPU run's: on an H200
+    # (benchmarks/gpu_check.py), TF32 moved a trained MitosNet's probabilities by up to 2e-3 against
+    # the CPU (1.4e-6 without it), enough to flip a detection at a card threshold near 1 (the
+    # benchmark's is 0.998). On, LocNet ran 3x faster model-only (641 vs 217 windows of 1148 px per
+    # second; MitosNet 2314 vs 1425).
+    gpu_tf32: bool = option(
+        False, help="TF32 convolutions on GPU actors: faster, but heatmaps then differ from a CPU run's by up to ~2e-3.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))

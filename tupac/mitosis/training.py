@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from tupac.config_check import SCHEMA
+from tupac.config_check import SCHEMA, option
 from tupac.data import Tupac16Dataset
 from tupac.errors import ConfigError, DatasetLayoutError
 from tupac.mitosis.detect import choose_threshold, detect_from_heatmap
@@ -60,65 +60,38 @@ from tupac.train.two_stage import (
 
 @dataclass(frozen=True)
 class MitosisTrainConfig:
-    """Options of :func:`train_mitosis` (everything that decides the result).
+    """Options of :func:`train_mitosis` (everything that decides the result). Each field's
+    description is its ``help`` (:func:`tupac.config_check.option`)."""
 
-    Parameters
-    ----------
-    arch : str
-        Registered model name (mitosnet, locnet, densenet121, googlenet, googlenet_fcn).
-    model_kwargs : dict
-        Extra constructor options of the network.
-    stain_method : {"wsics", "macenko", "reinhard"}
-    val_fraction : float
-        Share of the images held out for validation (at least one when there are two or more).
-    max_images : int or None
-        Use only the first ``max_images`` images of the set (quick runs).
-    negatives_per_image : int
-        Candidate nuclei sampled as negatives per image (all when fewer).
-    background_per_image : int
-        Further negatives at random points of the image (stroma, glass, between nuclei): the
-        detector runs on every pixel, not only on nuclei.
-    positive_copies : int
-        Shifted copies per positive (:func:`tupac.mitosis.sampling.jittered`).
-    positive_jitter_px : float
-        Largest shift of a copy, pixels per axis.
-    match_radius_px : float
-        Candidate-to-annotation radius and hard-negative exclusion radius (30 px = 7.5 um).
-    hard_min_prob, hard_max_per_image : float, int
-        Stage-2 hard negatives: detections above this probability, at most this many per image.
-    two_stage : bool
-        Run stage 2.
-    sigma_px, nms_radius_px : float
-        Heatmap smoothing and suppression radius of the detector (saved in the card).
-    epoch_selection : {"f1", "patch"}
-        "f1": the validation images' detection F1 after every epoch chooses the epoch (a heatmap of
-        every validation image per epoch: cheap for the FCNs, slow for sliding-window baselines);
-        "patch": the training loop's patch monitor (``train.monitor``) does.
-    seed : int
-    train : dict
-        :class:`tupac.train.TrainConfig` fields.
-    """
-
-    arch: str = "mitosnet"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    stain_method: str = "wsics"
-    val_fraction: float = 0.2
-    max_images: int | None = None
-    negatives_per_image: int = 120
-    background_per_image: int = 30
-    positive_copies: int = 16
-    positive_jitter_px: float = 8.0
-    match_radius_px: float = TUPAC_RADIUS_PX
-    hard_min_prob: float = 0.8
-    hard_max_per_image: int = 200
-    two_stage: bool = True
-    sigma_px: float = 8.0
-    nms_radius_px: float = 32.0
-    epoch_selection: str = "f1"
-    seed: int = 0
-    train: dict[str, Any] = field(
+    arch: str = option("mitosnet", help="Registered network (see `tupac models`): mitosnet, locnet, densenet121, "
+                                        "googlenet, googlenet_fcn.")
+    model_kwargs: dict[str, Any] = option(default_factory=dict, help="Extra constructor options of the network.")
+    stain_method: str = option("wsics", help="Stain standardization: wsics, macenko or reinhard.")
+    val_fraction: float = option(0.2, help="Share of the images held out for validation (at least one when there "
+                                           "are two or more).")
+    max_images: int | None = option(None, help="Use only the first max_images images of the set (quick runs).")
+    negatives_per_image: int = option(120, help="Candidate nuclei sampled as negatives per image (all when fewer).")
+    # The detector runs on every pixel, not only on nuclei.
+    background_per_image: int = option(30, help="Further negatives at random points of the image (stroma, glass, "
+                                                "between nuclei).")
+    positive_copies: int = option(16, help="Shifted copies per positive (tupac.mitosis.sampling.jittered).")
+    positive_jitter_px: float = option(8.0, help="Largest shift of a copy, pixels per axis.")
+    match_radius_px: float = option(TUPAC_RADIUS_PX, help="Candidate-to-annotation radius and hard-negative "
+                                                          "exclusion radius (30 px = 7.5 um).")
+    hard_min_prob: float = option(0.8, help="Stage-2 hard negatives: detections above this probability.")
+    hard_max_per_image: int = option(200, help="Stage-2 hard negatives: at most this many per image.")
+    two_stage: bool = option(True, help="Retrain with stage-1 hard negatives (stage 2).")
+    sigma_px: float = option(8.0, help="Heatmap smoothing of the detector (px; saved in the card).")
+    nms_radius_px: float = option(32.0, help="Suppression radius of the detector (px; saved in the card).")
+    # "f1" computes a heatmap of every validation image per epoch: cheap for the FCNs, slow for
+    # sliding-window baselines.
+    epoch_selection: str = option("f1", help="What chooses the epoch: f1 (the validation images' detection F1 "
+                                             "after every epoch) or patch (the training loop's train.monitor).")
+    seed: int = option(0, help="Seed of the split, the sampling and the networks.")
+    train: dict[str, Any] = option(
         default_factory=lambda: {"epochs": 12, "batch_size": 64, "lr": 2e-3, "monitor": "auroc"},
-        metadata={SCHEMA: TrainConfig},  # a config file's `train:` is checked against TrainConfig's fields
+        help="TrainConfig fields of both stages (epochs, batch_size, lr, ...).",
+        **{SCHEMA: TrainConfig},  # a config file's `train:` is checked against TrainConfig's fields
     )
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tupac.config_check import option
 from tupac.errors import ConfigError
 from tupac.predict.biomarkers import oof_permutation_importance, significant_features, univariate_associations
 from tupac.predict.cohort import GRADES, Cohort, feature_table_hash
@@ -44,38 +45,19 @@ OUTPUT_FILES = {
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Settings of one fit; all of them go to MLflow as params.
+    """Settings of one fit; all of them go to MLflow as params. Each field's description is its
+    ``help`` (:func:`tupac.config_check.option`)."""
 
-    Attributes
-    ----------
-    seed : int
-        First seed; repeat ``r`` uses ``seed + r`` for its outer split.
-    repeats : int
-        Repetitions of the outer CV with different seeds.
-    n_splits, inner_splits : int
-        Outer folds (the estimate) and inner folds (the grid search).
-    k_features : int
-        Features kept by univariate selection inside each pipeline.
-    grade_models, rna_models : tuple of str
-        Candidates (keys of GRADE_MODELS / RNA_MODELS).
-    n_boot : int
-        Bootstrap resamples for the accuracy CI.
-    importance_repeats : int
-        Shuffles per feature for permutation importance.
-    strict : bool
-        Raise instead of excluding mislabelled or unmatched slides.
-    """
-
-    seed: int = 0
-    repeats: int = 3
-    n_splits: int = 5
-    inner_splits: int = 3
-    k_features: int = 50
-    grade_models: tuple[str, ...] = tuple(GRADE_MODELS)
-    rna_models: tuple[str, ...] = tuple(RNA_MODELS)
-    n_boot: int = 2000
-    importance_repeats: int = 5
-    strict: bool = False
+    seed: int = option(0, help="First CV seed; repeat r uses seed + r for its outer split.")
+    repeats: int = option(3, help="Repetitions of the 5-fold CV (outer CV, a different seed each).")
+    n_splits: int = option(5, help="Outer CV folds (the estimate).")
+    inner_splits: int = option(3, help="Inner CV folds (the grid search).")
+    k_features: int = option(50, help="Features kept by univariate selection in each pipeline.")
+    grade_models: tuple[str, ...] = option(tuple(GRADE_MODELS), help="Candidate grade classifiers (keys of GRADE_MODELS).")
+    rna_models: tuple[str, ...] = option(tuple(RNA_MODELS), help="Candidate RNA regressors (keys of RNA_MODELS).")
+    n_boot: int = option(2000, help="Bootstrap resamples for the accuracy CI.")
+    importance_repeats: int = option(5, help="Shuffles per feature for permutation importance.")
+    strict: bool = option(False, help="Fail instead of excluding unmatched or unlabelled slides.")
 
     def __post_init__(self) -> None:
         if self.seed < 0:  # numpy's generators and scikit-learn's random_state refuse negative seeds

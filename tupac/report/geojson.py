@@ -26,7 +26,6 @@ shoelace area of the ``(x, y)`` numbers).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np

@@ -27,6 +27,7 @@ from tupac import __version__
 from tupac.errors import ReportError, TupacError
 from tupac.heatmaps.commit import atomic_write_bytes
 from tupac.report import tables
+from tupac.report.config import ReportOptions
 from tupac.report.qupath import tumor_threshold
 from tupac.report.run import SlideEntry, list_slides, read_json, run_summary
 from tupac.report.thumbnails import render_slide
@@ -394,9 +395,9 @@ def build_report(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
     *,
-    max_side: int = 640,
+    max_side: int = ReportOptions.max_side,
     slide_mpp: float | None = None,
-    n_boot: int = 2000,
+    n_boot: int = ReportOptions.n_boot,
     seed: int = 0,
     profile_networks: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -409,12 +410,12 @@ def build_report(
         The run folder (``RUN/``).
     out_dir : path-like, optional
         Report folder (default ``RUN/report``); ``index.html``, ``slides/*.png``, ``figures/*.png``.
-    max_side : int
-        Longer side of the slide thumbnails in pixels.
+    max_side, n_boot : int
+        :class:`~tupac.report.config.ReportOptions` (defaults and meaning there).
     slide_mpp : float, optional
         Level-0 µm/px for slides whose file lacks it.
-    n_boot, seed : int
-        Bootstrap resamples and seed of the kappa / Spearman confidence intervals.
+    seed : int
+        Seed of the kappa / Spearman confidence intervals.
     profile_networks : bool
         Measure the network table now when neither ``RUN/models.json`` nor ``OUT/models.json`` exists.
     progress : callable(str), optional

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from tupac.config_check import option
 from tupac.errors import ConfigError
 
 MONITORS = {"loss": "min", "accuracy": "max", "balanced_accuracy": "max", "auroc": "max", "f1": "max"}
@@ -14,24 +15,14 @@ MONITORS = {"loss": "min", "accuracy": "max", "balanced_accuracy": "max", "auroc
 @dataclass(frozen=True)
 class AugmentConfig:
     """Training-time augmentation, applied per sample on the batch (see :mod:`tupac.train.augment`).
+    Each field's description is its ``help`` (:func:`tupac.config_check.option`)."""
 
-    Parameters
-    ----------
-    flips : bool
-        Random horizontal and vertical flips (tissue has no up or left).
-    rot90 : bool
-        Random multiples of 90 degrees (exact on the pixel grid: no interpolation).
-    stain_sigma : float
-        Multiplicative jitter of each stain concentration (H, E, D) per image, uniform in
-        ``[1 - sigma, 1 + sigma]``; 0 disables it.
-    stain_bias : float
-        Additive jitter of each stain concentration (optical density units), uniform in ``[-bias, bias]``.
-    """
-
-    flips: bool = True
-    rot90: bool = True
-    stain_sigma: float = 0.05
-    stain_bias: float = 0.02
+    flips: bool = option(True, help="Random horizontal and vertical flips (tissue has no up or left).")
+    rot90: bool = option(True, help="Random multiples of 90 degrees (exact on the pixel grid: no interpolation).")
+    stain_sigma: float = option(0.05, help="Multiplicative jitter of each stain concentration (H, E, D) per image, "
+                                           "uniform in [1 - sigma, 1 + sigma]; 0 disables it.")
+    stain_bias: float = option(0.02, help="Additive jitter of each stain concentration (optical density units), "
+                                          "uniform in [-bias, bias].")
 
     def __post_init__(self) -> None:
         if not 0 <= self.stain_sigma < 1:
@@ -42,57 +33,32 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run's result (plus ``device``, which should not).
+    """Everything that decides a training run's result (plus ``device``, which should not). Each
+    field's description is its ``help`` (:func:`tupac.config_check.option`)."""
 
-    Parameters
-    ----------
-    epochs : int
-        Total epochs; a resumed run continues up to this number.
-    batch_size, eval_batch_size : int
-        Patches per optimizer step / per validation forward.
-    lr, weight_decay : float
-        AdamW learning rate and decoupled weight decay.
-    lr_schedule : {"constant", "cosine"}
-        Per-step learning rate; a pure function of the step so resuming needs no scheduler state.
-    seed : int
-        Seeds python, numpy and torch; each epoch's shuffle, augmentation and dropout are derived
-        from ``(seed, epoch)`` so a resumed run replays the same randomness.
-    monitor : {"loss", "accuracy", "balanced_accuracy", "auroc", "f1"}
-        Validation metric that chooses the best epoch (first best wins ties).
-    patience : int or None
-        Stop after this many epochs without improvement of ``monitor``.
-    class_weights : tuple of float or None
-        Cross-entropy class weights (e.g. for rare mitoses).
-    augment : AugmentConfig
-    device : str
-        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-    amp, channels_last : bool
-        bfloat16 autocast and channels-last memory format; applied on CUDA only.
-    deterministic : bool
-        ``torch.use_deterministic_algorithms`` during the run (bitwise reproducible on CPU).
-    num_workers : int
-        DataLoader worker processes (0: read patches in the training process).
-    keep_checkpoints : {"last_and_best", "all"}
-        Which per-epoch checkpoints stay on disk.
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_schedule: str = "constant"
-    seed: int = 0
-    monitor: str = "loss"
-    patience: int | None = None
-    class_weights: tuple[float, ...] | None = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    deterministic: bool = True
-    num_workers: int = 0
-    keep_checkpoints: str = "last_and_best"
+    epochs: int = option(10, help="Total epochs; a resumed run continues up to this number.")
+    batch_size: int = option(64, help="Patches per optimizer step.")
+    eval_batch_size: int = option(256, help="Patches per validation forward.")
+    lr: float = option(1e-3, help="AdamW learning rate.")
+    weight_decay: float = option(1e-4, help="AdamW decoupled weight decay.")
+    lr_schedule: str = option("constant", help="Per-step learning rate, constant or cosine; a pure function of the "
+                                               "step, so resuming needs no scheduler state.")
+    seed: int = option(0, help="Seeds python, numpy and torch; each epoch's shuffle, augmentation and dropout are "
+                               "derived from (seed, epoch), so a resumed run replays the same randomness.")
+    monitor: str = option("loss", help="Validation metric that chooses the best epoch (first best wins ties): "
+                                       "loss, accuracy, balanced_accuracy, auroc or f1.")
+    patience: int | None = option(None, help="Stop after this many epochs without improvement of monitor "
+                                             "(null: never).")
+    class_weights: tuple[float, ...] | None = option(None, help="Cross-entropy class weights (e.g. for rare mitoses).")
+    augment: AugmentConfig = option(default_factory=AugmentConfig, help="Training-time augmentation.")
+    device: str = option("auto", help="auto (CUDA if available), cpu, cuda, cuda:1...")
+    amp: bool = option(True, help="bfloat16 autocast; applied on CUDA only.")
+    channels_last: bool = option(True, help="Channels-last memory format; applied on CUDA only.")
+    deterministic: bool = option(True, help="torch.use_deterministic_algorithms during the run (bitwise "
+                                            "reproducible on CPU).")
+    num_workers: int = option(0, help="DataLoader worker processes (0: read patches in the training process).")
+    keep_checkpoints: str = option("last_and_best", help="Which per-epoch checkpoints stay on disk: last_and_best "
+                                                         "or all.")
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):

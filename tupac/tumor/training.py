@@ -51,14 +51,14 @@ The schedule itself (stage 1, the refine step, stage 2, the choice, the saved ca
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from tupac.config_check import SCHEMA
+from tupac.config_check import SCHEMA, option
 from tupac.data import Tupac16Dataset
 from tupac.errors import ConfigError, DatasetLayoutError
 from tupac.heatmaps.engine import heatmap_to_array
@@ -87,68 +87,44 @@ from tupac.tumor.sampling import read_patches, sample_patch_centers
 
 @dataclass(frozen=True)
 class TumorTrainConfig:
-    """Options of :func:`train_tumor` (everything that decides the result).
+    """Options of :func:`train_tumor` (everything that decides the result). Each field's
+    description is its ``help`` (:func:`tupac.config_check.option`)."""
 
-    Parameters
-    ----------
-    arch : str
-        Registered model name (``tupac models`` lists them).
-    model_kwargs : dict
-        Extra constructor options (e.g. ``{"widths": [16, 32, 48, 64, 128]}`` for a narrow LocNet).
-    stain_method : {"wsics", "macenko", "reinhard"}
-        Standardization applied to every patch.
-    tissue_mpp : float
-        Resolution of the tissue mask the patches are sampled from (um/px).
-    positives_per_slide, negatives_per_slide : int
-        Patches sampled per slide and stage.
-    val_fraction : float
-        Share of the slides with ROIs held out for validation (at least one when there are two).
-    confident : float, optional
-        Stage-2 cutoff: stage-1 probability above which unannotated tissue becomes a positive.
-        None (default): the stage-1 model's own decision threshold, chosen on validation, so
-        everything stage 1 calls tumor is a stage-2 positive. A fixed value (the paper's high
-        confidence, e.g. 0.95) leaves tissue between the stage-1 threshold and the cutoff as
-        possible tumor: neither positive nor negative, and no negatives near it.
-    negative_margin_um : float
-        Distance negative patch centers keep from annotated, stage-2 positive and possible tumor
-        (um), so that an unannotated tumor rim is not taught as non-tumor. Without edge patches it
-        also placed the boundary, steeply (see the table above).
-    edge_patches : float
-        Synthetic tumor-edge patches per slide, as a multiple of ``positives_per_slide``: a tumor
-        and a non-tumor patch of the slide cut along a random line, labelled by the side the
-        center falls on (:mod:`tupac.tumor.edges`). They teach the model the rule the ground
-        truth uses, so the boundary does not depend on the margin's gap. 0 turns them off.
-    stage_tolerance : float
-        Stage 2 is kept unless its validation AUROC is lower than stage 1's by more than this
-        (the paper uses the second stage; validation negatives are noisy, so small differences
-        in AUROC between the stages are not evidence).
-    two_stage : bool
-        Run stage 2 (the paper's active learning); False stops after stage 1.
-    seed : int
-        Seeds the split, the sampling and (through ``train``) the networks.
-    train : dict
-        :class:`tupac.train.TrainConfig` fields (epochs, batch size, lr, ...).
-    """
-
-    arch: str = "locnet"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    stain_method: str = "wsics"
-    tissue_mpp: float = 8.0
-    positives_per_slide: int = 200
-    negatives_per_slide: int = 200
-    val_fraction: float = 0.25
-    confident: float | None = None
-    negative_margin_um: float = 50.0
-    edge_patches: float = 1.0
-    stage_tolerance: float = 0.01
-    two_stage: bool = True
-    seed: int = 0
+    arch: str = option("locnet", help="Registered network (see `tupac models`).")
+    model_kwargs: dict[str, Any] = option(default_factory=dict, help="Extra constructor options (e.g. "
+                                          "{widths: [16, 32, 48, 64, 128]} for a narrow LocNet).")
+    stain_method: str = option("wsics", help="Stain standardization of every patch: wsics, macenko or reinhard.")
+    tissue_mpp: float = option(8.0, help="Resolution of the tissue mask the patches are sampled from (um/px).")
+    positives_per_slide: int = option(200, help="Positive patches sampled per slide and stage.")
+    negatives_per_slide: int = option(200, help="Negative patches sampled per slide and stage.")
+    val_fraction: float = option(0.25, help="Share of the slides with ROIs held out for validation (at least one "
+                                            "when there are two).")
+    # A fixed value (the paper's high confidence, e.g. 0.95) leaves tissue between the stage-1
+    # threshold and the cutoff as possible tumor: neither positive nor negative, and no negatives near it.
+    confident: float | None = option(None, help="Stage-2 cutoff: stage-1 probability above which unannotated "
+                                                "tissue becomes a positive (null: the stage-1 model's own "
+                                                "decision threshold, chosen on validation).")
+    # Without edge patches the margin also placed the boundary, steeply (the module docstring's table).
+    negative_margin_um: float = option(50.0, help="Distance negative patch centers keep from annotated, stage-2 "
+                                                  "positive and possible tumor (um), so that an unannotated tumor "
+                                                  "rim is not taught as non-tumor.")
+    # They teach the model the rule the ground truth uses, so the boundary does not depend on the margin's gap.
+    edge_patches: float = option(1.0, help="Synthetic tumor-edge patches per slide, as a multiple of "
+                                           "positives_per_slide: a tumor and a non-tumor patch cut along a random "
+                                           "line, labelled by the side the center falls on; 0 turns them off.")
+    # The paper uses the second stage; validation negatives are noisy, so small differences in
+    # AUROC between the stages are not evidence.
+    stage_tolerance: float = option(0.01, help="Stage 2 is kept unless its validation AUROC is lower than stage "
+                                               "1's by more than this.")
+    two_stage: bool = option(True, help="Run the paper's stage-2 active learning; false stops after stage 1.")
+    seed: int = option(0, help="Seed of the split, the sampling and (through train) the networks.")
     # Validation loss (not AUROC) chooses the epoch: the validation negatives are noisy (unannotated
     # tumor), AUROC saturates in the first epochs, and the loss still rewards calibration, which the
     # stage-2 confidence threshold and the saved decision threshold depend on.
-    train: dict[str, Any] = field(
+    train: dict[str, Any] = option(
         default_factory=lambda: {"epochs": 8, "batch_size": 32, "lr": 0.003, "lr_schedule": "cosine", "monitor": "loss"},
-        metadata={SCHEMA: TrainConfig},  # a config file's `train:` is checked against TrainConfig's fields
+        help="TrainConfig fields of both stages (epochs, batch_size, lr, ...).",
+        **{SCHEMA: TrainConfig},  # a config file's `train:` is checked against TrainConfig's fields
     )
 
     def __post_init__(self) -> None:
