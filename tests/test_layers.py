@@ -42,7 +42,6 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(names) for names in (
 KNOWN_UPWARD = frozenset({
     ("tupac.data.masks", "tupac.preprocess.tissue"),
     ("tupac.features.general", "tupac.predict.cv"),
-    ("tupac.features.tracking", "tupac.predict.tracking"),
     ("tupac.tumor.evaluate", "tupac.features.aggregate"),
     ("tupac.tumor.evaluate", "tupac.synth"),
 })

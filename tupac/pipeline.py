@@ -31,6 +31,8 @@ import yaml
 from tupac.config_check import build_checked, check_value, kind, show
 from tupac.errors import ConfigError
 from tupac.runlock import run_lock
+from tupac.tracking.fits import log_fit
+from tupac.tracking.training import tracked_training
 
 STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
 SECTIONS = ("tumor", "mitosis", "infer", "features", "fit", "report")
@@ -374,14 +376,10 @@ class Pipeline:
         key_parts = [data_fp, cfg.to_dict()]
 
         def run() -> None:
-            if task == "tumor":
-                from tupac.tumor.tracking import tracked_tumor_training as tracked
-            else:
-                from tupac.mitosis.tracking import tracked_mitosis_training as tracked
             moved = retire_stale_training(model_dir, _digest(key_parts))
             if moved is not None:
                 self.say(f"[train_{task}] data or config changed: the previous {task} model moved to {moved}")
-            tracked(self.data, model_dir, cfg, say=self.say)
+            tracked_training(task, self.data, model_dir, cfg, say=self.say)
 
         return self._stage(f"train_{task}", key_parts,
                            [model_dir / "model.safetensors", model_dir / "card.json"], run)
@@ -433,7 +431,6 @@ class Pipeline:
             from tupac.data import read_ground_truth
             from tupac.predict.cohort import build_cohort, read_feature_table
             from tupac.predict.fit import fit_cohort, write_outputs
-            from tupac.predict.tracking import log_fit
 
             cohort = build_cohort(read_feature_table(self.out / "features.parquet"), read_ground_truth(labels),
                                   strict=cfg.strict, labels_source=str(labels))

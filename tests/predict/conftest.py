@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # synthetic.py
 
-from synthetic import synthetic_cohort, write_ground_truth  # noqa: E402
+from synthetic import make_run  # noqa: E402
 
 LIGHT = ["--grade-models", "logreg_enet,svm", "--rna-models", "elastic_net,svr", "--k-features", "10"]
 
@@ -23,17 +23,6 @@ def _mlflow_env():
     mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
     yield
     mp.undo()
-
-
-def make_run(root: Path, n: int = 60, seed: int = 0) -> tuple[Path, Path]:
-    """A run directory with features.parquet and a TUPAC16 ground-truth CSV beside it."""
-    features, labels = synthetic_cohort(n=n, seed=seed)
-    run = root / "run"
-    run.mkdir(parents=True)
-    features.to_parquet(run / "features.parquet", index=False)
-    gt = root / "training_ground_truth.csv"
-    write_ground_truth(labels, gt)
-    return run, gt
 
 
 @pytest.fixture(scope="session")

@@ -35,9 +35,10 @@ def _tumor_config(arch: str, epochs: int, patches: int, stain: str, seed: int, t
 
 
 def _train_tumor(data: Path, out: Path, cfg, tracking_uri: Optional[str]):
-    from tupac.tumor.tracking import tracked_tumor_training
+    from tupac.tracking.training import tracked_training  # deferred: imports the training code, hence torch (~1 s)
 
-    return tracked_tumor_training(data, out / "tumor", cfg, tracking_uri=tracking_uri, say=lambda m: console.print(f"[dim]{m}[/]"))
+    return tracked_training("tumor", data, out / "tumor", cfg, tracking_uri=tracking_uri,
+                            say=lambda m: console.print(f"[dim]{m}[/]"))
 
 
 @train_app.command("tumor")
