@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+LIGHT = ["--grade-models", "logreg_enet,svm", "--rna-models", "elastic_net,svr", "--k-features", "10"]
 INFORMATIVE = ["mitotic_density", "mitosis_count_log", "ki67_like_texture", "nuclear_atypia"]
 
 

@@ -1,9 +1,9 @@
-"""``tupac fit`` / ``tupac predict`` end to end on a local MLflow store, and the safe-loading rules."""
+"""``tupac fit`` / ``tupac predict`` end to end on a local MLflow store (the safe-loading rules are in
+tests/tracking/test_loading.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from conftest import LIGHT, make_run
 from tupac.cli import app
 from tupac.data import read_scores_submission
-from tupac.errors import ModelFileError, UntrustedModelError
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -93,30 +92,6 @@ def test_predict_refuses_features_the_model_lacks(fitted_run, tmp_path):
     res = runner.invoke(app, ["predict", "--run", str(run), "--features", str(tmp_path / "f.parquet"),
                               "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "lacks 1 feature" in res.output and "Traceback" not in res.output
-
-
-def test_safe_loading_rules(fitted_run, tmp_path, monkeypatch):
-    from tupac.tracking.loading import load_registered_model
-
-    run, _, _ = fitted_run
-    lm = load_registered_model("models:/tupac-grade-classifier@champion", run)
-    assert lm.task == "grade" and lm.version == "1" and hasattr(lm.model, "predict_proba")
-    for uri in ("runs:/abc/grade_model", str(run / "mlartifacts"), "file:///tmp/model", "models:/x/../y"):
-        with pytest.raises(UntrustedModelError, match="only models:/"):
-            load_registered_model(uri, run)
-    with pytest.raises(ModelFileError, match="not found in the tracking store"):
-        load_registered_model("models:/tupac-grade-classifier@nobody", run)
-    with pytest.raises(ModelFileError, match="no MLflow store"):
-        load_registered_model("models:/tupac-grade-classifier@champion", tmp_path)
-
-    # a tampered model file is refused by its checksum
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    skops_files = list((copy / "mlartifacts").rglob("model.skops"))
-    assert skops_files
-    # the copied store still points at the original artifacts: it is outside this run -> refused
-    with pytest.raises(UntrustedModelError, match="outside the run's store"):
-        load_registered_model("models:/tupac-grade-classifier@champion", copy)
 
 
 def test_label_errors_fail_with_the_file_and_line(tmp_path):

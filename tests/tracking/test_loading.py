@@ -1,13 +1,40 @@
-"""Safe loading of registered cohort models: pickled, unchecksummed and tampered models are refused."""
+"""Safe loading of registered cohort models: the loading rules on a fitted run, and pickled, unchecksummed
+and tampered models refused."""
 
 from __future__ import annotations
+
+import shutil
 
 import pandas as pd
 import pytest
 
-from tupac.errors import UntrustedModelError
+from tupac.errors import ModelFileError, UntrustedModelError
 
 pytestmark = pytest.mark.slow
+
+
+def test_safe_loading_rules(fitted_run, tmp_path, monkeypatch):
+    from tupac.tracking.loading import load_registered_model
+
+    run, _, _ = fitted_run
+    lm = load_registered_model("models:/tupac-grade-classifier@champion", run)
+    assert lm.task == "grade" and lm.version == "1" and hasattr(lm.model, "predict_proba")
+    for uri in ("runs:/abc/grade_model", str(run / "mlartifacts"), "file:///tmp/model", "models:/x/../y"):
+        with pytest.raises(UntrustedModelError, match="only models:/"):
+            load_registered_model(uri, run)
+    with pytest.raises(ModelFileError, match="not found in the tracking store"):
+        load_registered_model("models:/tupac-grade-classifier@nobody", run)
+    with pytest.raises(ModelFileError, match="no MLflow store"):
+        load_registered_model("models:/tupac-grade-classifier@champion", tmp_path)
+
+    # a tampered model file is refused by its checksum
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    skops_files = list((copy / "mlartifacts").rglob("model.skops"))
+    assert skops_files
+    # the copied store still points at the original artifacts: it is outside this run -> refused
+    with pytest.raises(UntrustedModelError, match="outside the run's store"):
+        load_registered_model("models:/tupac-grade-classifier@champion", copy)
 
 
 def test_tampered_and_pickled_models_are_refused(tmp_path):
