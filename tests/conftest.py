@@ -3,6 +3,7 @@
 - ``real_dir``: the small real slides and images (see tests/fixtures/real/PROVENANCE.md).
 - ``artifacts_dir``: a folder kept after the run (``test-artifacts/``) for PNGs a person should look at.
 - ``small_cohort``: one phantom TUPAC16-layout cohort per session (3 slides, 4 mitosis images).
+- ``fitted_run``: one ``tupac fit`` run directory per session (tests/predict and tests/tracking read it).
 """
 
 from __future__ import annotations
@@ -36,3 +37,21 @@ def small_cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom") / "cohort"
     generate_cohort(root, n_slides=3, seed=7, size_um=(1500.0, 1200.0), mitosis_images=4)
     return root
+
+
+@pytest.fixture(scope="session")
+def fitted_run(tmp_path_factory):
+    """``tupac fit`` on 60 synthetic slides, two light models per task, 2 repeats, local MLflow store."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from tupac.cli import app
+
+    sys.path.insert(0, str(ROOT / "tests" / "predict"))
+    from synthetic import LIGHT, make_run
+
+    run, gt = make_run(tmp_path_factory.mktemp("fitted"))
+    res = CliRunner().invoke(app, ["fit", "--run", str(run), "--labels", str(gt), "--repeats", "2", *LIGHT])
+    assert res.exit_code == 0, res.output
+    return run, gt, res.output

@@ -40,7 +40,6 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(names) for names in (
 
 # (importer, imported) module pairs that run upward today; see the module docstring.
 KNOWN_UPWARD = frozenset({
-    ("tupac.features.tracking", "tupac.predict.tracking"),
 })
 
 # Strongly connected sets of modules today (a package's __init__ re-exporting a submodule that

@@ -22,7 +22,7 @@ features. What is written::
     RUN/features/mlflow.json             where the grade network's fit was logged (runs, registered version)
 
 Tracking: a fit of the grade network (a run with labels) is logged to MLflow after every file above is
-written (:mod:`tupac.features.tracking`; the run's own store, as ``tupac fit``): a store that fails
+written (:mod:`tupac.tracking.general`; the run's own store, as ``tupac fit``): a store that fails
 then raises FeatureTrackingError and leaves the features in place, and the numbers are the same with
 or without tracking.
 
@@ -82,6 +82,7 @@ from tupac.heatmaps.store import HeatmapStore, detections_path
 from tupac.preprocess.stain import SlideStainStats, fit_slide, transform
 from tupac.runlock import run_lock
 from tupac.slide import open_slide
+from tupac.tracking.store import resolve_tracking_uri
 
 __all__ = ["FeatureRunConfig", "RunSlide", "RunFeatures", "discover_slides", "read_detections", "run_features"]
 
@@ -374,7 +375,7 @@ def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Pat
 
 @dataclass
 class _GeneralFit:
-    """A fresh cross-fit of the grade network, with what :func:`tupac.features.tracking.log_general_fit` needs."""
+    """A fresh cross-fit of the grade network, with what :func:`tupac.tracking.general.log_general_fit` needs."""
 
     cf: Any
     record: Any
@@ -394,7 +395,8 @@ def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grad
     if training:
         record = None
         if track:
-            from tupac.features.tracking import GeneralFitRecord
+            # deferred: tupac.tracking.general imports tupac.train, hence torch (~1 s); only a tracked fit needs it
+            from tupac.tracking.general import GeneralFitRecord
 
             record = GeneralFitRecord()
         train_volumes = [results[s].volumes for s in training]
@@ -413,7 +415,7 @@ def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grad
         notes.append(f"general: grade network cross-fitted on {len(training)} training slides ({cfg.n_splits} folds)")
         fit = None
         if record is not None:
-            from tupac.features.tracking import fit_params
+            from tupac.tracking.general import fit_params  # deferred: imports torch (see GeneralFitRecord above)
 
             card = nets.general.card
             params = fit_params(gcfg, in_channels=int(train_volumes[0].shape[1]), frozen_model=cfg.general_model,
@@ -439,8 +441,7 @@ def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grad
 def _track_general(run: Path, fit: _GeneralFit, tracking_uri: str | None, notes: list[str]) -> Path:
     """Log the fit to MLflow and write ``RUN/features/mlflow.json``; any failure becomes FeatureTrackingError
     (the features are written by then, and the message says so)."""
-    from tupac.features.tracking import log_general_fit
-    from tupac.predict.tracking import resolve_tracking_uri
+    from tupac.tracking.general import log_general_fit  # deferred: imports torch (see _general_rows)
 
     uri = tracking_uri or resolve_tracking_uri(run)
     try:

@@ -47,6 +47,8 @@ from tupac.report.config import ReportOptions
 from tupac.report.html import build_report
 from tupac.report.qupath import export_run
 from tupac.runlock import run_lock
+from tupac.tracking.fits import log_fit
+from tupac.tracking.training import tracked_training
 from tupac.tumor.training import TumorTrainConfig
 
 STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
@@ -344,14 +346,10 @@ class Pipeline:
         key_parts = [data_fp, cfg.to_dict()]
 
         def run() -> None:
-            if task == "tumor":
-                from tupac.tumor.tracking import tracked_tumor_training as tracked
-            else:
-                from tupac.mitosis.tracking import tracked_mitosis_training as tracked
             moved = retire_stale_training(model_dir, _digest(key_parts))
             if moved is not None:
                 self.say(f"[train_{task}] data or config changed: the previous {task} model moved to {moved}")
-            tracked(self.data, model_dir, cfg, say=self.say)
+            tracked_training(task, self.data, model_dir, cfg, say=self.say)
 
         return self._stage(f"train_{task}", key_parts,
                            [model_dir / "model.safetensors", model_dir / "card.json"], run)
@@ -392,7 +390,6 @@ class Pipeline:
         out = self.out / "predict"
 
         def run() -> None:
-            from tupac.predict.tracking import log_fit
 
             cohort = build_cohort(read_feature_table(self.out / "features.parquet"), read_ground_truth(labels),
                                   strict=cfg.strict, labels_source=str(labels))

@@ -1,4 +1,5 @@
-"""Fixtures of the predict tests: a synthetic cohort, a fitted run directory, an isolated MLflow env."""
+"""Fixtures of the predict tests: a synthetic cohort, an isolated MLflow env (the fitted run directory,
+``fitted_run``, is in tests/conftest.py: the tracking tests load from it too)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # synthetic.py
 
-from synthetic import synthetic_cohort, write_ground_truth  # noqa: E402
-
-LIGHT = ["--grade-models", "logreg_enet,svm", "--rna-models", "elastic_net,svr", "--k-features", "10"]
+from synthetic import LIGHT, make_run  # noqa: E402,F401  (re-exported for the tests: from conftest import ...)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,26 +23,3 @@ def _mlflow_env():
     yield
     mp.undo()
 
-
-def make_run(root: Path, n: int = 60, seed: int = 0) -> tuple[Path, Path]:
-    """A run directory with features.parquet and a TUPAC16 ground-truth CSV beside it."""
-    features, labels = synthetic_cohort(n=n, seed=seed)
-    run = root / "run"
-    run.mkdir(parents=True)
-    features.to_parquet(run / "features.parquet", index=False)
-    gt = root / "training_ground_truth.csv"
-    write_ground_truth(labels, gt)
-    return run, gt
-
-
-@pytest.fixture(scope="session")
-def fitted_run(tmp_path_factory):
-    """``tupac fit`` on 60 synthetic slides, two light models per task, 2 repeats, local MLflow store."""
-    from typer.testing import CliRunner
-
-    from tupac.cli import app
-
-    run, gt = make_run(tmp_path_factory.mktemp("fitted"))
-    res = CliRunner().invoke(app, ["fit", "--run", str(run), "--labels", str(gt), "--repeats", "2", *LIGHT])
-    assert res.exit_code == 0, res.output
-    return run, gt, res.output

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+LIGHT = ["--grade-models", "logreg_enet,svm", "--rna-models", "elastic_net,svr", "--k-features", "10"]
 INFORMATIVE = ["mitotic_density", "mitosis_count_log", "ki67_like_texture", "nuclear_atypia"]
 
 
@@ -40,3 +43,14 @@ def write_ground_truth(labels: pd.DataFrame, path) -> None:
     """The TUPAC16 header-less ``training_ground_truth.csv`` (row i = TUPAC-TR-i)."""
     lines = [f"{int(g)},{r:.6f}" for g, r in zip(labels["mitosis_score"], labels["proliferation_score"])]
     path.write_text("\n".join(lines) + "\n")
+
+
+def make_run(root: Path, n: int = 60, seed: int = 0) -> tuple[Path, Path]:
+    """A run directory with features.parquet and a TUPAC16 ground-truth CSV beside it."""
+    features, labels = synthetic_cohort(n=n, seed=seed)
+    run = root / "run"
+    run.mkdir(parents=True)
+    features.to_parquet(run / "features.parquet", index=False)
+    gt = root / "training_ground_truth.csv"
+    write_ground_truth(labels, gt)
+    return run, gt

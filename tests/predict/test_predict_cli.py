@@ -1,9 +1,9 @@
-"""``tupac fit`` / ``tupac predict`` end to end on a local MLflow store, and the safe-loading rules."""
+"""``tupac fit`` / ``tupac predict`` end to end on a local MLflow store (the safe-loading rules are in
+tests/tracking/test_loading.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from conftest import LIGHT, make_run
 from tupac.cli import app
 from tupac.data import read_scores_submission
-from tupac.errors import ModelFileError, UntrustedModelError
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -95,59 +94,6 @@ def test_predict_refuses_features_the_model_lacks(fitted_run, tmp_path):
     assert res.exit_code == 2 and "lacks 1 feature" in res.output and "Traceback" not in res.output
 
 
-def test_safe_loading_rules(fitted_run, tmp_path, monkeypatch):
-    from tupac.predict.tracking import load_registered_model
-
-    run, _, _ = fitted_run
-    lm = load_registered_model("models:/tupac-grade-classifier@champion", run)
-    assert lm.task == "grade" and lm.version == "1" and hasattr(lm.model, "predict_proba")
-    for uri in ("runs:/abc/grade_model", str(run / "mlartifacts"), "file:///tmp/model", "models:/x/../y"):
-        with pytest.raises(UntrustedModelError, match="only models:/"):
-            load_registered_model(uri, run)
-    with pytest.raises(ModelFileError, match="not found in the tracking store"):
-        load_registered_model("models:/tupac-grade-classifier@nobody", run)
-    with pytest.raises(ModelFileError, match="no MLflow store"):
-        load_registered_model("models:/tupac-grade-classifier@champion", tmp_path)
-
-    # a tampered model file is refused by its checksum
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    skops_files = list((copy / "mlartifacts").rglob("model.skops"))
-    assert skops_files
-    # the copied store still points at the original artifacts: it is outside this run -> refused
-    with pytest.raises(UntrustedModelError, match="outside the run's store"):
-        load_registered_model("models:/tupac-grade-classifier@champion", copy)
-
-
-def test_tampered_and_pickled_models_are_refused(tmp_path):
-    """A fresh store so the original fixture stays intact."""
-    import mlflow
-    import mlflow.sklearn
-    from sklearn.linear_model import LogisticRegression
-
-    from tupac.predict.tracking import _store, load_registered_model, local_artifact_root, local_tracking_uri
-
-    run = tmp_path / "run"
-    run.mkdir()
-    uri = local_tracking_uri(run)
-    X = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0]})
-    with _store(uri) as client:
-        exp = client.create_experiment("t", artifact_location=local_artifact_root(run).as_uri())
-        with mlflow.start_run(experiment_id=exp):
-            mlflow.sklearn.log_model(LogisticRegression().fit(X, [0, 0, 1, 1]), name="m",
-                                     serialization_format="pickle", registered_model_name="pickled")
-            mlflow.sklearn.log_model(LogisticRegression().fit(X, [0, 0, 1, 1]), name="s",
-                                     serialization_format="skops", registered_model_name="untagged")
-    with pytest.raises(UntrustedModelError, match="only 'skops' models"):
-        load_registered_model("models:/pickled/1", run)
-    with pytest.raises(UntrustedModelError, match="no recorded checksum"):
-        load_registered_model("models:/untagged/1", run)
-    with _store(uri) as client:
-        client.set_model_version_tag("untagged", "1", "tupac.model_sha256", "0" * 64)
-    with pytest.raises(UntrustedModelError, match="does not match its recorded SHA-256"):
-        load_registered_model("models:/untagged/1", run)
-
-
 def test_label_errors_fail_with_the_file_and_line(tmp_path):
     run, gt = make_run(tmp_path)
     lines = gt.read_text().splitlines()
@@ -202,34 +148,6 @@ def test_a_slide_without_tissue_is_excluded_with_its_reason_and_the_rest_is_fitt
 def test_mlflow_ui_without_a_store_is_a_clear_error(tmp_path):
     res = runner.invoke(app, ["mlflow-ui", "--run", str(tmp_path)])
     assert res.exit_code == 2 and "no MLflow store" in res.output
-
-
-def test_champion_alias_moves_only_to_a_better_version(tmp_path):
-    from mlflow import MlflowClient
-
-    from synthetic import synthetic_cohort
-    from tupac.predict.cohort import build_cohort, validate_feature_table
-    from tupac.predict.fit import FitConfig, fit_cohort, write_outputs
-    from tupac.predict.tracking import local_tracking_uri, log_fit
-
-    X, labels = synthetic_cohort(n=60, n_noise=4, seed=3)
-    cfg = FitConfig(repeats=1, k_features=4, grade_models=("logreg_enet",), rna_models=("elastic_net",),
-                    n_boot=100, importance_repeats=1)
-    result = fit_cohort(build_cohort(validate_feature_table(X), labels), cfg)
-    run = tmp_path / "run"
-    write_outputs(result, run / "predict")
-    best = result.metrics["summary"]["best"]
-    kappa = best["grade"]["kappa_quadratic_mean"]
-    first = log_fit(result, run / "predict", run)
-    best["grade"]["kappa_quadratic_mean"] = kappa - 0.1  # a worse fit: registered, not crowned
-    second = log_fit(result, run / "predict", run)
-    best["grade"]["kappa_quadratic_mean"] = kappa + 0.01  # a better one takes the alias
-    third = log_fit(result, run / "predict", run)
-    assert [t.versions["grade"] for t in (first, second, third)] == ["1", "2", "3"]
-    assert [t.champion["grade"] for t in (first, second, third)] == [True, False, True]
-    client = MlflowClient(local_tracking_uri(run), registry_uri=local_tracking_uri(run))
-    assert str(client.get_model_version_by_alias("tupac-grade-classifier", "champion").version) == "3"
-    assert client.get_run(second.run_id).data.tags["tupac.champion.grade"] == "false"
 
 
 def test_mlflow_ui_serves_the_local_store(fitted_run):

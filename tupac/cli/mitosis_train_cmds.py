@@ -59,14 +59,14 @@ def _mitosis_config(values: dict, config: Optional[Path]):
 def _train_mitosis(data: Path, out: Path, cfg, tracking_uri: Optional[str]):
     from tupac.data import Tupac16Dataset
     from tupac.errors import DatasetLayoutError
-    from tupac.mitosis.tracking import tracked_mitosis_training
+    from tupac.tracking.training import tracked_training  # deferred: imports the training code, hence torch (~1 s)
 
     # Check the data before an MLflow run is opened for it.
     if not Tupac16Dataset(data).mitosis_images:
         raise DatasetLayoutError(data / "mitoses", "no auxiliary mitosis images (mitoses/mitoses_image_data/NN/MM.tif)")
 
-    return tracked_mitosis_training(data, out / "mitosis", cfg, tracking_uri=tracking_uri,
-                                    say=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    return tracked_training("mitosis", data, out / "mitosis", cfg, tracking_uri=tracking_uri,
+                            say=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
 
 
 def train_mitosis_cmd(

@@ -48,13 +48,14 @@ def _fit(run: Path, labels: Path, features: Path | None, grade_models: str | Non
         console.print(f"{t}: best {name}: " + ", ".join(f"{k} {m[k + '_mean']:.3f}" for k in shown), highlight=False)
     console.print(f"wrote {out}/ (metrics.json, predictions.csv, figures, biomarker tables)", highlight=False)
     if track:
-        from tupac.predict.tracking import log_fit
+        # deferred: the tracking modules import scikit-learn, and MLflow when called (seconds); most commands never track
+        from tupac.tracking.fits import log_fit
+        from tupac.tracking.store import store_error
 
-        from mlflow.exceptions import MlflowException
-
+        StoreError = store_error()
         try:
             tracked = log_fit(result, out, run, experiment=experiment, run_name=run_name)
-        except MlflowException as e:
+        except StoreError as e:
             fail(RuntimeError(f"MLflow logging failed ({e.message}); outputs are in {out}"))
         info = {"tracking_uri": tracked.tracking_uri, "experiment_id": tracked.experiment_id,
                 "run_id": tracked.run_id, "versions": tracked.versions, "champion": tracked.champion}
@@ -110,7 +111,7 @@ def _predict(run: Path, model_uri: str, rna_model_uri: str | None, features: Pat
     from tupac.errors import CohortError
     from tupac.features.dictionary import NO_TISSUE
     from tupac.predict.cohort import read_feature_table
-    from tupac.predict.tracking import load_registered_model
+    from tupac.tracking.loading import load_registered_model
 
     path = features or run / FEATURES_NAME
     table = read_feature_table(path)
@@ -181,7 +182,7 @@ def mlflow_ui_cmd(
     """Start the MLflow UI on 127.0.0.1 for the run's local store (Ctrl-C stops it)."""
     import subprocess
 
-    from tupac.predict.tracking import mlflow_ui_command
+    from tupac.tracking.store import mlflow_ui_command
 
     if not (run / "mlflow.db").is_file():
         fail(FileNotFoundError(f"{run / 'mlflow.db'}: no MLflow store (run `tupac fit` first)"))

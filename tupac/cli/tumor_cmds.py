@@ -50,10 +50,10 @@ def _tumor_config(values: dict, config: Optional[Path]):
 
 
 def _train_tumor(data: Path, out: Path, cfg, tracking_uri: Optional[str]):
-    # Deferred: MLflow and torch, which `tupac --help` should not pay for.
-    from tupac.tumor.tracking import tracked_tumor_training
+    from tupac.tracking.training import tracked_training  # deferred: imports the training code, hence torch (~1 s)
 
-    return tracked_tumor_training(data, out / "tumor", cfg, tracking_uri=tracking_uri, say=lambda m: console.print(f"[dim]{m}[/]"))
+    return tracked_training("tumor", data, out / "tumor", cfg, tracking_uri=tracking_uri,
+                            say=lambda m: console.print(f"[dim]{m}[/]"))
 
 
 def train_tumor_cmd(

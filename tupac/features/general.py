@@ -19,7 +19,7 @@ Saved without pickle (:func:`save_grade_net`, :func:`load_grade_net`): weights i
 settings in JSON. This module imports torch lazily and opens only the files it is handed.
 
 Tracking: :func:`fit_grade_net` and :func:`cross_fit` report per-epoch metrics to an optional
-:class:`tupac.train.tracking.Tracker` (in memory here; :mod:`tupac.features.tracking` sends them to
+:class:`tupac.train.tracking.Tracker` (in memory here; :mod:`tupac.tracking.general` sends them to
 MLflow). Tracking only observes: without a tracker nothing extra runs, and with one the extra work is a
 no-grad forward pass that touches neither the weights, the optimizer nor the random state, so the
 features are the same numbers either way.

@@ -1,7 +1,7 @@
 """Cohort-level prediction: grade classifiers and RNA regressors as scikit-learn pipelines,
 nested cross-validation, TUPAC16 metrics, figures and biomarker analysis.
 
-MLflow lives only in :mod:`tupac.predict.tracking` (imported on demand, not here).
+No MLflow here: :mod:`tupac.tracking.fits` logs a fit, :mod:`tupac.tracking.loading` loads the registered models.
 """
 
 from tupac.predict.biomarkers import (

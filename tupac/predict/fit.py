@@ -5,7 +5,7 @@ computes every metric per repeat (mean and SD over repeats), picks the best mode
 the TUPAC16 metric (quadratic kappa; Spearman rho), refits it with its grid search on the whole
 cohort (the model that is logged and registered), and computes the biomarker tables.
 :func:`write_outputs` writes them under ``RUN/predict``. No file or MLflow access happens in
-:func:`fit_cohort`; :mod:`tupac.predict.tracking` logs a :class:`FitResult`.
+:func:`fit_cohort`; :mod:`tupac.tracking.fits` logs a :class:`FitResult`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 >>> result = train(model, PatchDataset(x_tr, y_tr), PatchDataset(x_va, y_va), TrainConfig(epochs=5), "RUN/")
 >>> result.model_dir        # RUN/best: model.safetensors + card.json, loadable with load_model
 
-MLflow is not imported here; ``tupac.train.mlflow_logger.MlflowTracker`` imports it when built.
+MLflow is not imported here (nor anywhere in ``tupac.train``); ``tupac.tracking.runs.MlflowTracker`` is the
+Tracker that writes to it.
 """
 
 from tupac.train.augment import augment_batch, hed_to_rgb, rgb_to_hed, stain_jitter

@@ -1,4 +1,4 @@
-"""The tracking hook the training loop reports to (MLflow plugs in through ``tupac.train.mlflow_tracker``)."""
+"""The tracking hook the training loop reports to (MLflow plugs in through ``tupac.tracking.runs.MlflowTracker``)."""
 
 from __future__ import annotations
 

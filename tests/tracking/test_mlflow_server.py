@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_run
+from synthetic import make_run
 from tupac.cli import app
 
 pytestmark = pytest.mark.slow
@@ -114,7 +114,7 @@ def test_fit_over_http_is_read_back(server, server_fit):
 
 
 def test_model_loads_safely_over_http(server, server_fit, monkeypatch):
-    from tupac.predict.tracking import load_registered_model
+    from tupac.tracking.loading import load_registered_model
 
     url, _ = server
     run, _ = server_fit

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tupac.errors import FeatureTrackingError
 from tupac.features.general import GeneralConfig, cross_fit, folds_hash, ids_hash, load_grade_net
-from tupac.features.tracking import REGISTERED_NAME, GeneralFitRecord
+from tupac.tracking.general import REGISTERED_NAME, GeneralFitRecord
 
 N_SLIDES, N_TRAIN, EPOCHS, FOLDS = 5, 4, 5, 2
 

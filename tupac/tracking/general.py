@@ -18,7 +18,7 @@ The fits are recorded in memory while they run (:class:`GeneralFitRecord`, one
 are written: a fit takes seconds, so nothing is lost by not streaming it, MLflow can neither interrupt
 nor alter the fit, and each run's metrics go in a few batched writes instead of one per value.
 
-The store is the one ``tupac fit`` uses for the same run (:func:`tupac.predict.tracking.resolve_tracking_uri`:
+The store is the one ``tupac fit`` uses for the same run (:func:`tupac.tracking.store.resolve_tracking_uri`:
 ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///RUN/mlflow.db`` with artifacts in ``RUN/mlartifacts``);
 the experiment is the networks' one (``tupac-training``, as for the tumor and mitosis networks).
 Weights are logged as safetensors with their JSON card (``general.safetensors`` + ``general.json``, what
@@ -27,16 +27,19 @@ Weights are logged as safetensors with their JSON card (``general.safetensors`` 
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tupac.features.general import WEIGHTS_FILE, folds_hash, ids_hash, save_grade_net
+from tupac.tracking.loading import file_sha256
+from tupac.tracking.runs import MlflowTracker
+from tupac.tracking.store import local_artifact_root, resolve_tracking_uri
 from tupac.train.tracking import MemoryTracker
 
 __all__ = ["REGISTERED_NAME", "GeneralFitRecord", "TrackedGeneral", "fit_params", "log_general_fit"]
@@ -91,10 +94,6 @@ def fit_params(gcfg, *, in_channels: int, frozen_model: str, frozen_arch: str, f
                n_patches: int, patch_px: int, n_splits: int, train_ids: Sequence[str], folds: Sequence[int],
                volumes_sha256: str) -> dict[str, Any]:
     """Params shared by every run of one cross-fit (architecture, frozen network, patches, training, data)."""
-    from dataclasses import asdict
-
-    from tupac.features.general import folds_hash, ids_hash
-
     return {
         "architecture": "GradeNet (channel standardization, 1x1 conv + ReLU, global average pool, "
                         "dim-unit layer + ReLU, 3-way head)",
@@ -125,8 +124,8 @@ def _oof_metrics(cf, grades: np.ndarray) -> dict[str, float]:
 def _log_batch(client, run_id: str, params: dict[str, Any], metrics: list[tuple[int, dict[str, float]]],
                times: Sequence[int] | None = None) -> None:
     """Params and metrics ``[(step, {key: value})]`` (stamped ``times``, default now) in batched writes;
-    non-finite values are left out, as :class:`tupac.train.mlflow_tracker.MlflowTracker` does."""
-    from mlflow.entities import Metric, Param
+    non-finite values are left out, as :class:`tupac.tracking.runs.MlflowTracker` does."""
+    from mlflow.entities import Metric, Param  # deferred: mlflow takes ~1 s to import and most commands never track
 
     now = int(time.time() * 1000)
     stamps = list(times) if times is not None else [now] * len(metrics)
@@ -137,10 +136,6 @@ def _log_batch(client, run_id: str, params: dict[str, Any], metrics: list[tuple[
           for k, v in d.items() if np.isfinite(v)]
     for i in range(0, len(ms), _BATCH):
         client.log_batch(run_id, metrics=ms[i : i + _BATCH])
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def log_general_fit(
@@ -182,11 +177,7 @@ def log_general_fit(
 
     A failure marks the runs already opened FAILED and re-raises.
     """
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    from tupac.features.general import WEIGHTS_FILE, save_grade_net
-    from tupac.predict.tracking import local_artifact_root, resolve_tracking_uri
-    from tupac.train.mlflow_tracker import MlflowTracker
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # deferred: mlflow takes ~1 s to import
 
     run_dir = Path(run_dir)
     uri = tracking_uri or resolve_tracking_uri(run_dir)
@@ -225,7 +216,7 @@ def log_general_fit(
             description=f"grade network of the general features on the {params.get('frozen_model')} network, "
                         f"fitted on {len(ids)} training slides of {run_dir.resolve()}")
         client = final.client
-        for k, v in {"tupac.weights_sha256": _file_sha256(Path(net_dir) / WEIGHTS_FILE),
+        for k, v in {"tupac.weights_sha256": file_sha256(Path(net_dir) / WEIGHTS_FILE),
                      "tupac.frozen_model_sha256": params.get("frozen_model_sha256", ""),
                      "tupac.train_ids_sha256": params.get("train_ids_sha256", ""),
                      "tupac.run_id": final.run_id}.items():

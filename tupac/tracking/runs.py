@@ -1,28 +1,21 @@
-"""MLflow tracking for network training: a :class:`tupac.train.Tracker` that writes to MLflow, and
-registration of a trained model folder (safetensors + card) in the MLflow Model Registry.
+"""A :class:`tupac.train.tracking.Tracker` that writes one MLflow run, and registration of a trained
+model folder (safetensors + card) in the MLflow Model Registry.
 
-The default store is a local SQLite file beside the models (``MODELS/mlflow.db``, artifacts in
-``MODELS/mlartifacts``), the embedded default; ``MLFLOW_TRACKING_URI`` (or an explicit URI) points
-at a tracking server instead. The registered version's source is the run's ``model/`` artifact
-folder: the same safetensors and JSON card ``tupac.models.load_model`` reads, never a pickle.
+Where the run goes is the caller's choice (:mod:`tupac.tracking.store`). The registered version's
+source is the run's ``model/`` artifact folder: the same safetensors and JSON card
+``tupac.models.load_model`` reads, never a pickle.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+__all__ = ["EXPERIMENT", "MlflowTracker"]
+
+#: The experiment of the networks' trainings (tumor, mitosis, the general-feature grade network).
 EXPERIMENT = "tupac-training"
-
-
-def default_tracking_uri(models_dir: str | Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<models_dir>/mlflow.db``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path(models_dir).resolve() / 'mlflow.db'}"
 
 
 class MlflowTracker:
@@ -41,7 +34,7 @@ class MlflowTracker:
     """
 
     def __init__(self, tracking_uri: str, run_name: str, artifact_root: Path | None = None, experiment: str = EXPERIMENT) -> None:
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # deferred: mlflow takes ~1 s to import and most commands never track
 
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -79,7 +72,7 @@ class MlflowTracker:
 
         Returns the new model version (a string, as MLflow numbers them).
         """
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # deferred with mlflow, as above
 
         files = [p for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in (".safetensors", ".json")]
         for p in files:
@@ -95,35 +88,3 @@ class MlflowTracker:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
-
-def tracked_training(
-    task: str,
-    train_fn,
-    data: Path,
-    out_dir: Path,
-    config,
-    *,
-    description: str,
-    tracking_uri: str | None = None,
-    say=None,
-):
-    """Run ``train_fn(data, out_dir, config, tracker=, progress=)`` as one MLflow run and register
-    the model folder it returns as ``tupac-<task>-<arch>``.
-
-    The store defaults to ``<out_dir>/../mlflow.db`` (beside all the models) unless ``tracking_uri``
-    or ``MLFLOW_TRACKING_URI`` says otherwise. A failed training marks the run FAILED and re-raises.
-    """
-    models_dir = Path(out_dir).parent
-    models_dir.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or default_tracking_uri(models_dir)
-    tracker = MlflowTracker(uri, run_name=f"{task}-{config.arch}", artifact_root=models_dir / "mlartifacts")
-    tracker.set_tags({"tupac.component": task, "tupac.data": str(Path(data).resolve())})
-    try:
-        result = train_fn(data, out_dir, config, tracker=tracker, progress=say)
-        version = tracker.register_model_dir(result.model_dir, f"tupac-{task}-{config.arch}", description=description)
-        tracker.set_tags({"tupac.registered_version": version})
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
-    return result
