@@ -1,13 +1,13 @@
-"""The layer order of ``tupac/`` (../shared/ARCHITECTURE.md), enforced on the import graph.
+"""The layer order of ``tupac/`` (README "Layout", ../shared/ARCHITECTURE.md), enforced on the import graph.
 
 Every ``import tupac...`` / ``from tupac... import`` in the package, at the top of a file or inside a
-function, is an edge of the graph (read with :mod:`ast`, nothing is imported). A module may import
-its own layer and the layers below it, and the graph has no loops.
+function, is an edge of the graph (read with :mod:`ast`, nothing is imported; ``from pkg import sub``
+is an edge to the submodule). A module may import its own layer and the layers below it, and the
+graph has no loops. Ray may be imported only in ``infer/``, MLflow only in ``tracking/``.
 
-The imports that break the order today are listed in ``KNOWN_UPWARD`` and ``KNOWN_LOOPS``: moving
-them is issue 16 (the Ray-free heatmap layer out of ``infer/`` and the rest). The lists only shrink:
-a new upward import or loop fails with its file and line, and an entry that no longer exists fails
-too, so that it is taken off the list when the code moves.
+``KNOWN_UPWARD`` and ``KNOWN_LOOPS`` are exceptions that may only shrink (issue 16 emptied them): a
+new upward import or loop fails with its file and line, and an entry that no longer exists fails
+too, so that it is taken off the list.
 """
 
 from __future__ import annotations
@@ -70,6 +70,27 @@ def _imports() -> list[tuple[str, str, Path, int]]:
                 out += [(importer, _submodule_or_package(node.module, a.name), path, node.lineno) for a in node.names]
             elif isinstance(node, ast.Import):
                 out += [(importer, a.name, path, node.lineno) for a in node.names if a.name.split(".")[0] == "tupac"]
+    return out
+
+
+# Third-party libraries that only one folder may import: the cluster runtime and the tracking
+# server's client stay behind their folder's functions, so every other stage runs without them.
+CONFINED = {"ray": "tupac.infer", "mlflow": "tupac.tracking"}
+
+
+def _third_party_imports() -> list[tuple[str, str, Path, int]]:
+    """``(importer, top-level library, file, line)`` for every absolute import of a CONFINED library."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            out += [(importer, n.split(".")[0], path, node.lineno) for n in names if n.split(".")[0] in CONFINED]
     return out
 
 
@@ -155,3 +176,12 @@ def test_the_check_catches_an_upward_import_and_a_loop():
     assert _layer("tupac.errors") < _layer("tupac.slide.base") < _layer("tupac.infer.job") < _layer("tupac.cli.app")
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _loops(edges) == [frozenset({"a", "b", "c"})]
+
+
+def test_ray_and_mlflow_are_imported_only_in_their_folder():
+    outside = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} imports {lib} (only {CONFINED[lib]} may)"
+        for importer, lib, path, line in _third_party_imports()
+        if importer != CONFINED[lib] and not importer.startswith(CONFINED[lib] + ".")
+    ]
+    assert not outside, "; ".join(outside)
