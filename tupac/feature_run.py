@@ -197,6 +197,7 @@ class _Networks:
 
 
 def _load_networks(models: Path | None, cfg: FeatureRunConfig, want_general: bool) -> _Networks:
+    # Deferred: this pulls torch, which importing this module should not.
     from tupac.models.trained import load_trained
 
     if models is None:

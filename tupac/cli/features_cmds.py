@@ -10,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tupac.cli.app import app, console, err_console, fail, run_guarded
 from tupac.cli.options import CONFIG_FILE_ONLY, ConfigOptions, Flag, config_command
 from tupac.errors import ConfigError
-from tupac.infer.dask_on_ray import ray_dask_scheduler
 
 # FeatureRunConfig's fields as options: names and command-line bounds here, defaults and help from the class.
 FEATURES_OPTIONS = ConfigOptions("tupac.features.config:FeatureRunConfig", {
@@ -51,6 +50,9 @@ def features_cmd(
     found, _ = run_guarded(discover_slides, run, slides)
     get = None
     if scheduler == "ray":
+        # Deferred: the Ray scheduler loads only when asked for.
+        from tupac.infer.dask_on_ray import ray_dask_scheduler
+
         get = ray_dask_scheduler()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as progress:

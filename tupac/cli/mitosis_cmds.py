@@ -16,6 +16,7 @@ def _fmt(v: float) -> str:
 
 
 def _score_dirs(pred_dir: Path, truth_dir: Path, radius: float):
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.mitosis.io import pair_csv_trees, read_detections_csv, read_truth_csv
     from tupac.mitosis.scoring import score_images
 

@@ -12,7 +12,7 @@ import yaml
 from tupac.cli.app import app, console, err_console, fail, run_guarded
 from tupac.cli.options import ConfigOptions, Flag, config_command, nest
 from tupac.cli.tumor_cmds import IN_CONFIG_FILE, train_app
-from tupac.errors import ConfigError
+from tupac.errors import ConfigError, DatasetLayoutError, TupacError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -58,7 +58,6 @@ def _mitosis_config(values: dict, config: Optional[Path]):
 
 def _train_mitosis(data: Path, out: Path, cfg, tracking_uri: Optional[str]):
     from tupac.data import Tupac16Dataset
-    from tupac.errors import DatasetLayoutError
     from tupac.tracking.training import tracked_training  # deferred: imports the training code, hence torch (~1 s)
 
     # Check the data before an MLflow run is opened for it.
@@ -91,8 +90,6 @@ config_command(train_app, "mitosis", TRAIN_MITOSIS_OPTIONS)(train_mitosis_cmd)
 
 
 def _list_images(images_dir: Path) -> list[Path]:
-    from tupac.errors import DatasetLayoutError
-
     if not images_dir.is_dir():
         raise DatasetLayoutError(images_dir, "image folder does not exist")
     found = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -102,6 +99,7 @@ def _list_images(images_dir: Path) -> list[Path]:
 
 
 def _load_detector(models: Path, threshold: Optional[float]):
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.mitosis.inference import MitosisDetector
 
     model_dir = models / "mitosis" if (models / "mitosis" / "card.json").is_file() else models
@@ -124,7 +122,7 @@ def detect_mitoses_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from tupac.errors import TupacError
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.mitosis.inference import read_image
     from tupac.mitosis.io import write_detections_csv
 

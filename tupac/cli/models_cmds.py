@@ -7,6 +7,7 @@ import json
 import typer
 
 from tupac.cli.app import app, console, fail, run_guarded
+from tupac.errors import ConfigError
 
 
 @app.command("models")
@@ -19,7 +20,7 @@ def models_cmd(
     from rich.progress import Progress
     from rich.table import Table
 
-    from tupac.errors import ConfigError
+    # Deferred: loads torch only when the command runs; `tupac --help` stays fast.
     from tupac.models import list_models
     from tupac.models.profile import profile_models
 

@@ -31,6 +31,7 @@ def _finish(summary: dict, out: Path) -> None:
 
 
 def _load_config(config: Optional[Path], print_config: bool):
+    # Deferred: loads matplotlib, skimage, sklearn, torch only when the command runs; `tupac --help` stays fast.
     from tupac.pipeline import PipelineConfig
 
     cfg = PipelineConfig.from_yaml(config) if config is not None else PipelineConfig()
@@ -52,6 +53,7 @@ def run_cmd(
 
     Every stage is resumable and skipped when its inputs have not changed.
     """
+    # Deferred: loads matplotlib, skimage, sklearn, torch only when the command runs; `tupac --help` stays fast.
     from tupac.pipeline import run_pipeline
 
     cfg = run_guarded(_load_config, config, print_config)
@@ -70,6 +72,7 @@ def demo(
     """Generate a phantom TUPAC16 cohort and run the whole pipeline on it (local Ray, local MLflow)."""
     import dataclasses
 
+    # Deferred: loads matplotlib, skimage, sklearn, torch only when the command runs; `tupac --help` stays fast.
     from tupac.pipeline import DEMO_CONFIG, PipelineConfig, run_pipeline
     from tupac.synth import generate_cohort
 

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tupac.cli.app import app, console, err_console, fail, is_tty, run_guarded
 from tupac.cli.options import CONFIG_FILE_ONLY, ConfigOptions, Flag, config_command
+from tupac.errors import CohortError
 
 FEATURES_NAME = "features.parquet"
 
@@ -66,6 +67,7 @@ def _fit(run: Path, labels: Path, features: Path | None, grade_models: str | Non
 
 def _fit_locked(run: Path, *args) -> None:
     """:func:`_fit` while holding the run folder (one job per run folder)."""
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.runlock import run_lock
 
     with run_lock(run, "tupac fit", create=False):
@@ -107,8 +109,8 @@ def _predict(run: Path, model_uri: str, rna_model_uri: str | None, features: Pat
     import numpy as np
     import pandas as pd
 
+    # Deferred: loads matplotlib, sklearn only when the command runs; `tupac --help` stays fast.
     from tupac.data import parse_slide_id, write_scores_submission
-    from tupac.errors import CohortError
     from tupac.features.dictionary import NO_TISSUE
     from tupac.predict.cohort import read_feature_table
     from tupac.tracking.loading import load_registered_model
@@ -182,6 +184,7 @@ def mlflow_ui_cmd(
     """Start the MLflow UI on 127.0.0.1 for the run's local store (Ctrl-C stops it)."""
     import subprocess
 
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.tracking.store import mlflow_ui_command
 
     if not (run / "mlflow.db").is_file():

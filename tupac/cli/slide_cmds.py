@@ -33,6 +33,7 @@ def check_pixels(reader) -> int:
 
 def slide_summary(path: Path, backend: str, mpp: float | None) -> dict:
     """Open ``path``, decode a little of it, and describe it as a JSON-ready dict."""
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.slide import open_slide
 
     with open_slide(path, backend=backend, mpp=mpp) as s:

@@ -15,7 +15,8 @@ from typing import Optional
 
 import typer
 
-from tupac.cli.app import app, console, run_guarded
+from tupac.cli.app import app, console, fail, run_guarded
+from tupac.errors import ConfigError, MissingMPPError, StainError
 
 stain_app = typer.Typer(help="Stain standardization (WSICS, Macenko, Reinhard).", no_args_is_help=True)
 app.add_typer(stain_app, name="stain")
@@ -46,8 +47,6 @@ def _read_image(path: Path):
     """An image file as ``(h, w, 3)`` uint8 RGB (alpha composited onto white)."""
     import numpy as np
 
-    from tupac.errors import StainError
-
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -70,6 +69,7 @@ def _read_image(path: Path):
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         raise StainError(f"{path}: expected an RGB image, got shape {arr.shape}")
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.preprocess.stain.base import as_rgb_uint8
 
     return as_rgb_uint8(arr, str(path))
@@ -77,7 +77,7 @@ def _read_image(path: Path):
 
 def _open_slide(path: Path, slide_mpp: Optional[float]):
     """``open_slide``, with the MPP hint naming this command's flag."""
-    from tupac.errors import MissingMPPError
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.slide import open_slide
 
     try:
@@ -87,6 +87,7 @@ def _open_slide(path: Path, slide_mpp: Optional[float]):
 
 
 def _slide_stats(reader, method: str, seed: int):
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.preprocess.stain import fit_slide
     from tupac.preprocess.tissue import slide_tissue_mask
 
@@ -96,6 +97,7 @@ def _slide_stats(reader, method: str, seed: int):
 
 
 def _fit(source: Path, method: str, out: Path, slide_mpp: Optional[float], seed: int) -> None:
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.preprocess.stain import StainReference, fit_image, get_method
 
     get_method(method)  # unknown method: fail before reading anything
@@ -115,6 +117,7 @@ def _standardize_slide(reader, ref, mpp: float, seed: int):
     import numpy as np
     from rich.progress import Progress
 
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.geometry import size_at_mpp
     from tupac.preprocess import stain
 
@@ -152,6 +155,7 @@ def _write_before_after(before, after, path: Path) -> None:
 def _apply(inp: Path, ref_path: Path, out: Path, mpp: float, before_after: Optional[Path], slide_mpp: Optional[float], seed: int) -> None:
     from PIL import Image
 
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.preprocess.stain import StainReference, fit_image, transform
 
     ref = StainReference.load(ref_path)
@@ -194,8 +198,5 @@ def apply_cmd(
 ) -> None:
     """Standardize an image (full resolution) or a whole slide (at --mpp) towards a reference."""
     if not mpp > 0:
-        from tupac.cli.app import fail
-        from tupac.errors import ConfigError
-
         fail(ConfigError(f"--mpp must be a positive number of um/px, got {mpp}"))
     run_guarded(_apply, inp, ref, out, mpp, before_after, slide_mpp, seed)

@@ -20,6 +20,7 @@ def _parse_size(text: str) -> tuple[float, float]:
 def _generate(out: Path, slides: int, seed: int, size_um: tuple[float, float], mitosis_images: int) -> None:
     import time
 
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.synth import generate_cohort
 
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ def _write_overlay(reader, tissue, path: Path) -> float:
     import numpy as np
     from PIL import Image
 
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.preprocess.tissue import mask_overlay
 
     mpp = max(reader.mpp, min(tissue.mpp, OVERLAY_MAX_MPP))
@@ -31,6 +32,7 @@ def _write_overlay(reader, tissue, path: Path) -> float:
 
 
 def _tissue(slide: Path, out: Path, overlay: Optional[Path], mpp: Optional[float], mask_mpp: float, dilate_um: float):
+    # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.preprocess.mask_png import write_mask_png
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide

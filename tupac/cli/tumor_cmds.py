@@ -80,6 +80,7 @@ config_command(train_app, "tumor", TRAIN_TUMOR_OPTIONS)(train_tumor_cmd)
 def _tumor_map(slide: Path, models: Path, out: Path, mpp: Optional[float], overwrite: bool, chunk: int):
     from rich.progress import Progress
 
+    # Deferred: loads torch only when the command runs; `tupac --help` stays fast.
     from tupac.models.trained import load_trained
     from tupac.infer.tumor_map import tumor_map
 

@@ -125,6 +125,7 @@ def feature_volumes(model, patches: np.ndarray, batch_size: int = 16) -> np.ndar
     """
     import torch
 
+    # Deferred: this pulls torch, which importing this module should not.
     from tupac.models import to_input
 
     patches = np.asarray(patches)

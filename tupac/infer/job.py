@@ -43,9 +43,24 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tupac.config_check import option
-from tupac.errors import ConfigError, HeatmapStoreError, ModelFileError
+from tupac.errors import ConfigError, HeatmapStoreError, ModelFileError, TupacError
+from tupac.heatmaps.commit import (
+    InputFingerprint,
+    atomic_write_bytes,
+    is_committed,
+    models_fingerprint,
+    move_aside,
+    read_commit,
+)
+from tupac.heatmaps.ledger import Ledger
+from tupac.heatmaps.prepare import CardInfo
+from tupac.heatmaps.store import detections_path, store_path, verify_committed
+from tupac.infer.actors import ModelActor, WindowBatch, model_dirs, use_stain_lut
+from tupac.infer.progress import CohortProgress
+from tupac.infer.slide_task import call_safely, detection_params, finalize_slide, prepare_slide, tumor_regions
 from tupac.runlock import run_lock
 from tupac.slide.factory import BACKENDS
+from tupac.slide.quiet import route_cufile_log
 
 __all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
 
@@ -182,8 +197,6 @@ def _reason(err: BaseException, stage: str, path: Any) -> str:
         cause = getattr(err, "cause", None)
         if cause is not None and not isinstance(cause, rex.RayError):
             msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            from tupac.errors import TupacError
-
             return msg if isinstance(cause, TupacError) else f"{path}: {type(cause).__name__}: {msg}"
     if isinstance(err, rex.WorkerCrashedError):
         return f"{path}: the worker process died during {stage} (a crash in the slide reader, e.g. a segfault)"
@@ -197,9 +210,6 @@ class _Driver:
     def __init__(self, config: JobConfig, cards: dict, model_dirs: dict, ledger, progress,
                  say: Callable[[str], None], batch_size: int) -> None:
         import ray
-
-        from tupac.infer.actors import ModelActor
-        from tupac.infer.slide_task import call_safely, detection_params, finalize_slide, prepare_slide, tumor_regions
 
         self.ray = ray
         self.cfg = config
@@ -239,15 +249,11 @@ class _Driver:
         self.futures[self.actors[i].handle.ready.remote()] = ("ping", i)
 
     def _write_actors(self) -> None:
-        from tupac.heatmaps.commit import atomic_write_bytes
-
         data = [dict(a.info or {}, index=i, state=a.state) for i, a in enumerate(self.actors)]
         atomic_write_bytes(self.cfg.out / ACTORS_FILE, json.dumps(data, indent=1).encode())
 
     # -- slides -------------------------------------------------------------------------
     def start_slide(self, entry, seq: int, input_fp) -> None:
-        from tupac.heatmaps.store import store_path
-
         sid = entry.slide_id
         s = _Slide(entry, seq, input_fp, str(store_path(self.cfg.out, sid)))
         self.slides[sid] = s
@@ -271,8 +277,6 @@ class _Driver:
         self.progress.slide(sid, False, reason)
 
     def _enqueue(self, s: _Slide, task: str, windows: np.ndarray) -> None:
-        from tupac.infer.actors import WindowBatch, use_stain_lut
-
         plan = s.plan
         info = self.cards[task]
         # A stage with its own statistics (the mitosis stage's, measured on the tumor regions) uses them.
@@ -496,8 +500,6 @@ def _init_ray(cfg: JobConfig):
 
     import ray
 
-    from tupac.slide.quiet import route_cufile_log
-
     if ray.is_initialized():
         return False, _dashboard_url()
     cufile_env = route_cufile_log(cfg.out / "logs")
@@ -561,9 +563,6 @@ def supersede_stale_outputs(run_dir: Path, slide_id: str) -> Path | None:
     Path or None
         The folder the outputs moved to; None when there was no committed store.
     """
-    from tupac.heatmaps.commit import is_committed, move_aside
-    from tupac.heatmaps.store import detections_path, store_path
-
     store = store_path(run_dir, slide_id)
     if not is_committed(store):
         return None
@@ -601,13 +600,6 @@ def run_job(entries: Sequence[Any], cfg: JobConfig, progress=None, say: Callable
 
 
 def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> dict:
-    from tupac.infer.actors import model_dirs
-    from tupac.heatmaps.commit import InputFingerprint, atomic_write_bytes, models_fingerprint, read_commit
-    from tupac.heatmaps.ledger import Ledger
-    from tupac.infer.progress import CohortProgress
-    from tupac.heatmaps.prepare import CardInfo
-    from tupac.heatmaps.store import store_path, verify_committed
-
     found, skipped = model_dirs(cfg.models)
     if "tumor" not in found:
         raise ModelFileError(cfg.models / "tumor", skipped["tumor"].split(" (")[0] + "; the job needs at least the tumor model")
@@ -676,9 +668,6 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
 
 def _no_tissue(run_dir: Path, done: Sequence[str]) -> list[str]:
     """The DONE slides whose commit record says the job found no tissue on them."""
-    from tupac.heatmaps.commit import read_commit
-    from tupac.heatmaps.store import store_path
-
     out = []
     for sid in done:
         try:

@@ -271,6 +271,7 @@ def _section_metrics(ctx: _Context) -> str:
 
 def _dictionary() -> pd.DataFrame | None:
     try:
+        # Deferred: this pulls sklearn, which importing this module should not.
         from tupac.features import feature_dictionary
 
         return feature_dictionary()
@@ -284,6 +285,7 @@ def _section_biomarkers(ctx: _Context) -> str:
         ctx.missing["biomarkers"] = "predict/biomarkers.csv not found"
         return _missing(ctx.missing["biomarkers"])
     rows, counts = tables.biomarker_rows(pd.read_csv(path), _dictionary())
+    # Deferred: this pulls matplotlib, sklearn, which importing this module should not.
     from tupac.predict.biomarkers import P_THRESHOLD
 
     intro = (
@@ -327,6 +329,7 @@ def _network_rows(ctx: _Context) -> tuple[list[dict] | None, str]:
         return None, "no RUN/models.json (write it with `tupac models --json > RUN/models.json`, or pass --profile-networks)"
     import json
 
+    # Deferred: this pulls torch, which importing this module should not.
     from tupac.models.profile import profile_models
 
     ctx.progress("profiling networks")

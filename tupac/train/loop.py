@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tupac.errors import ConfigError
 from tupac.models.base import TupacModel
 from tupac.models.card import ModelCard
-from tupac.models.io import save_model
+from tupac.models.io import load_card, save_model
 from tupac.train.augment import augment_batch
 from tupac.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from tupac.train.config import MONITORS, TrainConfig
@@ -368,8 +368,6 @@ def _save_best(model, out: Path, data_hash: str, config: TrainConfig, epoch: int
 
 def _load_best(model, best_dir: Path, device) -> None:
     from safetensors.torch import load_file
-
-    from tupac.models.io import load_card
 
     model.load_state_dict(load_file(str(best_dir / "model.safetensors"), device=str(device)))
     model.card = load_card(best_dir)
