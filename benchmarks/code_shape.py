@@ -3,7 +3,9 @@
 Counts modules, the largest module, functions longer than 80 lines and internal imports that sit
 inside function bodies (``import tupac...`` below a ``def``), with ``ast`` only (nothing is imported).
 
-Run ``python benchmarks/code_shape.py [PACKAGE_DIR] [--out FILE.json]``; it prints the JSON too.
+Run ``python benchmarks/code_shape.py [PACKAGE_DIR] [--baseline OLD_PACKAGE_DIR] [--out FILE.json]``; it
+prints the JSON too. With ``--baseline`` (e.g. a ``git worktree`` of an older commit's ``tupac/``)
+both are measured, under ``"baseline"`` and ``"current"``.
 """
 
 from __future__ import annotations
@@ -72,9 +74,12 @@ def measure(package: Path, exclude_cli: bool = True) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", nargs="?", default=str(Path(__file__).resolve().parents[1] / "tupac"))
+    parser.add_argument("--baseline", help="an older copy of the package to measure beside it")
     parser.add_argument("--out", help="write the JSON here as well")
     args = parser.parse_args()
     figures = measure(Path(args.package).resolve())
+    if args.baseline:
+        figures = {"baseline": measure(Path(args.baseline).resolve()), "current": figures}
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out:
