@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import ray
 from feature_stores import write_run_slide
 from typer.testing import CliRunner
 
@@ -66,3 +67,23 @@ def test_grades_too_few_for_the_folds_are_a_clear_error_before_any_slide_is_read
     assert "cross-fitting in 5 folds needs at least 5 slides of one grade, and has grade 1: 2, grade 2: 1, " \
            "grade 3: 1 (use --folds 2 or fewer, or label more slides)" in lines[0]
     assert not (run / "features.parquet").exists()
+
+
+def test_ray_scheduler_gives_the_local_table(tmp_path):
+    # `--scheduler ray` runs the heatmap graphs as Ray tasks (Dask-on-Ray, infer/dask_on_ray.py):
+    # same features as Dask's local scheduler.
+    det = pd.DataFrame({"x": [700.0, 800.0, 5.0], "y": [700.0, 900.0, 5.0], "prob": [0.9, 0.8, 0.2]})
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"slide_id,path,mpp\nb,{tmp_path / 'b.svs'},0.25\n")
+    tables = {}
+    try:
+        for scheduler in ("local", "ray"):
+            run = tmp_path / scheduler
+            _slide(tmp_path, run, "b", det)
+            r = _invoke("--run", run, "--no-pixels", "--slides", manifest, "--scheduler", scheduler)
+            assert r.exit_code == 0, r.output
+            tables[scheduler] = pd.read_parquet(run / "features.parquet")
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    pd.testing.assert_frame_equal(tables["local"], tables["ray"])
