@@ -138,6 +138,40 @@ def _log_batch(client, run_id: str, params: dict[str, Any], metrics: list[tuple[
         client.log_batch(run_id, metrics=ms[i : i + _BATCH])
 
 
+class _Runs:
+    """The MLflow runs one :func:`log_general_fit` opens, kept in the order opened so that they can be
+    closed together: all FINISHED on success, or all FAILED (newest first) when anything raised."""
+
+    def __init__(self, uri: str, artifact_root: Path, run_dir: Path) -> None:
+        self.uri, self.artifact_root, self.run_dir = uri, artifact_root, run_dir
+        self.opened: list[MlflowTracker] = []
+
+    def open(self, name: str, parent: str | None) -> MlflowTracker:
+        """Start run ``name`` with the general-features tags, nested under run ``parent`` if given."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # deferred: mlflow takes ~1 s to import
+
+        t = MlflowTracker(self.uri, run_name=name, artifact_root=self.artifact_root)
+        self.opened.append(t)
+        tags = {"tupac.component": "general", "tupac.run": str(self.run_dir.resolve())}
+        if parent is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent
+        t.set_tags(tags)
+        return t
+
+    def fail(self) -> None:
+        """Mark every opened run FAILED, ignoring errors (the caller re-raises the first one)."""
+        for t in reversed(self.opened):
+            try:
+                t.finish("FAILED")
+            except Exception:  # the store that just failed may refuse this too; the first error is the one to see
+                pass
+
+    def finish(self) -> None:
+        """Mark every opened run FINISHED, in the order they were opened."""
+        for t in self.opened:
+            t.finish()
+
+
 def log_general_fit(
     run_dir: str | Path,
     cf,
@@ -177,60 +211,64 @@ def log_general_fit(
 
     A failure marks the runs already opened FAILED and re-raises.
     """
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # deferred: mlflow takes ~1 s to import
-
     run_dir = Path(run_dir)
     uri = tracking_uri or resolve_tracking_uri(run_dir)
-    root = local_artifact_root(run_dir)
+    runs = _Runs(uri, local_artifact_root(run_dir), run_dir)
     ids = list(train_ids)
-    opened: list[MlflowTracker] = []
-
-    def open_run(name: str, parent: str | None) -> MlflowTracker:
-        t = MlflowTracker(uri, run_name=name, artifact_root=root)
-        opened.append(t)
-        tags = {"tupac.component": "general", "tupac.run": str(run_dir.resolve())}
-        if parent is not None:
-            tags[MLFLOW_PARENT_RUN_ID] = parent
-        t.set_tags(tags)
-        return t
-
     try:
-        parent = open_run(RUN_NAME, None)
+        parent = runs.open(RUN_NAME, None)
         _log_batch(parent.client, parent.run_id, params, [(0, _oof_metrics(cf, np.asarray(grades)))])
-        run_ids: dict[str, str] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for k, net in enumerate(cf.fold_nets):
-                fit = record.fits[f"fold{k}"]
-                held = [s for s, f in zip(ids, cf.folds) if f == k]
-                child = open_run(f"{RUN_NAME} fold {k}", parent.run_id)
-                _log_batch(child.client, child.run_id,
-                           {**params, **fit.params, "heldout_ids": ",".join(held)}, fit.metrics, fit.times)
-                d = save_grade_net(net, Path(tmp) / f"fold{k}", dict(meta, fold=k, heldout_ids=held))
-                child.log_artifact(d, "model")
-                run_ids[f"fold{k}"] = child.run_id
+        run_ids = _log_fold_runs(runs, parent.run_id, cf, record, ids, params, meta)
         fit = record.fits["all"]
-        final = open_run(f"{RUN_NAME} all training slides", parent.run_id)
+        final = runs.open(f"{RUN_NAME} all training slides", parent.run_id)
         _log_batch(final.client, final.run_id, {**params, **fit.params}, fit.metrics, fit.times)
-        version = final.register_model_dir(
-            Path(net_dir), REGISTERED_NAME,
-            description=f"grade network of the general features on the {params.get('frozen_model')} network, "
-                        f"fitted on {len(ids)} training slides of {run_dir.resolve()}")
-        client = final.client
-        for k, v in {"tupac.weights_sha256": file_sha256(Path(net_dir) / WEIGHTS_FILE),
-                     "tupac.frozen_model_sha256": params.get("frozen_model_sha256", ""),
-                     "tupac.train_ids_sha256": params.get("train_ids_sha256", ""),
-                     "tupac.run_id": final.run_id}.items():
-            client.set_model_version_tag(REGISTERED_NAME, version, k, str(v))
-        final.set_tags({"tupac.registered_version": version})
+        version = _register_final(final, Path(net_dir), params, len(ids), run_dir)
         parent.set_tags({"tupac.registered_version": version})
         run_ids["all"] = final.run_id
     except BaseException:
-        for t in reversed(opened):
-            try:
-                t.finish("FAILED")
-            except Exception:  # the store that just failed may refuse this too; the first error is the one to see
-                pass
+        runs.fail()
         raise
-    for t in opened:
-        t.finish()
+    runs.finish()
     return TrackedGeneral(uri, parent.experiment_id, parent.run_id, run_ids, version)
+
+
+def _log_fold_runs(runs: _Runs, parent_id: str, cf, record: GeneralFitRecord, ids: list[str],
+                   params: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
+    """One nested run per cross-fitting fold: its params (with its held-out slides), its per-epoch
+    metrics and its network as ``model/``. Returns ``{"fold0": run_id, ..}``."""
+    run_ids: dict[str, str] = {}
+    # The fold networks exist only in memory: saved to a scratch folder just long enough to log them.
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, net in enumerate(cf.fold_nets):
+            fit = record.fits[f"fold{k}"]
+            held = [s for s, f in zip(ids, cf.folds) if f == k]
+            child = runs.open(f"{RUN_NAME} fold {k}", parent_id)
+            _log_batch(child.client, child.run_id,
+                       {**params, **fit.params, "heldout_ids": ",".join(held)}, fit.metrics, fit.times)
+            d = save_grade_net(net, Path(tmp) / f"fold{k}", dict(meta, fold=k, heldout_ids=held))
+            child.log_artifact(d, "model")
+            run_ids[f"fold{k}"] = child.run_id
+    return run_ids
+
+
+def _register_final(final: MlflowTracker, net_dir: Path, params: dict[str, Any], n_slides: int, run_dir: Path) -> str:
+    """Register ``net_dir`` (the all-training-slides network) from run ``final`` as a new version of
+    :data:`REGISTERED_NAME`, tag the version with its provenance and the run with the version.
+
+    Returns
+    -------
+    str
+        The registered version.
+    """
+    version = final.register_model_dir(
+        net_dir, REGISTERED_NAME,
+        description=f"grade network of the general features on the {params.get('frozen_model')} network, "
+                    f"fitted on {n_slides} training slides of {run_dir.resolve()}")
+    client = final.client
+    for k, v in {"tupac.weights_sha256": file_sha256(net_dir / WEIGHTS_FILE),
+                 "tupac.frozen_model_sha256": params.get("frozen_model_sha256", ""),
+                 "tupac.train_ids_sha256": params.get("train_ids_sha256", ""),
+                 "tupac.run_id": final.run_id}.items():
+        client.set_model_version_tag(REGISTERED_NAME, version, k, str(v))
+    final.set_tags({"tupac.registered_version": version})
+    return version

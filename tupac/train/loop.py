@@ -218,19 +218,101 @@ def train(
         torch.backends.cudnn.deterministic = prev_cudnn_det
 
 
+@dataclass
+class _Progress:
+    """Where a run stands between epochs: what a checkpoint restores and :class:`TrainResult` reports.
+
+    Attributes
+    ----------
+    history : list of dict
+        One metrics dict per finished epoch (``{"epoch": k, ...}``), oldest first.
+    best_epoch : int
+        The epoch chosen so far (0 before any).
+    best_value : float or None
+        Its monitored value (None before any).
+    start : int
+        The last epoch finished before this call: the resumed checkpoint's, 0 for a fresh run.
+    since_best : int
+        Epochs since ``best_epoch``, what ``config.patience`` counts.
+    checkpoint : Path or None
+        The newest checkpoint written or resumed from.
+    epochs_run : int
+        Epochs trained by this call (resumed ones not counted).
+    stopped_early : bool
+        A callback or ``config.patience`` ended the run before ``config.epochs``.
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float | None = None
+    start: int = 0
+    since_best: int = 0
+    checkpoint: Path | None = None
+    epochs_run: int = 0
+    stopped_early: bool = False
+
+
 def _run(model, train_ds, val_ds, config, out, tracker, callbacks, resume, device, mode) -> TrainResult:
+    """The body of :func:`train` once the determinism flags are set (same parameters, plus the
+    resolved ``device`` and the monitor's ``mode``, ``"min"`` or ``"max"``)."""
+    opt = _prepare_model(model, config, device)
+    data_hash = fingerprint(train_ds)
+    progress = _resume_or_start(out, resume, model, opt, config, data_hash, device)
+    _log_run_params(tracker, config, model, train_ds, val_ds, data_hash)
+    sampler, loader = _train_loader(train_ds, config, device)
+    weight = torch.tensor(config.class_weights, device=device) if config.class_weights else None
+    steps_per_epoch = len(loader)
+    for epoch in range(progress.start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        metrics = _train_epoch(model, opt, loader, sampler, config, device, weight, epoch, steps_per_epoch)
+        value = _validate(model, val_ds, config, device, metrics)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        is_best = _update_best(progress, model, out, data_hash, config, mode, epoch, value)
+        _record_epoch(progress, model, opt, out, data_hash, config, tracker, epoch, metrics)
+        # Every callback runs (no short-circuit) before patience is looked at.
+        stop = _callbacks_stop(callbacks, epoch, metrics, is_best, model, out)
+        if config.patience is not None and progress.since_best >= config.patience:
+            stop = True
+        if stop and epoch < config.epochs:
+            progress.stopped_early = True
+            break
+    return _finish(model, out, data_hash, config, tracker, device, progress)
+
+
+def _prepare_model(model: TupacModel, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """Seed python, numpy and torch from ``config.seed``, move ``model`` to ``device`` and build its
+    AdamW optimizer.
+
+    Returns
+    -------
+    torch.optim.AdamW
+    """
+    # Seed before anything else of the run, so that any draw from the global RNGs outside the
+    # per-epoch streams (a model initialising lazily on ``.to``, say) is reproducible too.
     _seed_all(config.seed)
     model.to(device)
     if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    data_hash = fingerprint(train_ds)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    history: list[dict[str, float]] = []
-    best_epoch, best_value, start = 0, None, 0
+
+def _resume_or_start(
+    out: Path, resume: bool, model: TupacModel, opt, config: TrainConfig, data_hash: str, device: torch.device
+) -> _Progress:
+    """A fresh :class:`_Progress`, or the one of the newest checkpoint in ``out`` (whose weights and
+    optimizer state are loaded into ``model`` and ``opt``).
+
+    Raises
+    ------
+    ConfigError
+        Checkpoints exist but ``resume`` is False, or they were written with another config (beyond
+        ``_RESUMABLE_CHANGES``) or other training data.
+    """
+    progress = _Progress()
     ckpt = latest_checkpoint(out)
     if ckpt is not None and not resume:
         raise ConfigError(f"{out} already holds checkpoints ({ckpt.name}); pass resume=True or use a new directory")
+    progress.checkpoint = ckpt
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, opt, device)
         saved = state["config"]
@@ -240,8 +322,16 @@ def _run(model, train_ds, val_ds, config, out, tracker, callbacks, resume, devic
             raise ConfigError(f"{ckpt}: cannot resume with a different config; changed: {changed}")
         if state["data_hash"] != data_hash:
             raise ConfigError(f"{ckpt}: cannot resume on different training data")
-        history, best_epoch, best_value, start = state["history"], state["best_epoch"], state["best_value"], state["epoch"]
+        progress.history, progress.best_epoch = state["history"], state["best_epoch"]
+        progress.best_value, progress.start = state["best_value"], state["epoch"]
+    if progress.history:
+        # Every finished epoch has a history row, so this is the count since the best one.
+        progress.since_best = len(progress.history) - progress.best_epoch
+    return progress
 
+
+def _log_run_params(tracker: Tracker, config: TrainConfig, model: TupacModel, train_ds, val_ds, data_hash: str) -> None:
+    """Send the run's params once: the config, the model card (less ``extra``), the data sizes and hash."""
     tracker.log_params(
         {
             **config.to_dict(),
@@ -251,6 +341,17 @@ def _run(model, train_ds, val_ds, config, out, tracker, callbacks, resume, devic
             "training_data_hash": data_hash,
         }
     )
+
+
+def _train_loader(train_ds: PatchSource, config: TrainConfig, device: torch.device):
+    """The training set's :class:`EpochSampler` and the DataLoader that batches through it.
+
+    Returns
+    -------
+    sampler : EpochSampler
+        Its shuffle depends only on ``(config.seed, epoch)``; set the epoch before iterating.
+    loader : torch.utils.data.DataLoader
+    """
     sampler = EpochSampler(len(train_ds), config.seed)
     loader = torch.utils.data.DataLoader(
         train_ds,
@@ -261,96 +362,149 @@ def _run(model, train_ds, val_ds, config, out, tracker, callbacks, resume, devic
         generator=torch.Generator().manual_seed(config.seed),  # keep the global RNG untouched
         pin_memory=device.type == "cuda",
     )
-    weight = torch.tensor(config.class_weights, device=device) if config.class_weights else None
-    steps_per_epoch = len(loader)
+    return sampler, loader
+
+
+def _train_epoch(
+    model, opt, loader, sampler, config: TrainConfig, device, weight, epoch: int, steps_per_epoch: int
+) -> dict[str, float]:
+    """One pass over ``loader`` with the learning rate of each step.
+
+    The shuffle, dropout and augmentation streams are re-seeded from ``(config.seed, epoch)`` first,
+    so that a resumed epoch draws exactly what it would have drawn in an uninterrupted run.
+
+    Returns
+    -------
+    dict
+        ``train_loss`` (mean over the epoch's patches) and ``lr`` (the last step's).
+    """
+    sampler.set_epoch(epoch)
+    torch.manual_seed(derive_seed(config.seed, epoch, "torch"))  # dropout
+    gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, epoch, "augment"))
     total_steps = steps_per_epoch * config.epochs
     patch = model.card.patch_size
-    stopped_early, epochs_run, since_best = False, 0, 0
-    if history:
-        since_best = len(history) - best_epoch
+    model.train()
+    loss_sum, n_seen = 0.0, 0
+    for b, (xb, yb) in enumerate(loader):
+        step = (epoch - 1) * steps_per_epoch + b
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(config, step, total_steps)
+        loss = _train_step(model, opt, xb, yb, config, device, weight, gen, patch)
+        loss_sum += loss * len(yb)
+        n_seen += len(yb)
+    return {"train_loss": loss_sum / n_seen, "lr": opt.param_groups[0]["lr"]}
 
-    for epoch in range(start + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        torch.manual_seed(derive_seed(config.seed, epoch, "torch"))  # dropout
-        gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, epoch, "augment"))
-        model.train()
-        loss_sum, n_seen = 0.0, 0
-        for b, (xb, yb) in enumerate(loader):
-            step = (epoch - 1) * steps_per_epoch + b
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(config, step, total_steps)
-            x = _to_input(xb, device, patch)
-            x = _center_crop(augment_batch(x, config.augment, gen), patch)
-            if device.type == "cuda" and config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yb = yb.to(device, non_blocking=True)
-            with _autocast(device, config):
-                logits = model.logits(x)
-            loss = F.cross_entropy(logits.float(), yb, weight=weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach()) * len(yb)
-            n_seen += len(yb)
 
-        metrics: dict[str, float] = {"train_loss": loss_sum / n_seen, "lr": opt.param_groups[0]["lr"]}
-        if val_ds is not None:
-            val, _ = evaluate(model, val_ds, config, device)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            value = val[config.monitor]
-        else:
-            value = metrics["train_loss"]
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        is_best = _is_better(value, best_value, mode)
-        if is_best:
-            best_epoch, best_value, since_best = epoch, value, 0
-            _save_best(model, out, data_hash, config, best_epoch, best_value)
-        else:
-            since_best += 1
-        history.append({"epoch": epoch, **metrics})
-        ckpt = save_checkpoint(
-            out,
-            epoch,
-            model,
-            opt,
-            {
-                "history": history,
-                "best_epoch": best_epoch,
-                "best_value": best_value,
-                "config": config.to_dict(),
-                "data_hash": data_hash,
-                "card": model.card.to_dict(),
-            },
-        )
-        if config.keep_checkpoints == "last_and_best":
-            prune_checkpoints(out, {epoch, best_epoch})
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        tracker.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
-        epochs_run += 1
-        stop = False
-        for cb in callbacks:
-            stop = bool(cb(EpochState(epoch, metrics, is_best, model, out))) or stop
-        if config.patience is not None and since_best >= config.patience:
-            stop = True
-        if stop and epoch < config.epochs:
-            stopped_early = True
-            break
+def _train_step(model, opt, xb, yb, config: TrainConfig, device, weight, gen: torch.Generator, patch: int) -> float:
+    """Augment and crop one uint8 batch, then take one optimizer step on its cross-entropy.
 
+    Returns
+    -------
+    float
+        The batch's mean loss.
+    """
+    x = _to_input(xb, device, patch)
+    x = _center_crop(augment_batch(x, config.augment, gen), patch)
+    if device.type == "cuda" and config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    yb = yb.to(device, non_blocking=True)
+    with _autocast(device, config):
+        logits = model.logits(x)
+    loss = F.cross_entropy(logits.float(), yb, weight=weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def _validate(model, val_ds, config: TrainConfig, device, metrics: dict[str, float]) -> float:
+    """Add the ``val_*`` metrics to ``metrics`` (when there is a validation set) and return the
+    monitored value; without ``val_ds`` the training loss is the monitor."""
+    if val_ds is None:
+        return metrics["train_loss"]
+    val, _ = evaluate(model, val_ds, config, device)
+    metrics.update({f"val_{k}": v for k, v in val.items()})
+    return val[config.monitor]
+
+
+def _update_best(
+    progress: _Progress, model, out: Path, data_hash: str, config: TrainConfig, mode: str, epoch: int, value: float
+) -> bool:
+    """Make ``epoch`` the best one (and save it to ``out/best``) if ``value`` beats the best so far,
+    else count it towards ``config.patience``. Returns whether it was the best."""
+    is_best = _is_better(value, progress.best_value, mode)
+    if is_best:
+        progress.best_epoch, progress.best_value, progress.since_best = epoch, value, 0
+        _save_best(model, out, data_hash, config, epoch, value)
+    else:
+        progress.since_best += 1
+    return is_best
+
+
+def _record_epoch(
+    progress: _Progress,
+    model,
+    opt,
+    out: Path,
+    data_hash: str,
+    config: TrainConfig,
+    tracker: Tracker,
+    epoch: int,
+    metrics: dict[str, float],
+) -> None:
+    """Append the epoch to the history and persist it: checkpoint (pruned if so configured),
+    ``history.json`` and the tracker's per-epoch metrics."""
+    progress.history.append({"epoch": epoch, **metrics})
+    progress.checkpoint = save_checkpoint(
+        out,
+        epoch,
+        model,
+        opt,
+        {
+            "history": progress.history,
+            "best_epoch": progress.best_epoch,
+            "best_value": progress.best_value,
+            "config": config.to_dict(),
+            "data_hash": data_hash,
+            "card": model.card.to_dict(),
+        },
+    )
+    if config.keep_checkpoints == "last_and_best":
+        prune_checkpoints(out, {epoch, progress.best_epoch})
+    (out / "history.json").write_text(json.dumps(progress.history, indent=1))
+    tracker.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+    progress.epochs_run += 1
+
+
+def _callbacks_stop(
+    callbacks: Sequence[Callback], epoch: int, metrics: dict[str, float], is_best: bool, model, out: Path
+) -> bool:
+    """Call every callback with the epoch's :class:`EpochState`; True if any of them asked to stop."""
+    stop = False
+    for cb in callbacks:
+        # A fresh state per callback, so one callback changing a field cannot change what the next sees.
+        stop = bool(cb(EpochState(epoch, metrics, is_best, model, out))) or stop
+    return stop
+
+
+def _finish(
+    model, out: Path, data_hash: str, config: TrainConfig, tracker: Tracker, device, progress: _Progress
+) -> TrainResult:
+    """Load the best epoch's weights and card into ``model``, log them and build the result."""
     best_dir = out / "best"
     if not (best_dir / "card.json").is_file():  # resumed after the last epoch, or nothing improved
-        _save_best(model, out, data_hash, config, best_epoch, best_value)
+        _save_best(model, out, data_hash, config, progress.best_epoch, progress.best_value)
     _load_best(model, best_dir, device)
     tracker.log_artifact(best_dir, "model")
     return TrainResult(
-        best_epoch=best_epoch,
-        best_value=float("nan") if best_value is None else float(best_value),
+        best_epoch=progress.best_epoch,
+        best_value=float("nan") if progress.best_value is None else float(progress.best_value),
         monitor=config.monitor,
-        history=history,
+        history=progress.history,
         model_dir=best_dir,
-        last_checkpoint=latest_checkpoint(out) or ckpt,
-        epochs_run=epochs_run,
-        stopped_early=stopped_early,
+        last_checkpoint=latest_checkpoint(out) or progress.checkpoint,
+        epochs_run=progress.epochs_run,
+        stopped_early=progress.stopped_early,
         card=model.card,
     )
 
