@@ -274,21 +274,146 @@ def _detections(det: pd.DataFrame | np.ndarray | None) -> tuple[np.ndarray, np.n
     return arr[:, :2], (arr[:, 2] if arr.shape[1] == 3 else None)
 
 
+def _tumor_and_tissue(heatmaps: SlideHeatmaps, max_pixels: int, scheduler: Any):
+    """Graph 1: the tumor probabilities and the tissue mask in memory, both on the tumor raster's grid.
+
+    Returns
+    -------
+    prob : ndarray of float32, shape (h, w)
+        Tumor probabilities, block-averaged when the stored raster exceeds ``max_pixels``.
+    tumor_mpp : float
+        Their resolution in µm/px (the stored one times the block factor).
+    tissue : ndarray of bool, shape (h, w), or None
+        The tissue mask resampled onto ``prob``'s pixels (None when the slide has no tissue heatmap).
+    n_tasks : int
+        Tasks in the graph.
+    """
+    import dask  # deferred: dask loads with the first graph
+
+    tumor_d, tumor_mpp = _bounded(heatmaps.tumor, heatmaps.tumor_mpp, max_pixels, "mean")
+    coll = [tumor_d]
+    tissue_d = None
+    if heatmaps.tissue is not None:
+        tissue_d, tissue_mpp = _bounded(heatmaps.tissue, heatmaps.tissue_mpp, max_pixels, "majority")
+        coll.append(tissue_d)
+    n_tasks = _n_tasks(*coll)
+    computed = dask.compute(*coll, scheduler=scheduler)
+    prob_np = np.asarray(computed[0], dtype=np.float32)
+    # Every raster and point is placed in the tumor raster's frame (its pixel (0, 0) at the frame
+    # origin), which is what the pure feature modules assume; results go back to level 0 at the end.
+    tissue_np = None
+    if tissue_d is not None:
+        tissue_np = resample_onto(np.asarray(computed[1], dtype=bool), tissue_mpp, heatmaps.origin_um("tissue"),
+                                  prob_np.shape, tumor_mpp, heatmaps.origin_um("tumor"))
+    return prob_np, tumor_mpp, tissue_np, n_tasks
+
+
+def _mitosis_moments(heatmaps: SlideHeatmaps, tumor_np: np.ndarray, tumor_mpp: float, scheduler: Any):
+    """Graph 2: the mitosis heatmap's moments inside the tumor, per chunk, summed.
+
+    Parameters
+    ----------
+    tumor_np : ndarray of bool, shape (h, w)
+        Tumor mask at ``tumor_mpp`` µm/px, in the tumor raster's frame.
+
+    Returns
+    -------
+    heat : ndarray of float64, shape (5 + HEAT_BINS,), or None
+        :func:`~tupac.features.mitosis_arch.heatmap_moments`; None without a mitosis heatmap or tumor.
+    n_tasks : int
+        Tasks in the graph (0 when it is not built).
+    """
+    import dask  # deferred: dask loads with the first graph
+
+    if heatmaps.mitosis is None or not tumor_np.any():
+        return None, 0
+    # The mask enters the graph once, as one key, rather than once per chunk.
+    tumor_key = dask.delayed(tumor_np, pure=True)
+    blocks = heatmaps.mitosis.map_blocks(
+        _moment_block, tumor_key, tumor_mpp, tuple(heatmaps.origin_um("tumor")), heatmaps.mitosis_mpp,
+        tuple(heatmaps.origin_um("mitosis")),
+        chunks=(1, 1, 5 + HEAT_BINS), new_axis=[2], dtype=np.float64, meta=np.empty((0, 0, 0)),
+    )
+    total = blocks.sum(axis=(0, 1))
+    n_tasks = _n_tasks(total)
+    (heat,) = dask.compute(total, scheduler=scheduler)
+    return heat, n_tasks
+
+
+def _extent_um(tumor_shape: tuple[int, int], tumor_mpp: float, t_origin: np.ndarray, slide_mpp: float,
+               slide_dimensions_l0: tuple[int, int] | None) -> tuple[float, float]:
+    """``(width, height)`` in µm of the slide from the tumor frame's origin (default: the tumor raster's extent)."""
+    if slide_dimensions_l0 is None:
+        return (tumor_shape[1] * tumor_mpp, tumor_shape[0] * tumor_mpp)
+    return (slide_dimensions_l0[0] * slide_mpp - t_origin[1], slide_dimensions_l0[1] * slide_mpp - t_origin[0])
+
+
+def _origins_l0(in_frame: np.ndarray, shift_l0: np.ndarray, slide_mpp: float,
+                slide_dimensions_l0: tuple[int, int] | None) -> np.ndarray:
+    """Fringe patch origins moved from the tumor frame to level 0, shape (k, 2) int64 ``(x, y)`` px.
+
+    With the slide's dimensions, origins are clipped so that a 1000 px patch at 40x stays inside.
+    """
+    origins = np.round(in_frame + shift_l0)
+    if slide_dimensions_l0 is not None:
+        hi = np.asarray(slide_dimensions_l0, dtype=np.float64) - 1000 * MPP_40X / slide_mpp
+        origins = np.clip(origins, 0, np.maximum(hi, 0))
+    return origins.astype(np.int64).reshape(-1, 2)
+
+
+def _arch_and_fringe(heatmaps: SlideHeatmaps, tumor_np: np.ndarray, tumor_mpp: float, tissue_on_tumor: np.ndarray,
+                     xy: np.ndarray, prob: np.ndarray | None, heat: np.ndarray | None, tissue_area_mm2: float,
+                     slide_mpp: float, slide_dimensions_l0: tuple[int, int] | None, n_patches: int, seed: int):
+    """Architectural and fringe features, computed in the tumor raster's frame.
+
+    Parameters
+    ----------
+    tumor_np, tissue_on_tumor : ndarray of bool, shape (h, w)
+        Tumor and tissue masks at ``tumor_mpp`` µm/px, pixel (0, 0) at the frame origin.
+    xy : ndarray of float, shape (n, 2)
+        Detections ``(x, y)`` in level-0 px from the slide origin; ``prob`` (n,) or None.
+    heat : ndarray, shape (5 + HEAT_BINS,), or None
+        Mitosis heatmap moments inside the tumor (:func:`_mitosis_moments`).
+
+    Returns
+    -------
+    features : dict of str -> float
+        Architectural features, then the fringe summary.
+    origins : ndarray of int64, shape (k, 2)
+        Fringe patch origins ``(x, y)`` in level-0 px from the slide origin.
+    """
+    t_origin = heatmaps.origin_um("tumor")
+    shift_l0 = t_origin[::-1] / slide_mpp  # (x, y) level-0 px of the frame origin
+    extent = _extent_um(tumor_np.shape, tumor_mpp, t_origin, slide_mpp, slide_dimensions_l0)
+    features = arch_features(xy - shift_l0, slide_mpp, tumor_np, tumor_mpp, prob=prob, tissue_area_mm2=tissue_area_mm2,
+                             heat_moments=heat, slide_extent_um=extent)
+    in_frame = fringe_patches(tumor_np, tumor_mpp, slide_mpp, tissue=tissue_on_tumor, n=n_patches, seed=seed)
+    features.update(fringe_summary(in_frame, tumor_np, tumor_mpp, slide_mpp))
+    return features, _origins_l0(in_frame, shift_l0, slide_mpp, slide_dimensions_l0)
+
+
+def _bio_features(origins: np.ndarray, xy: np.ndarray, prob: np.ndarray | None, slide_mpp: float,
+                  read_patch: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Biological features pooled over the fringe patches at level-0 ``origins`` (k, 2).
+
+    ``xy`` (n, 2) are the detections in level-0 px and ``prob`` (n,) their probabilities, or None.
+    """
+    per_patch, figures = [], []
+    for origin in origins:
+        rgb = read_patch(origin)
+        pxy, idx = detections_in_patch(xy, origin, slide_mpp)
+        f, figs = patch_bio_features(rgb, pxy, None if prob is None else prob[idx], return_figures=True)
+        per_patch.append(f)
+        figures.append(figs)
+    return slide_bio_features(per_patch, figures)
+
+
 def slide_features(
-    heatmaps: SlideHeatmaps,
-    detections: pd.DataFrame | np.ndarray | None,
-    slide_mpp: float,
-    *,
-    threshold: float = 0.5,
-    min_region_mm2: float = 0.01,
-    max_pixels: int = 16_000_000,
-    n_patches: int = 50,
-    seed: int = 0,
-    read_patch: Callable[[np.ndarray], np.ndarray] | None = None,
-    deep_fit: DeepHistogram | None = None,
-    deep_vectors: np.ndarray | None = None,
-    slide_dimensions_l0: tuple[int, int] | None = None,
-    scheduler: Any = None,
+    heatmaps: SlideHeatmaps, detections: pd.DataFrame | np.ndarray | None, slide_mpp: float, *,
+    threshold: float = 0.5, min_region_mm2: float = 0.01, max_pixels: int = 16_000_000,
+    n_patches: int = 50, seed: int = 0, read_patch: Callable[[np.ndarray], np.ndarray] | None = None,
+    deep_fit: DeepHistogram | None = None, deep_vectors: np.ndarray | None = None,
+    slide_dimensions_l0: tuple[int, int] | None = None, scheduler: Any = None,
 ) -> SlideFeatures:
     """All features of one slide.
 
@@ -321,79 +446,26 @@ def slide_features(
     -------
     SlideFeatures
     """
-    import dask  # deferred: dask loads with the first graph
-
     scheduler = scheduler or "threads"
     xy, prob = _detections(detections)
-
-    # Graph 1: tumor and tissue rasters, bounded in size.
-    tumor_d, tumor_mpp = _bounded(heatmaps.tumor, heatmaps.tumor_mpp, max_pixels, "mean")
-    coll = [tumor_d]
-    tissue_d = None
-    if heatmaps.tissue is not None:
-        tissue_d, tissue_mpp = _bounded(heatmaps.tissue, heatmaps.tissue_mpp, max_pixels, "majority")
-        coll.append(tissue_d)
-    n_tasks = _n_tasks(*coll)
-    computed = dask.compute(*coll, scheduler=scheduler)
-    prob_np = np.asarray(computed[0], dtype=np.float32)
-    # Every raster and point below is placed in the tumor raster's frame (its pixel (0, 0) at the
-    # frame origin), which is what the pure feature modules assume; results go back to level 0 at the end.
-    t_origin = heatmaps.origin_um("tumor")
-    tissue_np = None
-    if tissue_d is not None:
-        tissue_np = resample_onto(np.asarray(computed[1], dtype=bool), tissue_mpp, heatmaps.origin_um("tissue"),
-                                  prob_np.shape, tumor_mpp, t_origin)
+    prob_np, tumor_mpp, tissue_np, n_tasks = _tumor_and_tissue(heatmaps, max_pixels, scheduler)
     tum, tumor_np, tissue_on_tumor = tumor_features(
         prob_np, tumor_mpp, tissue_np, None, threshold=threshold, min_region_mm2=min_region_mm2, return_mask=True,
     )
-    features = dict(tum)
-    groups = ["tumor", "fringe", "mitosis_arch"]
-
-    # Graph 2: mitosis heatmap moments inside the tumor, per chunk, summed.
-    heat = None
-    if heatmaps.mitosis is not None and tumor_np.any():
-        tumor_key = dask.delayed(tumor_np, pure=True)
-        blocks = heatmaps.mitosis.map_blocks(
-            _moment_block, tumor_key, tumor_mpp, tuple(t_origin), heatmaps.mitosis_mpp,
-            tuple(heatmaps.origin_um("mitosis")),
-            chunks=(1, 1, 5 + HEAT_BINS), new_axis=[2], dtype=np.float64, meta=np.empty((0, 0, 0)),
-        )
-        total = blocks.sum(axis=(0, 1))
-        n_tasks += _n_tasks(total)
-        (heat,) = dask.compute(total, scheduler=scheduler)
-
-    shift_l0 = t_origin[::-1] / slide_mpp  # (x, y) level-0 px of the frame origin
-    tissue_area = features["tissue_area_mm2"]
-    extent = (tumor_np.shape[1] * tumor_mpp, tumor_np.shape[0] * tumor_mpp)
-    if slide_dimensions_l0 is not None:
-        extent = (slide_dimensions_l0[0] * slide_mpp - t_origin[1], slide_dimensions_l0[1] * slide_mpp - t_origin[0])
-    features.update(
-        arch_features(xy - shift_l0, slide_mpp, tumor_np, tumor_mpp, prob=prob, tissue_area_mm2=tissue_area,
-                      heat_moments=heat, slide_extent_um=extent)
+    features, groups = dict(tum), ["tumor", "fringe", "mitosis_arch"]
+    heat, heat_tasks = _mitosis_moments(heatmaps, tumor_np, tumor_mpp, scheduler)
+    arch_fringe, origins = _arch_and_fringe(
+        heatmaps, tumor_np, tumor_mpp, tissue_on_tumor, xy, prob, heat, features["tissue_area_mm2"], slide_mpp,
+        slide_dimensions_l0, n_patches, seed,
     )
-
-    in_frame = fringe_patches(tumor_np, tumor_mpp, slide_mpp, tissue=tissue_on_tumor, n=n_patches, seed=seed)
-    features.update(fringe_summary(in_frame, tumor_np, tumor_mpp, slide_mpp))
-    origins = np.round(in_frame + shift_l0)
-    if slide_dimensions_l0 is not None:
-        hi = np.asarray(slide_dimensions_l0, dtype=np.float64) - 1000 * MPP_40X / slide_mpp
-        origins = np.clip(origins, 0, np.maximum(hi, 0))
-    origins = origins.astype(np.int64).reshape(-1, 2)
-
+    features.update(arch_fringe)
     if read_patch is not None:
         groups.append("mitosis_bio")
-        per_patch, figures = [], []
-        for origin in origins:
-            rgb = read_patch(origin)
-            pxy, idx = detections_in_patch(xy, origin, slide_mpp)
-            f, figs = patch_bio_features(rgb, pxy, None if prob is None else prob[idx], return_figures=True)
-            per_patch.append(f)
-            figures.append(figs)
-        features.update(slide_bio_features(per_patch, figures))
+        features.update(_bio_features(origins, xy, prob, slide_mpp, read_patch))
     if deep_fit is not None:
         groups.append("deep_hist")
         features.update(deep_fit.features(np.zeros((0, deep_fit.dim)) if deep_vectors is None else deep_vectors))
-    return SlideFeatures(features, tuple(groups), origins, n_tasks)
+    return SlideFeatures(features, tuple(groups), origins, n_tasks + heat_tasks)
 
 
 # ---------------------------------------------------------------- the cohort

@@ -96,22 +96,68 @@ def _thin(rc: np.ndarray, cell_px: float, rng: np.random.Generator) -> np.ndarra
     return rc[np.sort(first)]
 
 
+def _tissue_on_mask(tumor: np.ndarray, tissue: np.ndarray | None, tissue_mpp: float | None,
+                    mask_mpp: float) -> np.ndarray:
+    """The tissue mask as bool on the tumor mask's grid (``tumor.shape`` at ``mask_mpp`` µm/px); all tissue if None."""
+    if tissue is None:
+        return np.ones_like(tumor)
+    tissue_b = _check_mask(tissue, "tissue mask")
+    if tissue_b.shape != tumor.shape or (tissue_mpp is not None and tissue_mpp != mask_mpp):
+        tissue_b = resample_nearest(tissue_b, tissue_mpp or mask_mpp, mask_mpp, tumor.shape)
+    return tissue_b
+
+
+def _choose_centres(tiers: tuple[np.ndarray, ...], tissue: np.ndarray, half_px: float, min_tissue_fraction: float,
+                    spacing_px: float, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to ``n`` patch centres ``(row, col)`` in mask pixels, greedily from each tier in turn.
+
+    Parameters
+    ----------
+    tiers : tuple of ndarray of bool, shape (h, w)
+        Candidate pixels, most wanted first (band, interior, other regions).
+    tissue : ndarray of bool, shape (h, w)
+        Tissue mask; a candidate's patch (half side ``half_px`` mask px) needs ``min_tissue_fraction`` of it.
+    spacing_px : float
+        Minimum distance between chosen centres, in mask px.
+    rng : numpy.random.Generator
+        Draws the random order of each tier's candidates (one permutation per non-empty tier).
+    """
+    chosen: list[np.ndarray] = []
+    for tier in tiers:
+        if len(chosen) >= n:
+            break
+        rc = np.argwhere(tier).astype(np.float64)
+        if len(rc) == 0:
+            continue
+        rc = rc[_tissue_fraction(tissue, rc, half_px) >= min_tissue_fraction]
+        if len(rc) == 0:
+            continue
+        for cand in _thin(rc, spacing_px / 2, rng):
+            if chosen and np.min(np.hypot(*(np.asarray(chosen) - cand).T)) < spacing_px:
+                continue
+            chosen.append(cand)
+            if len(chosen) >= n:
+                break
+    return chosen
+
+
+def _origins_l0(chosen: list[np.ndarray], mask_mpp: float, slide_mpp: float, patch_um: float,
+                slide_dimensions_l0: tuple[int, int] | None) -> np.ndarray:
+    """Top-left ``(x, y)`` level-0 px (int64, shape (k, 2)) of patches of side ``patch_um`` µm centred on the
+    mask pixels ``chosen`` ``(row, col)``, clipped to the slide when its dimensions are known."""
+    centre_um = (np.asarray(chosen)[:, ::-1] + 0.5) * mask_mpp
+    patch_l0 = patch_um / slide_mpp
+    origins = np.round(centre_um / slide_mpp - patch_l0 / 2)
+    hi = np.inf if slide_dimensions_l0 is None else np.asarray(slide_dimensions_l0, dtype=np.float64) - patch_l0
+    return np.clip(origins, 0, np.maximum(hi, 0)).astype(np.int64)
+
+
 def fringe_patches(
-    tumor: np.ndarray,
-    mask_mpp: float,
-    slide_mpp: float,
-    *,
-    tissue: np.ndarray | None = None,
-    tissue_mpp: float | None = None,
-    n: int = 50,
-    patch_px: int = 1000,
-    patch_mpp: float = MPP_40X,
-    band_um: float | None = None,
-    n_regions: int = 3,
-    min_spacing_um: float | None = None,
-    min_tissue_fraction: float = 0.5,
-    slide_dimensions_l0: tuple[int, int] | None = None,
-    seed: int = 0,
+    tumor: np.ndarray, mask_mpp: float, slide_mpp: float, *,
+    tissue: np.ndarray | None = None, tissue_mpp: float | None = None, n: int = 50,
+    patch_px: int = 1000, patch_mpp: float = MPP_40X, band_um: float | None = None, n_regions: int = 3,
+    min_spacing_um: float | None = None, min_tissue_fraction: float = 0.5,
+    slide_dimensions_l0: tuple[int, int] | None = None, seed: int = 0,
 ) -> np.ndarray:
     """Level-0 origins of up to ``n`` patches from the fringes of the largest tumor regions.
 
@@ -130,12 +176,11 @@ def fringe_patches(
         Number of patches wanted (50 in the paper).
     patch_px, patch_mpp : int, float
         Patch side in pixels at ``patch_mpp`` µm/px (1000 px at 40x = 250 µm).
-    band_um : float, optional
-        Width of the boundary band; default half the patch side.
+    band_um, min_spacing_um : float, optional
+        Width of the boundary band (default half the patch side) and minimum distance between patch
+        centres (default the patch side: patches do not overlap), in µm.
     n_regions : int
         Number of largest regions whose fringes are sampled first.
-    min_spacing_um : float, optional
-        Minimum distance between patch centres; default the patch side (patches do not overlap).
     min_tissue_fraction : float
         Minimum tissue fraction of a patch.
     slide_dimensions_l0 : (width, height), optional
@@ -155,40 +200,15 @@ def fringe_patches(
     patch_um = patch_px * patch_mpp
     band_um = patch_um / 2 if band_um is None else band_um
     spacing_um = patch_um if min_spacing_um is None else min_spacing_um
-    if tissue is None:
-        tissue_b = np.ones_like(tumor)
-    else:
-        tissue_b = _check_mask(tissue, "tissue mask")
-        if tissue_b.shape != tumor.shape or (tissue_mpp is not None and tissue_mpp != mask_mpp):
-            tissue_b = resample_nearest(tissue_b, tissue_mpp or mask_mpp, mask_mpp, tumor.shape)
+    tissue_b = _tissue_on_mask(tumor, tissue, tissue_mpp, mask_mpp)
     tumor = tumor & tissue_b
     band, interior = fringe_band(tumor, mask_mpp, band_um=band_um, n_regions=n_regions)
     others = tumor & ~band & ~interior
-    rng = np.random.default_rng(seed)
-    spacing_px = spacing_um / mask_mpp
-    chosen: list[np.ndarray] = []
-    for tier in (band, interior, others):
-        if len(chosen) >= n:
-            break
-        rc = np.argwhere(tier).astype(np.float64)
-        if len(rc) == 0:
-            continue
-        rc = rc[_tissue_fraction(tissue_b, rc, patch_um / mask_mpp / 2) >= min_tissue_fraction]
-        if len(rc) == 0:
-            continue
-        for cand in _thin(rc, spacing_px / 2, rng):
-            if chosen and np.min(np.hypot(*(np.asarray(chosen) - cand).T)) < spacing_px:
-                continue
-            chosen.append(cand)
-            if len(chosen) >= n:
-                break
+    chosen = _choose_centres((band, interior, others), tissue_b, patch_um / mask_mpp / 2, min_tissue_fraction,
+                             spacing_um / mask_mpp, n, np.random.default_rng(seed))
     if not chosen:
         return np.zeros((0, 2), dtype=np.int64)
-    centre_um = (np.asarray(chosen)[:, ::-1] + 0.5) * mask_mpp
-    patch_l0 = patch_um / slide_mpp
-    origins = np.round(centre_um / slide_mpp - patch_l0 / 2)
-    hi = np.inf if slide_dimensions_l0 is None else np.asarray(slide_dimensions_l0, dtype=np.float64) - patch_l0
-    return np.clip(origins, 0, np.maximum(hi, 0)).astype(np.int64)
+    return _origins_l0(chosen, mask_mpp, slide_mpp, patch_um, slide_dimensions_l0)
 
 
 def fringe_summary(

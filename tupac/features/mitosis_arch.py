@@ -376,19 +376,93 @@ def _spread_features(xy_um: np.ndarray) -> dict:
     return {"arch_radius_of_gyration_mm": rg, "arch_hull_area_mm2": hull, "arch_spatial_anisotropy": float(aniso)}
 
 
+def _checked_inputs(xy_l0: np.ndarray, slide_mpp: float, tumor: np.ndarray, tumor_mpp: float):
+    """``(xy, tumor)``: detections as float64 (n, 2) level-0 px and the tumor mask as bool (h, w), validated."""
+    xy = np.asarray(xy_l0, dtype=np.float64).reshape(-1, 2)
+    tumor = np.asarray(tumor, dtype=bool)
+    if tumor.ndim != 2:
+        raise FeatureError(f"tumor mask must be 2-D, got shape {tumor.shape}")
+    if slide_mpp <= 0 or tumor_mpp <= 0:
+        raise FeatureError(f"resolutions must be positive, got slide {slide_mpp}, tumor {tumor_mpp}")
+    if not np.isfinite(xy).all():
+        raise FeatureError("detection coordinates contain NaN or Inf")
+    return xy, tumor
+
+
+def _count_features(xy_um: np.ndarray, tumor: np.ndarray, tumor_mpp: float, tumor_area: float,
+                    tissue_area: float, prob: np.ndarray | None) -> dict:
+    """Counts, densities (per mm²) and detection confidence of the mitoses at ``xy_um`` (n, 2) µm.
+
+    A mitosis is in the tumor when the mask pixel under it (``tumor`` (h, w) at ``tumor_mpp`` µm/px)
+    is set; points outside the mask's extent are outside the tumor.
+    """
+    n = len(xy_um)
+    rc = np.floor(xy_um[:, ::-1] / tumor_mpp).astype(np.int64)
+    ok = (rc >= 0).all(axis=1) & (rc[:, 0] < tumor.shape[0]) & (rc[:, 1] < tumor.shape[1])
+    in_tumor = np.zeros(n, dtype=bool)
+    in_tumor[ok] = tumor[rc[ok, 0], rc[ok, 1]]
+    n_t = int(in_tumor.sum())
+    out = dict(
+        arch_n_mitoses=float(n),
+        arch_n_in_tumor=float(n_t),
+        arch_frac_in_tumor=n_t / n if n else 0.0,
+        arch_density_tumor_per_mm2=n_t / tumor_area if tumor_area > 0 else 0.0,
+        arch_density_tissue_per_mm2=n / tissue_area if tissue_area > 0 else 0.0,
+    )
+    if prob is not None and n:
+        p = np.asarray(prob, dtype=np.float64).reshape(-1)
+        out.update(arch_prob_mean=float(p.mean()), arch_prob_std=float(p.std()), arch_n_high_conf=float((p >= 0.9).sum()))
+    return out
+
+
+def _window_extent(xy_um: np.ndarray, slide_extent_um: tuple[float, float] | None, tumor_shape: tuple[int, int],
+                   tumor_mpp: float) -> tuple[float, float]:
+    """``(width, height)`` µm covered by the hotspot windows and the HPF grid.
+
+    The slide's extent (default: the tumor mask's), grown so that every point of ``xy_um`` (n, 2) lies inside.
+    """
+    extent = slide_extent_um or (tumor_shape[1] * tumor_mpp, tumor_shape[0] * tumor_mpp)
+    if len(xy_um):
+        extent = (max(extent[0], float(xy_um[:, 0].max()) + 1), max(extent[1], float(xy_um[:, 1].max()) + 1))
+    return extent
+
+
+def _hotspot_features(xy_um: np.ndarray, extent: tuple[float, float], dens_t: float) -> dict:
+    """Densest 1-HPF and 10-HPF windows: count, density per mm², and ratio to the tumor density ``dens_t``."""
+    out = {}
+    for k, area in (("1hpf", HPF_MM2), ("10hpf", 10 * HPF_MM2)):
+        count, _ = hotspot(xy_um, extent, math.sqrt(area) * 1000.0)
+        out[f"arch_hotspot_{k}_count"] = float(count)
+        out[f"arch_hotspot_{k}_density_per_mm2"] = count / area
+        out[f"arch_hotspot_{k}_ratio"] = (count / area) / dens_t if dens_t > 0 else 0.0
+    return out
+
+
+def _tessellation_features(xy_um: np.ndarray) -> dict:
+    """Delaunay edge lengths (µm) and triangle areas, Voronoi cell areas (mm²), or their missing flags."""
+    out = {}
+    edges, tri_areas = delaunay_edges(xy_um)
+    if len(edges):
+        lengths = np.hypot(*(xy_um[edges[:, 0]] - xy_um[edges[:, 1]]).T)
+        out.update(_stats_block("arch_delaunay_edge", lengths))
+        out["arch_delaunay_tri_area_mean"] = float(tri_areas.mean()) / 1e6
+    else:
+        out["arch_delaunay_missing"] = 1.0
+    areas = voronoi_areas(xy_um) / 1e6
+    if len(areas):
+        out.update(_stats_block("arch_voronoi_area", areas))
+    else:
+        out["arch_voronoi_missing"] = 1.0
+    return out
+
+
 # ---------------------------------------------------------------- the sixty features
 
 
 def arch_features(
-    xy_l0: np.ndarray,
-    slide_mpp: float,
-    tumor: np.ndarray,
-    tumor_mpp: float,
-    *,
-    prob: np.ndarray | None = None,
-    tissue_area_mm2: float | None = None,
-    heat_moments: np.ndarray | None = None,
-    slide_extent_um: tuple[float, float] | None = None,
+    xy_l0: np.ndarray, slide_mpp: float, tumor: np.ndarray, tumor_mpp: float, *,
+    prob: np.ndarray | None = None, tissue_area_mm2: float | None = None,
+    heat_moments: np.ndarray | None = None, slide_extent_um: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """The sixty architectural features and their flags for one slide.
 
@@ -416,69 +490,28 @@ def arch_features(
     dict of str -> float
         :data:`ARCH_FEATURES` (sixty) and :data:`ARCH_FLAGS`, all finite.
     """
-    xy = np.asarray(xy_l0, dtype=np.float64).reshape(-1, 2)
-    tumor = np.asarray(tumor, dtype=bool)
-    if tumor.ndim != 2:
-        raise FeatureError(f"tumor mask must be 2-D, got shape {tumor.shape}")
-    if slide_mpp <= 0 or tumor_mpp <= 0:
-        raise FeatureError(f"resolutions must be positive, got slide {slide_mpp}, tumor {tumor_mpp}")
-    if not np.isfinite(xy).all():
-        raise FeatureError("detection coordinates contain NaN or Inf")
+    xy, tumor = _checked_inputs(xy_l0, slide_mpp, tumor, tumor_mpp)
     xy_um = xy * slide_mpp
     n = len(xy_um)
+    # Every name is present, 0.0 until computed, in dictionary order.
     out = dict.fromkeys((f.name for f in ARCH_FEATURES), 0.0)
     out.update(dict.fromkeys((f.name for f in ARCH_FLAGS), 0.0))
 
     tumor_area = float(tumor.sum()) * (tumor_mpp / 1000.0) ** 2
     tissue_area = tumor_area if tissue_area_mm2 is None else float(tissue_area_mm2)
-    rc = np.floor(xy_um[:, ::-1] / tumor_mpp).astype(np.int64)
-    ok = (rc >= 0).all(axis=1) & (rc[:, 0] < tumor.shape[0]) & (rc[:, 1] < tumor.shape[1])
-    in_tumor = np.zeros(n, dtype=bool)
-    in_tumor[ok] = tumor[rc[ok, 0], rc[ok, 1]]
-    n_t = int(in_tumor.sum())
-    dens_t = n_t / tumor_area if tumor_area > 0 else 0.0
-    out.update(
-        arch_n_mitoses=float(n),
-        arch_n_in_tumor=float(n_t),
-        arch_frac_in_tumor=n_t / n if n else 0.0,
-        arch_density_tumor_per_mm2=dens_t,
-        arch_density_tissue_per_mm2=n / tissue_area if tissue_area > 0 else 0.0,
-    )
-    if prob is not None and n:
-        p = np.asarray(prob, dtype=np.float64).reshape(-1)
-        out.update(arch_prob_mean=float(p.mean()), arch_prob_std=float(p.std()), arch_n_high_conf=float((p >= 0.9).sum()))
-
-    extent = slide_extent_um or (tumor.shape[1] * tumor_mpp, tumor.shape[0] * tumor_mpp)
-    if n:
-        extent = (max(extent[0], float(xy_um[:, 0].max()) + 1), max(extent[1], float(xy_um[:, 1].max()) + 1))
-    for k, area in (("1hpf", HPF_MM2), ("10hpf", 10 * HPF_MM2)):
-        count, _ = hotspot(xy_um, extent, math.sqrt(area) * 1000.0)
-        out[f"arch_hotspot_{k}_count"] = float(count)
-        out[f"arch_hotspot_{k}_density_per_mm2"] = count / area
-        out[f"arch_hotspot_{k}_ratio"] = (count / area) / dens_t if dens_t > 0 else 0.0
-
+    out.update(_count_features(xy_um, tumor, tumor_mpp, tumor_area, tissue_area, prob))
+    extent = _window_extent(xy_um, slide_extent_um, tumor.shape, tumor_mpp)
+    out.update(_hotspot_features(xy_um, extent, out["arch_density_tumor_per_mm2"]))
     if tumor_area > 0:
         out.update(_grid_features(xy_um, tumor, tumor_mpp, extent))
         if heat_moments is not None:
             out.update(heatmap_features(np.asarray(heat_moments, dtype=np.float64)))
     else:
         out["arch_tumor_missing"] = 1.0
-
     if n >= 2:
         out.update(_nn_features(xy_um, tumor_area))
         out.update(_spread_features(xy_um))
     else:
         out["arch_nn_missing"] = 1.0
-    edges, tri_areas = delaunay_edges(xy_um)
-    if len(edges):
-        lengths = np.hypot(*(xy_um[edges[:, 0]] - xy_um[edges[:, 1]]).T)
-        out.update(_stats_block("arch_delaunay_edge", lengths))
-        out["arch_delaunay_tri_area_mean"] = float(tri_areas.mean()) / 1e6
-    else:
-        out["arch_delaunay_missing"] = 1.0
-    areas = voronoi_areas(xy_um) / 1e6
-    if len(areas):
-        out.update(_stats_block("arch_voronoi_area", areas))
-    else:
-        out["arch_voronoi_missing"] = 1.0
+    out.update(_tessellation_features(xy_um))
     return {k: float(v) for k, v in out.items()}

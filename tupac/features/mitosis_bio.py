@@ -296,6 +296,95 @@ def _nn(xy: np.ndarray, mpp: float) -> np.ndarray:
     return d.min(axis=1) * mpp
 
 
+def _shape_block(figs: pd.DataFrame) -> dict[str, float]:
+    """Size and shape of the segmented figures (µm, µm²; ratios unitless); NaN without a figure."""
+    # Axis ratio and circularity are undefined (NaN, left out by _m/_s) for a zero major axis or perimeter.
+    circularity = 4 * np.pi * figs["area"] / figs["perimeter"].where(figs["perimeter"] > 0) ** 2
+    return {
+        "bio_area_mean": _m(figs["area"]),
+        "bio_area_std": _s(figs["area"]),
+        "bio_area_min": float(figs["area"].min()) if len(figs) else math.nan,
+        "bio_area_max": float(figs["area"].max()) if len(figs) else math.nan,
+        "bio_perimeter_mean": _m(figs["perimeter"]),
+        "bio_perimeter_std": _s(figs["perimeter"]),
+        "bio_eccentricity_mean": _m(figs["eccentricity"]),
+        "bio_eccentricity_std": _s(figs["eccentricity"]),
+        "bio_solidity_mean": _m(figs["solidity"]),
+        "bio_solidity_std": _s(figs["solidity"]),
+        "bio_major_axis_mean": _m(figs["major"]),
+        "bio_major_axis_std": _s(figs["major"]),
+        "bio_minor_axis_mean": _m(figs["minor"]),
+        "bio_minor_axis_std": _s(figs["minor"]),
+        "bio_axis_ratio_mean": _m(figs["minor"] / figs["major"].where(figs["major"] > 0)),
+        "bio_circularity_mean": _m(circularity),
+        "bio_circularity_std": _s(circularity),
+        "bio_extent_mean": _m(figs["extent"]),
+        "bio_equiv_diameter_mean": _m(figs["equiv_diameter"]),
+    }
+
+
+def _orientation_block(figs: pd.DataFrame) -> dict[str, float]:
+    """How aligned the figures' major axes are (orientations in radians, axial); NaN without a figure."""
+    # Orientations are axial (θ and θ + π are the same axis): doubling the angles makes them circular.
+    doubled = 2 * figs["orientation"].to_numpy()
+    resultant = float(np.hypot(np.cos(doubled).mean(), np.sin(doubled).mean())) if len(figs) else math.nan
+    return {
+        "bio_orientation_coherence": resultant,
+        # Axial circular std: sqrt(-2 ln R) of the doubled angles, halved back to the axial scale.
+        "bio_orientation_circstd": math.sqrt(max(-2 * math.log(max(resultant, 1e-12)), 0.0)) / 2 if len(figs) else math.nan,
+    }
+
+
+def _stain_texture_block(figs: pd.DataFrame) -> dict[str, float]:
+    """Stain intensity (hematoxylin, eosin, summed optical density, gray level) and GLCM texture of the
+    figures (see :func:`figure_properties`); NaN without a figure."""
+    return {
+        "bio_h_mean_mean": _m(figs["h_mean"]),
+        "bio_h_mean_std": _s(figs["h_mean"]),
+        "bio_h_std_mean": _m(figs["h_std"]),
+        "bio_h_max_mean": _m(figs["h_max"]),
+        "bio_h_integrated_mean": _m(figs["h_integrated"]),
+        "bio_h_contrast_mean": _m(figs["h_contrast"]),
+        "bio_e_mean_mean": _m(figs["e_mean"]),
+        "bio_e_std_mean": _m(figs["e_std"]),
+        "bio_e_ring_mean": _m(figs["e_ring"]),
+        "bio_od_mean_mean": _m(figs["od_mean"]),
+        "bio_gray_mean_mean": _m(figs["gray_mean"]),
+        "bio_glcm_contrast_mean": _m(figs["glcm_contrast"]),
+        "bio_glcm_contrast_std": _s(figs["glcm_contrast"]),
+        "bio_glcm_homogeneity_mean": _m(figs["glcm_homogeneity"]),
+        "bio_glcm_homogeneity_std": _s(figs["glcm_homogeneity"]),
+        "bio_glcm_energy_mean": _m(figs["glcm_energy"]),
+        "bio_glcm_energy_std": _s(figs["glcm_energy"]),
+        "bio_glcm_correlation_mean": _m(figs["glcm_correlation"]),
+        "bio_glcm_correlation_std": _s(figs["glcm_correlation"]),
+        "bio_glcm_dissimilarity_mean": _m(figs["glcm_dissimilarity"]),
+    }
+
+
+def _neighbour_block(xy: np.ndarray, mpp: float) -> dict[str, float]:
+    """Nearest-neighbour distances (µm) between the mitoses at ``xy`` (n, 2) patch px; NaN for n < 2."""
+    nn = _nn(xy, mpp)
+    return {
+        "bio_nn_dist_mean": _m(nn),
+        "bio_nn_dist_min": float(nn.min()) if nn.size else math.nan,
+        "bio_frac_nn_lt_25um": float((nn < 25.0).mean()) if nn.size else math.nan,
+    }
+
+
+def _patch_stain_block(rgb: np.ndarray, h: np.ndarray, e: np.ndarray) -> dict[str, float]:
+    """Mean hematoxylin and eosin of the patch's tissue (of the whole patch if it has no tissue).
+
+    ``rgb`` is (h, w, 3) uint8; ``h`` and ``e`` (h, w) are its ``skimage.color.rgb2hed`` channels.
+    """
+    # Glass is bright in every channel; stained tissue is dark (OD > 0.1) in at least its darkest one.
+    tissue = np.asarray(rgb).min(axis=-1) < 255.0 * 10**-0.1
+    return {
+        "bio_patch_h_mean": float(h[tissue].mean()) if tissue.any() else float(h.mean()),
+        "bio_patch_e_mean": float(e[tissue].mean()) if tissue.any() else float(e.mean()),
+    }
+
+
 def patch_bio_features(
     rgb: np.ndarray,
     xy: np.ndarray,
@@ -333,65 +422,18 @@ def patch_bio_features(
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     channels = _stain_channels(np.asarray(rgb))
     figs = figure_properties(rgb, xy, mpp, _channels=channels, **segment_kwargs)
-    h, e, od = channels
-    # Glass is bright in every channel; stained tissue is dark (OD > 0.1) in at least its darkest one.
-    tissue = np.asarray(rgb).min(axis=-1) < 255.0 * 10**-0.1
+    h, e, _ = channels
     area_mm2 = rgb.shape[0] * rgb.shape[1] * (mpp / 1000.0) ** 2
-    nn = _nn(xy, mpp)
-    doubled = 2 * figs["orientation"].to_numpy()
-    resultant = float(np.hypot(np.cos(doubled).mean(), np.sin(doubled).mean())) if len(figs) else math.nan
     out = {
         "bio_n_mitoses": float(len(xy)),
         "bio_n_segmented": float(len(figs)),
         "bio_density_per_mm2": len(xy) / area_mm2,
         "bio_prob_mean": _m(prob) if prob is not None and len(prob) else math.nan,
-        "bio_area_mean": _m(figs["area"]),
-        "bio_area_std": _s(figs["area"]),
-        "bio_area_min": float(figs["area"].min()) if len(figs) else math.nan,
-        "bio_area_max": float(figs["area"].max()) if len(figs) else math.nan,
-        "bio_perimeter_mean": _m(figs["perimeter"]),
-        "bio_perimeter_std": _s(figs["perimeter"]),
-        "bio_eccentricity_mean": _m(figs["eccentricity"]),
-        "bio_eccentricity_std": _s(figs["eccentricity"]),
-        "bio_solidity_mean": _m(figs["solidity"]),
-        "bio_solidity_std": _s(figs["solidity"]),
-        "bio_major_axis_mean": _m(figs["major"]),
-        "bio_major_axis_std": _s(figs["major"]),
-        "bio_minor_axis_mean": _m(figs["minor"]),
-        "bio_minor_axis_std": _s(figs["minor"]),
-        "bio_axis_ratio_mean": _m(figs["minor"] / figs["major"].where(figs["major"] > 0)),
-        "bio_circularity_mean": _m(4 * np.pi * figs["area"] / figs["perimeter"].where(figs["perimeter"] > 0) ** 2),
-        "bio_circularity_std": _s(4 * np.pi * figs["area"] / figs["perimeter"].where(figs["perimeter"] > 0) ** 2),
-        "bio_extent_mean": _m(figs["extent"]),
-        "bio_equiv_diameter_mean": _m(figs["equiv_diameter"]),
-        "bio_orientation_coherence": resultant,
-        # Axial circular std: sqrt(-2 ln R) of the doubled angles, halved back to the axial scale.
-        "bio_orientation_circstd": math.sqrt(max(-2 * math.log(max(resultant, 1e-12)), 0.0)) / 2 if len(figs) else math.nan,
-        "bio_h_mean_mean": _m(figs["h_mean"]),
-        "bio_h_mean_std": _s(figs["h_mean"]),
-        "bio_h_std_mean": _m(figs["h_std"]),
-        "bio_h_max_mean": _m(figs["h_max"]),
-        "bio_h_integrated_mean": _m(figs["h_integrated"]),
-        "bio_h_contrast_mean": _m(figs["h_contrast"]),
-        "bio_e_mean_mean": _m(figs["e_mean"]),
-        "bio_e_std_mean": _m(figs["e_std"]),
-        "bio_e_ring_mean": _m(figs["e_ring"]),
-        "bio_od_mean_mean": _m(figs["od_mean"]),
-        "bio_gray_mean_mean": _m(figs["gray_mean"]),
-        "bio_glcm_contrast_mean": _m(figs["glcm_contrast"]),
-        "bio_glcm_contrast_std": _s(figs["glcm_contrast"]),
-        "bio_glcm_homogeneity_mean": _m(figs["glcm_homogeneity"]),
-        "bio_glcm_homogeneity_std": _s(figs["glcm_homogeneity"]),
-        "bio_glcm_energy_mean": _m(figs["glcm_energy"]),
-        "bio_glcm_energy_std": _s(figs["glcm_energy"]),
-        "bio_glcm_correlation_mean": _m(figs["glcm_correlation"]),
-        "bio_glcm_correlation_std": _s(figs["glcm_correlation"]),
-        "bio_glcm_dissimilarity_mean": _m(figs["glcm_dissimilarity"]),
-        "bio_nn_dist_mean": _m(nn),
-        "bio_nn_dist_min": float(nn.min()) if nn.size else math.nan,
-        "bio_frac_nn_lt_25um": float((nn < 25.0).mean()) if nn.size else math.nan,
-        "bio_patch_h_mean": float(h[tissue].mean()) if tissue.any() else float(h.mean()),
-        "bio_patch_e_mean": float(e[tissue].mean()) if tissue.any() else float(e.mean()),
+        **_shape_block(figs),
+        **_orientation_block(figs),
+        **_stain_texture_block(figs),
+        **_neighbour_block(xy, mpp),
+        **_patch_stain_block(rgb, h, e),
     }
     return (out, figs) if return_figures else out
 
