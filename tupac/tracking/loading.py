@@ -19,7 +19,6 @@ anything. :func:`load_registered_model` instead
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from urllib.request import url2pathname
 import yaml
 
 from tupac.errors import ModelFileError, UntrustedModelError
+from tupac.heatmaps.commit import file_sha256 as fingerprint
 from tupac.tracking.store import local_artifact_root, open_store, resolve_tracking_uri
 
 __all__ = ["TRUSTED_TYPES", "TAG_SHA", "LoadedModel", "load_registered_model", "file_sha256", "skops_file"]
@@ -51,11 +51,8 @@ _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ver
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex SHA-256 of a file, streamed (the run format's :func:`tupac.heatmaps.commit.file_sha256`)."""
+    return fingerprint(path).sha256
 
 
 @dataclass(frozen=True)
