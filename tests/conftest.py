@@ -18,6 +18,18 @@ REAL_DIR = ROOT / "tests" / "fixtures" / "real"
 ARTIFACTS_DIR = Path(os.environ.get("TUPAC_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_env():
+    """No telemetry, and no tracking URI leaking in from the developer's shell (every test that tracks,
+    the session's ``fitted_run`` included, writes to a store it made itself)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     return REAL_DIR
