@@ -55,14 +55,10 @@ class CardInfo:
         card = load_card(model_dir)
         if card.task != task:
             raise ModelError(f"{model_dir}: card says task {card.task!r}, expected a {task} model")
-        if card.detection_threshold is not None:
-            threshold = float(card.detection_threshold)
-        else:
-            threshold = float(card.extra.get("threshold", 0.5))
         method = card.stain_method
         if card.stain_reference and not method:
             method = stain.StainReference.load(Path(model_dir) / card.stain_reference).method
-        return cls(task, card, method if card.stain_reference else None, threshold, weights_hash(model_dir))
+        return cls(task, card, method if card.stain_reference else None, card.decision_threshold, weights_hash(model_dir))
 
     @classmethod
     def from_trained(cls, task: str, trained) -> "CardInfo":

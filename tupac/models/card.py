@@ -167,6 +167,14 @@ class ModelCard:
             raise ModelError(f"with_metadata() changes only {METADATA_FIELDS}; got {bad}")
         return dataclasses.replace(self, **changes)
 
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold a trained model is used at: ``detection_threshold`` (mitosis), else
+        ``extra["threshold"]`` (tumor regions), else 0.5."""
+        if self.detection_threshold is not None:
+            return float(self.detection_threshold)
+        return float(self.extra.get("threshold", 0.5))
+
     def heatmap_shape(self, height: int, width: int, stride: int | None = None) -> tuple[int, int]:
         """Heatmap size for an input of ``height x width`` pixels, for the exact-window contract.
 

@@ -70,8 +70,4 @@ def load_trained(model_dir: str | Path, device: str = "cpu") -> TrainedModel:
         if not ref_path.is_file():
             raise ModelFileError(ref_path, "the card names this stain reference but the file is missing")
         reference = StainReference.load(ref_path)
-    if card.detection_threshold is not None:
-        threshold = float(card.detection_threshold)
-    else:
-        threshold = float(card.extra.get("threshold", 0.5))
-    return TrainedModel(model, reference, threshold, digest, model_dir)
+    return TrainedModel(model, reference, card.decision_threshold, digest, model_dir)
