@@ -45,7 +45,7 @@ from tupac.preprocess import stain
 from tupac.preprocess.stain.base import N_COLORS
 from tupac.slide import open_slide
 
-__all__ = ["WindowBatch", "ModelActor", "device_info", "use_stain_lut"]
+__all__ = ["BATCH_STEPS", "WindowBatch", "ModelActor", "device_info", "step_seconds", "use_stain_lut"]
 
 @dataclass(frozen=True)
 class WindowBatch:
@@ -109,6 +109,17 @@ def use_stain_lut(n_windows: int, window_px: int) -> bool:
         Window edge (pixels at the model's resolution).
     """
     return n_windows * window_px * window_px >= N_COLORS
+
+
+BATCH_STEPS = ("decode_s", "standardize_s", "model_wait_s", "model_s", "write_s")
+"""The steps of one batch, timed by the actor: decode (slide reader, at the model's resolution),
+stain standardization, waiting for the model (the other thread's batch holds it), the model
+itself, and writing the cells to Zarr."""
+
+
+def step_seconds(t0: float, t1: float, t2: float, t_lock: float, t3: float, t4: float) -> dict[str, float]:
+    """Durations of :data:`BATCH_STEPS` from the ``time.perf_counter()`` stamps taken between them."""
+    return dict(zip(BATCH_STEPS, (t1 - t0, t2 - t1, t_lock - t2, t3 - t_lock, t4 - t3)))
 
 
 def device_info(device: str) -> dict[str, Any]:
@@ -225,7 +236,7 @@ class ModelActor:
         Returns
         -------
         dict
-            ``windows`` done, ``read_s`` and ``model_s`` seconds, ``pid`` of this actor; or
+            ``windows`` done, ``steps_s`` (:func:`step_seconds`), ``pid`` of this actor; or
             ``error`` (one line) when the slide cannot be read or stored.
         """
         try:
@@ -237,18 +248,22 @@ class ModelActor:
         maybe_inject_fault(batch.slide_id, batch.task)
         t0 = time.perf_counter()
         reader = self._reader(batch.path, batch.mpp_override, batch.backend)
-        pixels = standardize(SlideWindows(reader, batch.geom).read(batch.windows),
-                             self._preprocess(batch.task, batch.stats, batch.stain_lut))
+        pixels = SlideWindows(reader, batch.geom).read(batch.windows)
         t1 = time.perf_counter()
-        with self._model_lock:
-            probs = self.predictors[batch.task](pixels)
-        del pixels
+        pixels = standardize(pixels, self._preprocess(batch.task, batch.stats, batch.stain_lut))
         t2 = time.perf_counter()
+        with self._model_lock:
+            t_lock = time.perf_counter()
+            probs = self.predictors[batch.task](pixels)
+            t3 = time.perf_counter()
+        del pixels
         store = self._store(batch.store)
         for rc, block in own_cells(batch.geom, batch.windows, probs):
             store.write_tile(batch.task, rc, block)
+        t4 = time.perf_counter()
         self.batches += 1
-        return {"windows": len(batch.windows), "read_s": t1 - t0, "model_s": t2 - t1, "pid": os.getpid()}
+        return {"windows": len(batch.windows), "pid": os.getpid(),
+                "steps_s": step_seconds(t0, t1, t2, t_lock, t3, t4)}
 
     __call__ = run
 

@@ -174,7 +174,7 @@ class _Slide:
     plan: Any = None
     left: int = 0          # batches of the current stage not yet finished
     windows: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=lambda: {"read_s": 0.0, "model_s": 0.0})
+    timings: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     t0: float = field(default_factory=time.perf_counter)
 
@@ -311,7 +311,7 @@ class _Driver:
                  # Committed like any slide (its empty heatmaps are its true result), but said so: the
                  # features stage gives it a flagged row of missing values instead of stopping.
                  "no_tissue": not len(s.plan.tumor_windows)}
-        timings = {**s.timings, "prepare_s": s.plan.seconds}
+        timings = {**s.timings, "prepare_s": s.plan.seconds, **s.plan.steps_s}
         if "mitosis" in self.cards and mitosis_windows is None:
             mitosis_windows = np.zeros((0, 2), np.int64)
         self._submit("finalize", s, sid, str(s.entry.path), s.store, s.plan, self.cards_ref, s.input_fp,
@@ -386,8 +386,10 @@ class _Driver:
             if "error" in value:
                 self.fail(sid, value["error"])
                 return
-            s.timings["read_s"] += value["read_s"]
-            s.timings["model_s"] += value["model_s"]
+            task = item[5].task
+            for step, dt in value["steps_s"].items():
+                key = f"{task}_{step}"  # e.g. mitosis_decode_s: summed over the slide's batches
+                s.timings[key] = s.timings.get(key, 0.0) + dt
             self.progress.tiles(value["windows"])
             s.left -= 1
             if s.left == 0:

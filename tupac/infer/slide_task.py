@@ -99,7 +99,9 @@ def prepare_slide(
     t0 = time.perf_counter()
     maybe_inject_fault(slide_id, "prepare")
     with open_slide(path, backend=backend, mpp=mpp_override) as reader:
+        t_tissue = time.perf_counter()
         tissue = slide_tissue_mask(reader, tissue_mpp)  # decodes the thumbnail: corrupt files fail here
+        tissue_s = time.perf_counter() - t_tissue
         for task, info in cards.items():
             # A 40x model on a 20x slide would need upsampling: say so now, not mid-slide.
             if info.card.mpp < reader.mpp * (1 - MPP_TOLERANCE):
@@ -107,7 +109,9 @@ def prepare_slide(
                     f"{path}: the {task} model reads at {info.card.mpp:g} um/px but the slide's level 0 is "
                     f"{reader.mpp:g} um/px (a {task} stage needs a finer scan)"
                 )
-        return plan_slide(reader, tissue, slide_id, store_path, cards, chunks, overwrite=False, t0=t0)
+        plan = plan_slide(reader, tissue, slide_id, store_path, cards, chunks, overwrite=False, t0=t0)
+    plan.steps_s["tissue_s"] = tissue_s
+    return plan
 
 
 def tumor_regions(
@@ -259,7 +263,9 @@ def finalize_slide(
     store = HeatmapStore.open(store_path)
     outputs = {}
     n_mitoses = None
+    steps = {}
     if "mitosis" in cards and mitosis_windows is not None:
+        t_det = time.perf_counter()
         g = plan.geoms["mitosis"]
         arr = store.array("mitosis")
         det = detect_windowed(
@@ -274,9 +280,10 @@ def finalize_slide(
         atomic_write_bytes(csv_path, det.to_csv(index=False).encode())
         outputs["mitoses.csv"] = csv_path
         n_mitoses = int(len(det))
+        steps["detect_s"] = time.perf_counter() - t_det
     record = store.commit(
         path, input_fp, {f"{t}:{c.card.name}": c.weights_sha256 for t, c in cards.items()},
-        timings_s={**timings, "finalize_s": time.perf_counter() - t0},
+        timings_s={**timings, **steps, "finalize_s": time.perf_counter() - t0},
         outputs=outputs,
         extra={**extra, "mitoses": n_mitoses},
         expected_chunks=planned_chunks(store, plan, mitosis_windows),
