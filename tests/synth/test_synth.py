@@ -140,6 +140,16 @@ def test_same_seed_same_pixels_other_seed_different(tmp_path: Path) -> None:
     assert np.abs(a.astype(int) - c).mean() > 5
 
 
+def test_one_slide_rendered_by_parallel_rows_is_the_same_file(tmp_path: Path) -> None:
+    """One real-size slide uses every worker on its tile rows; the file must not depend on it."""
+    files = {}
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        generate_cohort(root, n_slides=1, seed=4, size_um=(1300.0, 1100.0), mitosis_images=0, workers=workers)
+        files[workers] = (root / "training_image_data" / "TUPAC-TR-001.svs").read_bytes()
+    assert len(files[1]) > 1_000_000 and files[1] == files[2]
+
+
 # --- truth consistent with pixels -------------------------------------------------------------------
 
 

@@ -51,19 +51,69 @@ def _downsample(block: np.ndarray, f: int) -> np.ndarray:
     return (m + 0.5).astype(np.uint8)
 
 
+def _render_row(render: Callable[[int, int, int, int], np.ndarray], size: tuple[int, int], chunk_px: int,
+                r: int) -> list[np.ndarray]:
+    """The blocks of tile row ``r`` (each ``<= 256 x chunk_px``), left to right."""
+    w, h = size
+    y0 = r * TILE
+    bh = min(TILE, h - y0)
+    return [render(x0, y0, min(chunk_px, w - x0), bh) for x0 in range(0, w, chunk_px)]
+
+
+_FORKED_RENDER: tuple | None = None
+"""``(render, size, chunk_px)`` of the slide being written, inherited by forked row renderers
+(a closure over a scene need not be picklable)."""
+
+
+def _render_row_forked(r: int) -> list[np.ndarray]:
+    render, size, chunk_px = _FORKED_RENDER
+    return _render_row(render, size, chunk_px, r)
+
+
+def _rows(render, size: tuple[int, int], chunk_px: int, workers: int) -> Iterator[list[np.ndarray]]:
+    """Every tile row's blocks, in order; rendered by ``workers`` forked processes when > 1.
+
+    At most ``2 * workers`` rows are in flight, so memory stays a few rows (a 80k-px row is 61 MB)
+    however far rendering runs ahead of the JPEG encoder in this process. A row's pixels depend
+    only on its coordinates (:func:`tupac.synth.render.render_block`), so the file is the same
+    byte for byte with any number of workers.
+    """
+    n_rows = -(-size[1] // TILE)
+    if workers <= 1 or n_rows < 2:
+        for r in range(n_rows):
+            yield _render_row(render, size, chunk_px, r)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FORKED_RENDER
+    _FORKED_RENDER = (render, size, chunk_px)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+            pending: deque = deque()
+            nxt = 0
+            for _ in range(n_rows):
+                while nxt < n_rows and len(pending) < 2 * workers:
+                    pending.append(ex.submit(_render_row_forked, nxt))
+                    nxt += 1
+                yield pending.popleft().result()
+    finally:
+        _FORKED_RENDER = None
+
+
 def _level0_tiles(
     render: Callable[[int, int, int, int], np.ndarray], size: tuple[int, int], chunk_px: int, level1: np.ndarray,
-    on_row: Callable[[int, int], None] | None,
+    on_row: Callable[[int, int], None] | None, workers: int = 1,
 ) -> Iterator[np.ndarray]:
     w, h = size
     n_rows = -(-h // TILE)
     w1, h1 = level1.shape[1], level1.shape[0]
-    for r in range(n_rows):
+    for r, blocks in enumerate(_rows(render, size, chunk_px, workers)):
         y0 = r * TILE
         bh = min(TILE, h - y0)
-        for x0 in range(0, w, chunk_px):
-            bw = min(chunk_px, w - x0)
-            block = render(x0, y0, bw, bh)
+        for x0, block in zip(range(0, w, chunk_px), blocks):
+            bw = block.shape[1]
             # Level 1 keeps only whole 4x4 groups (floor), as pyramid levels of real scanners do.
             dh, dw = min(bh // DOWNSAMPLE, h1 - y0 // DOWNSAMPLE), min(bw // DOWNSAMPLE, w1 - x0 // DOWNSAMPLE)
             if dh > 0 and dw > 0:
@@ -104,6 +154,7 @@ def write_aperio_svs(
     min_level_px: int = 1024,
     chunk_px: int = 2048,
     on_row: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> list[tuple[int, int]]:
     """Write a pyramidal Aperio SVS whose level-0 pixels come from ``render(x0, y0, w, h) -> (h, w, 3) uint8``.
 
@@ -124,6 +175,9 @@ def write_aperio_svs(
         Sub-levels are added (downsample 4, 16, ...) while the previous level is larger than this.
     chunk_px : int
         Width of one rendered block (multiple of 256); bounds the memory of one render call.
+    workers : int
+        Processes rendering tile rows in parallel (forked; this process encodes the JPEG tiles
+        and builds the lower levels). The file does not depend on it.
 
     Returns
     -------
@@ -148,7 +202,7 @@ def write_aperio_svs(
         l1[:] = 255
         with tifffile.TiffWriter(path, bigtiff=w * h * 3 > 3_500_000_000) as tw:
             tw.write(
-                _level0_tiles(render, size, chunk_px, l1, on_row), shape=(h, w, 3), dtype=np.uint8,
+                _level0_tiles(render, size, chunk_px, l1, on_row, workers), shape=(h, w, 3), dtype=np.uint8,
                 tile=(TILE, TILE), description=_description(size, size, mpp, app_mag, extra), **common,
             )
             levels = [l1]

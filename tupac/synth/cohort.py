@@ -160,7 +160,8 @@ def _roi_boxes(scene: Scene, rng: np.random.Generator, n_max: int = 4) -> list[t
     return boxes
 
 
-def _make_slide(root: Path, seed: int, i: int, size_px: tuple[int, int], plan: tuple[int, float, float]) -> dict:
+def _make_slide(root: Path, seed: int, i: int, size_px: tuple[int, int], plan: tuple[int, float, float],
+                row_workers: int = 1) -> dict:
     sid = slide_id(i)
     _, density, noise = plan
     center = CENTERS[(i - 1) % len(CENTERS)]
@@ -170,6 +171,7 @@ def _make_slide(root: Path, seed: int, i: int, size_px: tuple[int, int], plan: t
     levels = write_aperio_svs(
         path, size_px, lambda x0, y0, w, h: render_block(scene, x0, y0, w, h, cache),
         extra={"Title": f"tupac phantom {sid}", "Center": center.name, "ScanScope ID": "TUPAC-SYNTH"},
+        workers=row_workers,
     )
     tdir = root / "truth" / sid
     tdir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +256,9 @@ def generate_cohort(
     progress : bool
         Show a rich progress bar.
     workers : int, optional
-        Processes to use (default: the CPU count, at most one per job).
+        Processes to use (default: the CPU count). With more processes than jobs (one real-size
+        slide), the jobs run one after another and each slide's tile rows are rendered by all of
+        them; the files are the same either way.
 
     Returns
     -------
@@ -273,7 +277,9 @@ def generate_cohort(
     (out / "truth").mkdir(parents=True, exist_ok=True)
     plan = _plan(n_slides, seed)
     jobs = [("slide", i) for i in range(1, n_slides + 1)] + [("mitosis", k) for k in range(mitosis_images)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    available = max(1, workers or os.cpu_count() or 1)
+    workers = min(available, len(jobs))
+    row_workers = available if workers == 1 else 1  # never a pool inside a pool
     results: dict[tuple[str, int], dict] = {}
 
     def submit(ex, kind, i):
@@ -285,7 +291,7 @@ def generate_cohort(
         task = bar.add_task("phantom cohort", total=len(jobs)) if bar else None
         if workers == 1:
             for kind, i in jobs:
-                results[(kind, i)] = (_make_slide(out, seed, i, size_px, plan[i - 1]) if kind == "slide"
+                results[(kind, i)] = (_make_slide(out, seed, i, size_px, plan[i - 1], row_workers) if kind == "slide"
                                       else _make_mitosis_image(out, seed, i))
                 if bar:
                     bar.advance(task)
