@@ -266,6 +266,16 @@ def test_actor_plan_that_starves_slide_tasks_is_refused(local_ray, models, cohor
         run_job(load_cohort(data=cohort)[:1], cfg, progress=_quiet)
 
 
+def test_cuda_decoding_without_gpu_actors_is_refused(local_ray, models, cohort, tmp_path):
+    from tupac.errors import ConfigError
+    from tupac.data.manifest import load_cohort
+    from tupac.infer.job import JobConfig, run_job
+
+    cfg = JobConfig(models=models, out=tmp_path / "run", actors=1, decode_device="cuda")
+    with pytest.raises(ConfigError, match="decode_device='cuda' needs GPU actors"):
+        run_job(load_cohort(data=cohort)[:1], cfg, progress=_quiet)
+
+
 def test_stain_lookup_table_path_gives_the_same_bytes(local_ray, models, cohort):
     """Large stages standardize through the slide's lookup table; the bytes equal the per-pixel path."""
     from tupac.heatmaps.engine import read_windows
@@ -286,6 +296,52 @@ def test_stain_lookup_table_path_gives_the_same_bytes(local_ray, models, cohort)
     table = actor._preprocess("tumor", stats.to_dict(), lut=True)(window)
     assert not np.array_equal(direct, window)  # the transform does change the pixels
     np.testing.assert_array_equal(table, direct)
+
+
+class _Cells:
+    """Stands in for the heatmap store: keeps what an actor writes."""
+
+    def __init__(self):
+        self.blocks = {}
+
+    def write_tile(self, task, rc, block):
+        self.blocks[(task, tuple(rc))] = np.array(block)
+
+
+def test_actor_device_decode_path_writes_the_cpu_paths_cells(local_ray, models, cohort):
+    """The actor's device path (DeviceWindows, the table on the device, the model on a tensor) run
+    on the CPU gives the CPU path's cells exactly, table or not; the actor records its decision."""
+    from tupac.heatmaps.device_windows import DeviceWindows
+    from tupac.heatmaps.windows import heatmap_geometry
+    from tupac.infer.actors import ModelActor, WindowBatch
+    from tupac.preprocess import stain
+    from tupac.preprocess.tissue import slide_tissue_mask
+    from tupac.slide import open_slide
+
+    actor = ModelActor({"tumor": str(models / "tumor")}, threads=1)
+    assert actor.ready()["decode_device"] == "cpu" and "no GPU" in actor.ready()["decode_reason"]
+    path = slides_of(cohort)[0]
+    with open_slide(path, backend="cucim") as reader:
+        stats = stain.fit_slide(reader, slide_tissue_mask(reader, 8.0), method="reinhard")
+        geom = heatmap_geometry(reader.dimensions, reader.mpp, actor.trained["tumor"].card, 16)
+    rows, cols = geom.grid
+    windows = ((0, 0), (rows // 2, cols // 2), (rows - 1, cols - 1))
+    out = {}
+    for decode in ("cpu", "cuda"):
+        for lut in (False, True):
+            actor.decode_device = decode  # "cuda" routing, with the device code running on the CPU
+            cells = _Cells()
+            actor._store = lambda _path, cells=cells: cells
+            batch = WindowBatch("tumor", "s", str(path), None, "unused", geom, stats.to_dict(), windows, "cucim", 0, lut)
+            result = actor.run(batch)
+            assert "error" not in result and result["windows"] == 3 and set(result["steps_s"]) >= {"decode_s", "model_s"}
+            out[decode, lut] = cells.blocks
+    reader = actor._reader(str(path), None, "cucim")
+    assert isinstance(ModelActor._source(actor, reader, geom), DeviceWindows)  # (decode_device is "cuda" now)
+    for key, blocks in out.items():
+        assert blocks.keys() == out["cpu", False].keys()
+        for k in blocks:
+            np.testing.assert_array_equal(blocks[k], out["cpu", False][k], err_msg=str((key, k)))
 
 
 @pytest.mark.slow

@@ -50,8 +50,9 @@ def predict_windows(model, pixels: np.ndarray, device: str | None = None) -> np.
     ----------
     model : TupacModel
         Registered tupac model (applies its own normalization).
-    pixels : ndarray of uint8, shape (B, n, n, 3)
-        Stain-standardized windows at the model's mpp.
+    pixels : ndarray or torch.Tensor of uint8, shape (B, n, n, 3)
+        Stain-standardized windows at the model's mpp; a tensor already on the model's device
+        (:class:`tupac.heatmaps.device_windows.DeviceWindows`) is used where it is, no host copy.
     device : str, optional
         Torch device to run on; default: where the model's weights are.
 
@@ -95,8 +96,9 @@ class WindowPredictor:
     def card(self):
         return self.model.card
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """``(B, n, n, 3)`` uint8 windows -> ``(B, h, w)`` float32 cells (:func:`predict_windows`)."""
+    def __call__(self, pixels) -> np.ndarray:
+        """``(B, n, n, 3)`` uint8 windows (array, or tensor on the device) -> ``(B, h, w)`` float32
+        cells (:func:`predict_windows`)."""
         return predict_windows(self.model, pixels, self.device)
 
 

@@ -38,12 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from tupac.heatmaps.device_windows import DeviceWindows, choose_decode_device, device_standardizer, lut_tensor
 from tupac.heatmaps.engine import SlideWindows, WindowPredictor, own_cells, standardize, standardizer
 from tupac.heatmaps.store import HeatmapStore
 from tupac.infer.slide_task import error_line, maybe_inject_fault
 from tupac.preprocess import stain
 from tupac.preprocess.stain.base import N_COLORS
 from tupac.slide import open_slide
+from tupac.slide.cucim_backend import cuda_decode_problem
 
 __all__ = ["BATCH_STEPS", "WindowBatch", "ModelActor", "device_info", "step_seconds", "use_stain_lut"]
 
@@ -179,9 +181,15 @@ class ModelActor:
         torch intra-op threads on CPU (fixed, so results do not depend on the node's core count).
     gpu_tf32 : bool
         Let cuDNN use TF32 on a GPU (see :class:`tupac.infer.job.JobConfig`); off: full FP32.
+    decode_device : {"auto", "cpu", "cuda"}
+        Where windows are decoded (:func:`tupac.heatmaps.device_windows.choose_decode_device`
+        decides once; ``info`` records ``decode_device`` and ``decode_reason``).
+    backend : str
+        The run's slide reader option (only cuCIM decodes into GPU memory).
     """
 
-    def __init__(self, model_dirs: Mapping[str, str], threads: int = 1, gpu_tf32: bool = False) -> None:
+    def __init__(self, model_dirs: Mapping[str, str], threads: int = 1, gpu_tf32: bool = False,
+                 decode_device: str = "auto", backend: str = "auto") -> None:
         # Deferred: torch and ray load in the actor process only, not in the driver that imports this.
         import ray
         import torch
@@ -196,14 +204,17 @@ class ModelActor:
             torch.backends.cudnn.allow_tf32 = bool(gpu_tf32)
         self.trained = {task: load_trained(d, device=self.device) for task, d in model_dirs.items()}
         self.predictors = {task: WindowPredictor(t.model, self.device) for task, t in self.trained.items()}
+        self.decode_device, reason = choose_decode_device(decode_device, self.device, backend, cuda_decode_problem)
         self.info = {**device_info(self.device), "torch_threads": torch.get_num_threads(),
-                     "tf32": self.device == "cuda" and bool(gpu_tf32)}
+                     "tf32": self.device == "cuda" and bool(gpu_tf32),
+                     "decode_device": self.decode_device, "decode_reason": reason}
         self._model_lock = threading.Lock()
         self._handles_lock = threading.Lock()
         self._lut_lock = threading.Lock()  # one build per slide, not one per concurrent call
         self._readers = _LRU(4)
         self._stores = _LRU(8)
         self._stats: dict[str, Any] = {}
+        self._device_luts = _LRU(2)  # the slides' tables on the GPU, 48 MiB each
         self.batches = 0
 
     def ready(self) -> dict[str, Any]:
@@ -218,7 +229,8 @@ class ModelActor:
         with self._handles_lock:
             return self._stores.get_or(path, lambda: HeatmapStore.open(path))
 
-    def _preprocess(self, task: str, stats_dict: dict | None, lut: bool = False):
+    def _stain(self, task: str, stats_dict: dict | None, lut: bool = False):
+        """``(reference, stats, table)`` of a batch's standardization; None for raw pixels."""
         reference = self.trained[task].reference
         if reference is None or stats_dict is None:
             return None
@@ -228,7 +240,29 @@ class ModelActor:
         if lut and not stats.degenerate:
             with self._lut_lock:
                 table = stain.lookup_table(stats, reference)
-        return standardizer(reference, stats, table)
+        return reference, stats, table
+
+    def _preprocess(self, task: str, stats_dict: dict | None, lut: bool = False):
+        stain_args = self._stain(task, stats_dict, lut)
+        return standardizer(*stain_args) if stain_args else None
+
+    def _device_preprocess(self, task: str, stats_dict: dict | None, lut: bool = False):
+        """:meth:`_preprocess` for a batch tensor on the GPU; the slide's table is moved up once."""
+        stain_args = self._stain(task, stats_dict, lut)
+        if stain_args is None:
+            return None
+        reference, stats, table = stain_args
+        if table is not None:
+            with self._lut_lock:
+                table = self._device_luts.get_or((stats.key, reference.key), lambda: lut_tensor(table, self.device))
+        return device_standardizer(reference, stats, table)
+
+    def _source(self, reader, geom):
+        """The batch's window source: into GPU memory where this actor decodes there and cuCIM
+        reads the slide, else the CPU path (unchanged bytes)."""
+        if self.decode_device == "cuda" and reader.backend == "cucim":
+            return DeviceWindows(reader, geom, self.device)
+        return SlideWindows(reader, geom)
 
     def run(self, batch: WindowBatch) -> dict[str, Any]:
         """Read, standardize, predict and store the batch's windows.
@@ -248,9 +282,15 @@ class ModelActor:
         maybe_inject_fault(batch.slide_id, batch.task)
         t0 = time.perf_counter()
         reader = self._reader(batch.path, batch.mpp_override, batch.backend)
-        pixels = SlideWindows(reader, batch.geom).read(batch.windows)
+        source = self._source(reader, batch.geom)
+        pixels = source.read(batch.windows)
         t1 = time.perf_counter()
-        pixels = standardize(pixels, self._preprocess(batch.task, batch.stats, batch.stain_lut))
+        if isinstance(source, DeviceWindows):
+            # GPU work is asynchronous: a lookup still running when t2 is stamped counts in model_s.
+            prep = self._device_preprocess(batch.task, batch.stats, batch.stain_lut)
+            pixels = prep(pixels) if prep is not None else pixels
+        else:
+            pixels = standardize(pixels, self._preprocess(batch.task, batch.stats, batch.stain_lut))
         t2 = time.perf_counter()
         with self._model_lock:
             t_lock = time.perf_counter()

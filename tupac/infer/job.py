@@ -52,6 +52,7 @@ from tupac.heatmaps.commit import (
     move_aside,
     read_commit,
 )
+from tupac.heatmaps.device_windows import DECODE_DEVICES
 from tupac.heatmaps.ledger import Ledger
 from tupac.heatmaps.prepare import CardInfo
 from tupac.heatmaps.store import detections_path, store_path, verify_committed
@@ -132,6 +133,13 @@ class JobConfig:
     # second; MitosNet 2314 vs 1425).
     gpu_tf32: bool = option(
         False, help="TF32 convolutions on GPU actors: faster, but heatmaps then differ from a CPU run's by up to ~2e-3.")
+    # Where windows are decoded (tupac.heatmaps.device_windows, which gives the H100 measurements):
+    # the CPU path is the reference bytes; cuCIM's GPU path (nvJPEG) differs by JPEG rounding
+    # (mean ~1.5 levels) on YCbCr-coded JPEG slides, is kept off slides it decodes wrongly, and was
+    # slower than the CPU on an H100, so auto stays on the CPU for now.
+    decode_device: str = option(
+        "auto", help="Window decoding: cpu, cuda (cuCIM's GPU decoder, JPEG slides it decodes right; else CPU) "
+                     "or auto (cpu for now); actors.json says which and why.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
@@ -149,6 +157,10 @@ class JobConfig:
             (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
             (self.tissue_mpp > 0, f"tissue_mpp={self.tissue_mpp!r}, expected > 0 um/px"),
             (self.backend in BACKENDS, f"backend={self.backend!r}, expected one of {', '.join(BACKENDS)}"),
+            (self.decode_device in DECODE_DEVICES,
+             f"decode_device={self.decode_device!r}, expected one of {', '.join(DECODE_DEVICES)}"),
+            (not (self.decode_device == "cuda" and self.backend == "openslide"),
+             "decode_device='cuda' needs cuCIM, but backend='openslide' decodes on the CPU only"),
             (self.batch_retries >= 0, f"batch_retries={self.batch_retries!r}, expected >= 0"),
             (self.task_retries >= 0, f"task_retries={self.task_retries!r}, expected >= 0"),
             (self.max_active_slides is None or self.max_active_slides >= 1,
@@ -240,7 +252,7 @@ class _Driver:
             h = self.actor_cls.options(
                 num_gpus=num_gpus, num_cpus=self.cfg.cpus_per_actor, max_restarts=-1, max_task_retries=0,
                 max_concurrency=2,
-            ).remote(dirs, threads, self.cfg.gpu_tf32)
+            ).remote(dirs, threads, self.cfg.gpu_tf32, self.cfg.decode_device, self.cfg.backend)
             a = _Actor(h)
             self.actors.append(a)
             self._ping(len(self.actors) - 1)
@@ -366,6 +378,8 @@ class _Driver:
     def _on_ping(self, i: int, value, err) -> None:
         a = self.actors[i]
         if err is None:
+            if str(value.get("decode_reason", "")).startswith("FALLBACK") and a.info is None:
+                self.say(f"[yellow]model actor {i}: {value['decode_reason']}[/]")
             a.state, a.info, a.inflight, a.exclusive = "ready", value, 0, False
             self._write_actors()
         else:
@@ -540,6 +554,9 @@ def _actor_plan(cfg: JobConfig) -> tuple[int, float, int]:
     res = ray.cluster_resources()
     gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
     per = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    if cfg.decode_device == "cuda" and per == 0:
+        raise ConfigError(f"decode_device='cuda' needs GPU actors, but they get none (the cluster has {gpus:g} GPUs, "
+                          f"num_gpus_per_actor={cfg.num_gpus_per_actor}); use --decode-device auto or cpu")
     n = cfg.actors if cfg.actors is not None else (
         max(1, int(gpus // per)) if per > 0 else max(1, int(cpus // (2 * cfg.cpus_per_actor))))
     if cpus - n * cfg.cpus_per_actor < 1:
