@@ -60,13 +60,21 @@ summary
 
 Usage
 -----
-Once, where PyPI is reachable (here): ``bash benchmarks/gpu_bundle.sh`` writes ``.whl/site.tar.xz``
-(~32 MiB: Ray, Zarr 3, numcodecs, OpenSlide, imagecodecs' JPEG codec, pruned and xz-compressed;
-``.whl/`` is git-ignored). Then the device call (the ``run`` tool), ``carry: [".whl"]``,
-``timeout_s: 600``::
+Once, where PyPI is reachable (here): ``bash benchmarks/gpu_bundle.sh`` writes ``.whl/job.tar.xz``
+(31.6 MiB: Ray, Zarr 3, numcodecs, OpenSlide, imagecodecs' JPEG codec, pruned installed trees for
+CPython 3.12) and ``.whl/gpu_decode.tar.xz`` (10.6 MiB: cuCIM, nvImageCodec, nvJPEG); ``.whl/`` is
+git-ignored, and with the tracked files (9.3 MiB) 51.5 MiB travel, under the 64 MiB limit. Then one
+device call (the ``run`` tool) with ``carry: [".whl"]`` and ``timeout_s: 600``; the JSON is rewritten
+after every section, so a run stopped at the limit still returns what it measured::
 
-    mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD || exit; \\
+    SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+    for a in .whl/*.tar.xz; do tar -xJf "$a" -C "$SP" || exit; done; export PYTHONPATH=$PWD; \
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_job.py --device cuda --out $OUT/gpu_job.json
+
+(unpacked into python3's own site-packages, as pip would install them: nvImageCodec's files join
+the ``nvidia`` package folder the CUDA wheels share, which a second folder on ``PYTHONPATH`` would
+hide or be hidden by). Expected: ~1-2 minutes to synthesize the slide on 16 cores (not measured
+there yet; ~10 minutes on one core), then the job and the measurements.
 
 CPU dry run (CI runs it: tests/infer/test_gpu_job_dry_run.py; ~1 minute on 2 shared cores)::
 
@@ -504,33 +512,86 @@ def _proc_tree_rss(pid: int) -> int:
     return total
 
 
+RUN_JOB_DRIVER = """
+import json, sys
+from pathlib import Path
+from tupac.data.manifest import load_cohort
+from tupac.infer.job import JobConfig, run_job
+summary = run_job(load_cohort(data=Path(sys.argv[1])), JobConfig(**json.loads(sys.argv[2])))
+sys.exit(0 if summary["ok"] else 1)
+"""
+"""The job without the CLI's argument layer (same JobConfig, same run_job, same Ray actors): used
+when ``python -m tupac infer`` cannot start, e.g. a typer on the GPU machine older than the CLI needs."""
+
+
+def job_options(args: list[str]) -> dict[str, Any]:
+    """``tupac infer`` options (``--tumor-chunk 16``, ``--no-dashboard``) as JobConfig fields."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        flag = args[i].removeprefix("--")
+        if flag.startswith("no-"):
+            out[{"dashboard": "include_dashboard"}.get(flag[3:], flag[3:].replace("-", "_"))] = False
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            v = args[i + 1]
+            out[flag.replace("-", "_")] = int(v) if v.lstrip("-").isdigit() else (
+                float(v) if re.fullmatch(r"-?[0-9.eE+-]+", v) else v)
+            i += 2
+        else:
+            out[{"dashboard": "include_dashboard"}.get(flag, flag.replace("-", "_"))] = True
+            i += 1
+    return out
+
+
+def launch(cmd: list[str], env: dict, timeout_s: float, measure_gpu) -> dict:
+    """Run ``cmd`` (its own process group) while sampling the tree's RSS and the GPU."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)  # a timeout can then end Ray's processes with it
+    with PeakSampler(lambda: tree_rss(proc.pid), 0.2) as rss, \
+            PeakSampler(measure_gpu or (lambda: None), 0.2 if measure_gpu else 3600) as gpu:
+        try:
+            text, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            text, _ = proc.communicate()
+            text += f"\n[gpu_job] killed after {timeout_s:g} s (--job-timeout-s)"
+    return {"returncode": proc.returncode, "text": text, "wall_s": time.perf_counter() - t0, "rss": rss.peak(),
+            "gpu_samples": gpu.samples}
+
+
 def run_cli(ctx: Ctx, name: str, device: str) -> dict:
     """``python -m tupac infer`` on the phantom cohort; samplers run while it does."""
     cohort, models = need(ctx.cohort, "the phantom slide"), need(ctx.models, "the models")
     out = ctx.work / "runs" / name
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one
     ray_tmp = Path(tempfile.mkdtemp(prefix="tgj", dir="/tmp"))  # short: Ray's socket paths are limited
-    gpus = "1" if device.startswith("cuda") else "0"
+    opts = ["--num-gpus-per-actor", "1" if device.startswith("cuda") else "0", "--no-dashboard",
+            "--local-temp-dir", str(ray_tmp), *ctx.plan.job_args]
     cmd = [sys.executable, "-m", "tupac", "infer", "--data", str(cohort), "--models", str(models), "--out", str(out),
-           "--num-gpus-per-actor", gpus, "--no-dashboard", "--local-temp-dir", str(ray_tmp), *ctx.plan.job_args]
+           *opts]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
            "COLUMNS": "400", "RAY_USAGE_STATS_ENABLED": "0"}  # wide: the per-slide line must not wrap
     measure_gpu, gpu_how = gpu_sampler() if device.startswith("cuda") else (None, "not available (CPU run)")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    with PeakSampler(lambda: tree_rss(proc.pid), 0.2) as rss, \
-            PeakSampler(measure_gpu or (lambda: None), 0.2 if measure_gpu else 3600) as gpu:
-        text, _ = proc.communicate(timeout=ctx.args.job_timeout_s)
-    wall = time.perf_counter() - t0
+    r = launch(cmd, env, ctx.args.job_timeout_s, measure_gpu)
+    via = "cli"
+    if r["returncode"] != 0 and not (out / "ledger.sqlite").exists():  # the CLI failed before the job began
+        via = f"run_job (the CLI did not start: {r['text'].strip().splitlines()[-1][:300] if r['text'].strip() else '?'})"
+        log(f"{name}: {via}")
+        cfg = {"models": str(models), "out": str(out), **job_options(opts)}
+        cmd = [sys.executable, "-c", RUN_JOB_DRIVER, str(cohort), json.dumps(cfg)]
+        r = launch(cmd, env, ctx.args.job_timeout_s, measure_gpu)
     shutil.rmtree(ray_tmp, ignore_errors=True)
     ctx.runs[name] = out
-    rec: dict[str, Any] = {"device": device, "command": cmd[1:], "returncode": proc.returncode,
-                           "process_wall_s": round(wall, 2), "peak_rss_mib_process_tree": round(rss.peak() / 2**20, 1),
-                           "gpu_sampler": gpu_how, "gpu": gpu_stats(gpu.samples) if measure_gpu else gpu_how,
-                           "load_avg": load_avg(), "output_tail": text[-3000:]}
-    if proc.returncode != 0:
-        raise RuntimeError(f"tupac infer exited {proc.returncode}: {text[-1500:]}")
-    rec.update(slide_record(out, text))
+    rec: dict[str, Any] = {"device": device, "via": via, "command": cmd[1:], "returncode": r["returncode"],
+                           "process_wall_s": round(r["wall_s"], 2),
+                           "peak_rss_mib_process_tree": round(r["rss"] / 2**20, 1), "gpu_sampler": gpu_how,
+                           "gpu": gpu_stats(r["gpu_samples"]) if measure_gpu else gpu_how,
+                           "load_avg": load_avg(), "output_tail": r["text"][-3000:]}
+    if r["returncode"] != 0:
+        raise RuntimeError(f"the job exited {r['returncode']}: {r['text'][-1500:]}")
+    rec.update(slide_record(out, r["text"]))
     log(f"{name}: slide {rec.get('slide_wall_s')} s, process {rec['process_wall_s']} s, "
         f"{rec['windows']} windows, {rec['detections']} detections")
     return rec
@@ -648,8 +709,11 @@ def sample_vs_job(ctx: Ctx) -> dict:
 
     info = plan_windows(ctx)
     job_maps = read_heatmaps(ctx.runs["job"])
-    threads = {a.get("torch_threads") for a in ctx.job_rec.get("actors", [])} if ctx.job_rec else set()
-    torch.set_num_threads(max(1, min(threads)) if threads and None not in threads else (os.cpu_count() or 1))
+    # A CPU job's actors ran with a fixed thread count: the same here, so that the sums run in the
+    # same order. Against a GPU job the CPU's own result is the reference: all cores.
+    threads = {a.get("torch_threads") for a in (ctx.job_rec or {}).get("actors", [])}
+    same = ctx.device == "cpu" and threads and None not in threads
+    torch.set_num_threads(max(1, min(threads)) if same else (os.cpu_count() or 1))
     out: dict[str, Any] = {"windows_planned": info["counts"], "backend": info["backend"],
                            "torch_threads": torch.get_num_threads()}
     with open_slide(ctx.slide, backend=info["backend"]) as reader:
