@@ -94,7 +94,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -856,6 +855,10 @@ def _get(d: Any, *keys: Any) -> Any:
     return d
 
 
+def _ratio(a: Any, b: Any) -> float | None:
+    return round(a / b, 2) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+
 def summary(doc: dict) -> dict:
     """The targets' figures and every section or item that raised."""
     errors: list = []
@@ -903,6 +906,8 @@ def summary(doc: dict) -> dict:
                                     "gpu": (_get(doc, "decode", t, "gpu", "s_per_window")
                                             if isinstance(_get(doc, "decode", t, "gpu"), dict)
                                             else _get(doc, "decode", t, "gpu"))} for t in ("tumor", "mitosis")},
+        "decode_speedup_gpu_vs_cpu": {t: _ratio(_get(doc, "decode", t, "cpu", "s_per_window"),
+                                                _get(doc, "decode", t, "gpu", "s_per_window")) for t in ("tumor", "mitosis")},
         "errors": errors, "wall_s": round(time.perf_counter() - T0, 1),
     }
 
@@ -925,7 +930,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-windows", type=int, default=None, help="windows per task for reference/decode/model-only")
     ap.add_argument("--job-arg", action="append", default=None,
                     help="extra `tupac infer` option, repeatable (e.g. --job-arg=--gpu-tf32)")
-    ap.add_argument("--job-timeout-s", type=float, default=1800.0, help="give up on one job run after this long")
+    ap.add_argument("--job-timeout-s", type=float, default=400.0,
+                    help="give up on one job run after this long (default fits the GPU machine's 600 s per command)")
     ap.add_argument("--work", type=Path, default=None,
                     help="scratch folder, kept (a slide there is reused); default: a temporary one, removed")
     return ap.parse_args(argv)
