@@ -43,8 +43,8 @@ def test_twice_the_area_needs_less_than_20_percent_more_memory(tmp_path):
         root = make_cohort(tmp_path / name, n=1, seed=5, size_um=size)
         peaks[name], commit = _peak_pss(models, root, tmp_path / f"run-{name}")
         windows[name] = commit["extra"]["windows"]
-    # The larger slide really is more work: about twice the windows of each stage.
-    assert windows["double"]["mitosis"] > 1.6 * windows["small"]["mitosis"] > 0
-    assert windows["double"]["tumor"] > 1.6 * windows["small"]["tumor"] > 0
+    # The larger slide really is more work (twice the area; its tissue fraction is its own draw).
+    assert windows["double"]["mitosis"] > 1.3 * windows["small"]["mitosis"] > 0, windows
+    assert windows["double"]["tumor"] > 1.3 * windows["small"]["tumor"] > 0, windows
     assert peaks["small"] > 200  # the sampler saw the job's processes, not only the launcher
     assert peaks["double"] < 1.2 * peaks["small"], (peaks, windows)
