@@ -105,9 +105,9 @@ def slide_info(path: Path) -> dict:
                 "mpp": r.mpp, "backend": r.backend}
 
 
-def run_infer(root: Path, models: Path, run: Path, work: Path) -> dict:
+def run_infer(root: Path, models: Path, run: Path, work: Path, job_args: list[str] | None = None) -> dict:
     cmd = [PY, "-m", "tupac", "infer", "--data", str(root), "--models", str(models), "--out", str(run),
-           "--no-dashboard"]
+           "--no-dashboard", *(job_args or [])]
     rec = run_measured(cmd, work / f"{run.name}.infer.log")
     summary = json.loads((run / "summary.json").read_text())
     (commit,) = [json.loads(p.read_text()) for p in (run / "slides").glob("*.zarr/commit.json")]
@@ -230,12 +230,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-sample", type=int, default=24, help="Windows per stage timed model-only.")
     ap.add_argument("--skip-features", action="store_true")
+    ap.add_argument("--skip-bound", action="store_true", help="Leave the decode-only / model-only bound out.")
+    ap.add_argument("--job-arg", action="append", default=[],
+                    help="Extra `tupac infer` option (repeatable, e.g. --job-arg=--actors=2); named in the JSON.")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "real_size.json")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     res: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
                  "settings": {"models": str(a.models), "seed": a.seed, "model_sample": a.model_sample,
                               "job": "tupac infer defaults (local Ray of every core, --no-dashboard)",
+                              "job_args_not_default": a.job_arg,
                               "features": "skipped" if a.skip_features else "tupac features --no-mlflow, no labels"},
                  "slides": {}}
 
@@ -254,11 +258,12 @@ def main(argv: list[str] | None = None) -> None:
             import shutil
 
             shutil.rmtree(run)
-        entry["infer"] = run_infer(root, a.models, run, a.work)
+        entry["infer"] = run_infer(root, a.models, run, a.work, a.job_arg)
         save()
-        entry["bound"] = machine_bound(root, run, a.models, a.model_sample)
-        ratios(entry)
-        save()
+        if not a.skip_bound:
+            entry["bound"] = machine_bound(root, run, a.models, a.model_sample)
+            ratios(entry)
+            save()
         if not a.skip_features:
             entry["features"] = run_features(run, a.models, a.work)
             save()

@@ -53,11 +53,20 @@ def _downsample(block: np.ndarray, f: int) -> np.ndarray:
 
 def _render_row(render: Callable[[int, int, int, int], np.ndarray], size: tuple[int, int], chunk_px: int,
                 r: int) -> list[np.ndarray]:
-    """The blocks of tile row ``r`` (each ``<= 256 x chunk_px``), left to right."""
+    """The blocks of tile row ``r`` (each ``<= 256 x chunk_px``), left to right, each with its
+    level-1 block (box mean by 4; None where the block holds no whole 4 x 4 group)."""
     w, h = size
+    w1, h1 = max(w // DOWNSAMPLE, 1), max(h // DOWNSAMPLE, 1)
     y0 = r * TILE
     bh = min(TILE, h - y0)
-    return [render(x0, y0, min(chunk_px, w - x0), bh) for x0 in range(0, w, chunk_px)]
+    out = []
+    for x0 in range(0, w, chunk_px):
+        block = render(x0, y0, min(chunk_px, w - x0), bh)
+        # Level 1 keeps only whole 4x4 groups (floor), as pyramid levels of real scanners do.
+        dh, dw = min(bh // DOWNSAMPLE, h1 - y0 // DOWNSAMPLE), min(block.shape[1] // DOWNSAMPLE, w1 - x0 // DOWNSAMPLE)
+        small = _downsample(block[: dh * DOWNSAMPLE, : dw * DOWNSAMPLE], DOWNSAMPLE) if dh > 0 and dw > 0 else None
+        out.append((block, small))
+    return out
 
 
 _FORKED_RENDER: tuple | None = None
@@ -108,19 +117,13 @@ def _level0_tiles(
 ) -> Iterator[np.ndarray]:
     w, h = size
     n_rows = -(-h // TILE)
-    w1, h1 = level1.shape[1], level1.shape[0]
     for r, blocks in enumerate(_rows(render, size, chunk_px, workers)):
         y0 = r * TILE
-        bh = min(TILE, h - y0)
-        for x0, block in zip(range(0, w, chunk_px), blocks):
-            bw = block.shape[1]
-            # Level 1 keeps only whole 4x4 groups (floor), as pyramid levels of real scanners do.
-            dh, dw = min(bh // DOWNSAMPLE, h1 - y0 // DOWNSAMPLE), min(bw // DOWNSAMPLE, w1 - x0 // DOWNSAMPLE)
-            if dh > 0 and dw > 0:
-                level1[y0 // DOWNSAMPLE : y0 // DOWNSAMPLE + dh, x0 // DOWNSAMPLE : x0 // DOWNSAMPLE + dw] = _downsample(
-                    block[: dh * DOWNSAMPLE, : dw * DOWNSAMPLE], DOWNSAMPLE
-                )
-            for tx in range(0, bw, TILE):
+        for x0, (block, small) in zip(range(0, w, chunk_px), blocks):
+            if small is not None:
+                y1, x1 = y0 // DOWNSAMPLE, x0 // DOWNSAMPLE
+                level1[y1 : y1 + small.shape[0], x1 : x1 + small.shape[1]] = small
+            for tx in range(0, block.shape[1], TILE):
                 yield _pad_tile(block[:, tx : tx + TILE])
         if on_row is not None:
             on_row(r + 1, n_rows)
@@ -191,7 +194,8 @@ def write_aperio_svs(
     extra.setdefault("Filename", Path(path).stem)
     common = dict(
         photometric="rgb", compression="jpeg", compressionargs={"level": QUALITY, "outcolorspace": "RGB"},
-        subsampling=(1, 1), metadata=None, maxworkers=1, software=False,
+        # Tiles are JPEG-encoded on ``workers`` threads (each tile on its own: same bytes).
+        subsampling=(1, 1), metadata=None, maxworkers=max(1, int(workers)), software=False,
     )
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".svs-") as tmpd:
