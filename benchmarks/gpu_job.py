@@ -14,10 +14,9 @@ environment
     Python, torch, CUDA, GPU name, package versions, optional modules, CPU count, load average.
 data
     One phantom slide from :func:`tupac.synth.generate_cohort` (seed ``--seed``, ``--size-um``;
-    default 20000 x 15000 um = 80000 x 60000 px at 0.25 um/px; ``--quick``: 1000 x 800 um). A
-    slide is one job of the generator, so here its level-0 blocks are rendered by a pool of
-    ``--synth-workers`` processes (fork) ahead of the writer, and tifffile JPEG-encodes the tiles
-    on as many threads: the same bytes as a serial run, several times faster on 16 cores.
+    default 20000 x 15000 um = 80000 x 60000 px at 0.25 um/px; ``--quick``: 1000 x 800 um). With
+    one slide to make, the generator renders its tile rows on ``--synth-workers`` processes and
+    JPEG-encodes its tiles on as many threads: the same bytes as a serial run.
 models
     ``--models DIR`` (trained models, named in the JSON), else seeded untrained LocNet + MitosNet
     with a Reinhard stain reference fitted on the H&E fixture, as tests/infer/test_job_support.py
@@ -95,7 +94,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -244,128 +242,7 @@ def environment(ctx: Ctx) -> dict:
             "plan": asdict(ctx.plan)}
 
 
-# --- data: the phantom slide, rendered in parallel -------------------------------------------------------
-
-_RENDER: Callable | None = None  # the slide's render closure, inherited by the forked workers
-_LEVEL1: tuple[int, int] = (0, 0)  # level-1 (width, height) of the slide being written
-_SMALL: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(block) -> (block, its level-1 downsample)
-_ORIG_DOWNSAMPLE: Callable | None = None  # the writer's own downsample (the workers call it)
-
-
-def _render_call(box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """One level-0 block and its level-1 downsample, exactly as the writer would compute them
-    (:func:`tupac.synth.aperio._level0_tiles`): both are a function of the box alone."""
-    from tupac.synth.aperio import DOWNSAMPLE
-
-    _downsample = _ORIG_DOWNSAMPLE
-    x0, y0, bw, bh = box
-    block = _RENDER(*box)
-    w1, h1 = _LEVEL1
-    dh, dw = min(bh // DOWNSAMPLE, h1 - y0 // DOWNSAMPLE), min(bw // DOWNSAMPLE, w1 - x0 // DOWNSAMPLE)
-    small = _downsample(block[: dh * DOWNSAMPLE, : dw * DOWNSAMPLE], DOWNSAMPLE) if dh > 0 and dw > 0 else None
-    return block, small
-
-
-def _block_order(size: tuple[int, int], chunk_px: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """The ``render(x0, y0, w, h)`` calls of :func:`tupac.synth.aperio.write_aperio_svs`, in its order."""
-    w, h = size
-    return [(x0, y0, min(chunk_px, w - x0), min(tile, h - y0)) for y0 in range(0, h, tile) for x0 in range(0, w, chunk_px)]
-
-
-def prefetching_render(render: Callable, boxes: list, pool, ahead: int) -> Callable:
-    """A ``render`` that returns blocks a process pool computed ahead, in the writer's order.
-
-    A call for another box than the next expected one (the writer's order changed) is rendered
-    here, so the slide is right in any case, only slower.
-    """
-    todo = deque(boxes)
-    futures: deque = deque()
-
-    def top_up() -> None:
-        while todo and len(futures) < ahead:
-            box = todo.popleft()
-            futures.append((box, pool.submit(_render_call, box)))
-
-    def call(x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        top_up()
-        if futures and futures[0][0] == (x0, y0, w, h):
-            block, small = futures.popleft()[1].result()
-            if small is not None:
-                _SMALL[id(block)] = (block, small)
-            top_up()
-            return block
-        return render(x0, y0, w, h)
-
-    return call
-
-
-def _downsample_prefetched(orig: Callable) -> Callable:
-    """The writer's ``_downsample``, answered from the workers' result when it is asked for the
-    downsample of a block they rendered (the same function of the same pixels), else computed."""
-
-    def downsample(block: np.ndarray, f: int) -> np.ndarray:
-        base = block.base
-        hit = _SMALL.pop(id(base), None) if base is not None else None
-        if hit is not None and hit[0] is base and hit[1].shape[:2] == (block.shape[0] // f, block.shape[1] // f):
-            return hit[1]
-        return orig(block, f)
-
-    return downsample
-
-
-class parallel_synth:
-    """Within the block, the generator's SVS writer gets level 0 from ``workers`` processes (render
-    and level-1 downsample, fork) and JPEG-encodes tiles on ``workers`` threads (tifffile's
-    ``maxworkers``; tiles are independent). The slide's bytes are those of a serial run.
-
-    Why: one slide is one job of :func:`tupac.synth.generate_cohort`, serial: an 80k x 60k px
-    slide takes ~10 minutes on one core, most of it rendering and downsampling level 0.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-
-    def __enter__(self):
-        import tifffile
-
-        import tupac.synth.aperio as aperio
-        import tupac.synth.cohort as cohort
-
-        self._saved = [(cohort, "write_aperio_svs", cohort.write_aperio_svs),
-                       (aperio, "_downsample", aperio._downsample),
-                       (tifffile.TiffWriter, "write", tifffile.TiffWriter.write)]
-        if self.workers <= 1:
-            return self
-        workers, orig_write, orig_writer = self.workers, tifffile.TiffWriter.write, cohort.write_aperio_svs
-
-        def write(self_tw, *a, **kw):  # the writer asks for maxworkers=1
-            if kw.get("maxworkers") == 1:
-                kw["maxworkers"] = workers
-            return orig_write(self_tw, *a, **kw)
-
-        def writer(path, size, render, *a, **kw):
-            global _RENDER, _LEVEL1, _ORIG_DOWNSAMPLE
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            w, h = size
-            _ORIG_DOWNSAMPLE = self._saved[1][2]
-            _RENDER, _LEVEL1 = render, (max(w // aperio.DOWNSAMPLE, 1), max(h // aperio.DOWNSAMPLE, 1))
-            boxes = _block_order((w, h), kw.get("chunk_px", 2048), aperio.TILE)
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                return orig_writer(path, size, prefetching_render(render, boxes, pool, 3 * workers), *a, **kw)
-
-        cohort.write_aperio_svs = writer
-        aperio._downsample = _downsample_prefetched(aperio._downsample)
-        tifffile.TiffWriter.write = write
-        return self
-
-    def __exit__(self, *exc) -> None:
-        global _RENDER
-        for owner, name, value in self._saved:
-            setattr(owner, name, value)
-        _RENDER = None
-        _SMALL.clear()
+# --- data: the phantom slide -------------------------------------------------------------------------
 
 
 def data(ctx: Ctx) -> dict:
@@ -379,8 +256,9 @@ def data(ctx: Ctx) -> dict:
     rec: dict[str, Any] = {"root": root, "seed": ctx.args.seed, "size_um": [w_um, h_um], "synth_workers": workers}
     t0 = time.perf_counter()
     if not done.is_file():
-        with parallel_synth(workers):
-            generate_cohort(root, n_slides=1, seed=ctx.args.seed, size_um=(w_um, h_um), mitosis_images=0, workers=1)
+        # One slide, so the generator renders its tile rows on every worker and encodes its JPEG
+        # tiles on as many threads (the same bytes as a serial run).
+        generate_cohort(root, n_slides=1, seed=ctx.args.seed, size_um=(w_um, h_um), mitosis_images=0, workers=workers)
         rec["generate_s"] = round(time.perf_counter() - t0, 1)
     else:
         rec["reused"] = True
@@ -467,48 +345,10 @@ def gpu_sampler():
 
 
 def tree_rss(pid: int) -> int:
-    """Summed RSS (bytes) of process ``pid`` and all its descendants (the CLI, raylet, workers, actors).
+    """Summed RSS (bytes) of process ``pid`` and all its descendants (the CLI, raylet, workers, actors)."""
+    from tupac.infer.memory import tree_memory
 
-    Through psutil where it is installed (the GPU machine has it), else ``/proc`` (Linux).
-    """
-    try:
-        import psutil
-    except ImportError:
-        return _proc_tree_rss(pid)
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
-def _proc_tree_rss(pid: int) -> int:
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # after the command name, which may hold spaces
-            pages = int((d / "statm").read_text().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(d.name))
-        rss[int(d.name)] = pages * os.sysconf("SC_PAGE_SIZE")
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo.extend(children.get(p, []))
-    return total
+    return int(tree_memory(pid).rss_mb * 2**20)
 
 
 RUN_JOB_DRIVER = """
