@@ -591,9 +591,13 @@ def decode(ctx: Ctx) -> dict:
     for task, wins in need(ctx.windows, "the window sample").items():
         geom = ctx.geoms[task]
         rec = res.setdefault(task, {"windows": len(wins), "window_px": geom.window_px})
+        workers = os.cpu_count() or 1
         with open_slide(ctx.slide, backend=backend) as reader:
             guarded(rec, "cpu", lambda r=reader, g=geom, w=wins: decode_rate(SlideWindows(r, g), w, batch, "cpu",
                                                                              g.window_px, backend))
+            # What a GPU actor with --cpus-per-actor N does: each batch on N decoder threads.
+            guarded(rec, f"cpu_{workers}_workers", lambda r=reader, g=geom, w=wins: decode_rate(
+                SlideWindows(r, g, num_workers=workers), w, batch, "cpu", g.window_px, backend))
         rec["gpu"] = gpu_decode(ctx, geom, wins, batch)
     return res
 

@@ -97,6 +97,22 @@ def test_device_windows_equal_slide_windows(phantom, tiny_locnet, mpp, direct):
         assert inside.any() and not inside.all()  # both paths ran: edge windows and whole ones
 
 
+@pytest.mark.parametrize("backend", ["cucim", "openslide"])
+@pytest.mark.parametrize("mpp", [1.0, 0.25, 0.5], ids=["level1", "level0", "resampled"])
+def test_batch_decode_on_several_workers_gives_the_same_windows(phantom, tiny_locnet, backend, mpp):
+    """A GPU actor decodes each batch through the reader's batch read (cuCIM's multi-location
+    read_region on its reserved CPUs); the pixels must be those of one window at a time, edge
+    windows (white padding) and resampled levels included."""
+    with open_slide(phantom, backend=backend) as reader:
+        geom = _geom(reader, tiny_locnet.card, mpp)
+        rows, cols = geom.grid
+        windows = [(r, c) for r in range(rows) for c in range(cols)]
+        one_by_one = SlideWindows(reader, geom).read(windows)
+        batched = SlideWindows(reader, geom, num_workers=3).read(windows)
+        np.testing.assert_array_equal(batched, one_by_one)
+        assert (one_by_one < 200).any(axis=-1).mean() > 0.05  # tissue was read, not only glass
+
+
 class _RecordingImage:
     """Stands in for the CuImage: records the device reads (``device=`` given; the CPU path gives
     none) and decodes them with cuCIM on the CPU, as numpy-backed results."""

@@ -104,18 +104,31 @@ class WindowPredictor:
 
 
 class SlideWindows:
-    """The windows of ``geom`` read from a slide at the model's resolution (white past its edges)."""
+    """The windows of ``geom`` read from a slide at the model's resolution (white past its edges).
 
-    def __init__(self, reader, geom: HeatmapGeometry) -> None:
+    ``num_workers`` > 1 decodes a batch in parallel where the windows are a pyramid level's
+    pixels as they are (:func:`read_windows`).
+    """
+
+    def __init__(self, reader, geom: HeatmapGeometry, num_workers: int = 1) -> None:
         self.reader = reader
         self.geom = geom
+        self.num_workers = num_workers
 
     def read(self, windows: Sequence[tuple[int, int]]) -> np.ndarray:
         """``(len(windows), n, n, 3)`` uint8, ``n = geom.window_px`` (:func:`read_windows`)."""
-        return read_windows(self.reader, self.geom, windows)
+        return read_windows(self.reader, self.geom, windows, self.num_workers)
 
 
-def read_windows(reader, geom: HeatmapGeometry, windows: Sequence[tuple[int, int]]) -> np.ndarray:
+def direct_level(reader, geom: HeatmapGeometry) -> int | None:
+    """The pyramid level whose pixels are the windows' pixels as they are (no resampling), or None."""
+    from tupac.slide.resample import plan_level
+
+    plan = plan_level(reader.mpp, tuple(reader.level_downsamples), geom.mpp, source=str(getattr(reader, "path", "")))
+    return None if plan.resample else plan.level
+
+
+def read_windows(reader, geom: HeatmapGeometry, windows: Sequence[tuple[int, int]], num_workers: int = 1) -> np.ndarray:
     """Decode windows of a slide at the model's resolution.
 
     Parameters
@@ -123,6 +136,12 @@ def read_windows(reader, geom: HeatmapGeometry, windows: Sequence[tuple[int, int
     reader : SlideReader
     geom : HeatmapGeometry
     windows : sequence of (row, col)
+    num_workers : int
+        With more than one, windows read from a pyramid level without resampling go through the
+        reader's batch read (``read_regions``: cuCIM's multi-location ``read_region`` on that many
+        decoder threads, or a thread pool over OpenSlide), the same pixels as one window at a time
+        (a test checks bytes). A GPU actor uses it so that the CPU decode of a batch keeps up with
+        the model; a CPU actor reads one window at a time, as its cores run the model.
 
     Returns
     -------
@@ -130,9 +149,14 @@ def read_windows(reader, geom: HeatmapGeometry, windows: Sequence[tuple[int, int
         ``n = geom.window_px``; area outside the slide is white.
     """
     n = geom.window_px
+    origins = [geom.window_origin_l0(tuple(rc)) for rc in windows]
+    if num_workers > 1 and len(windows) > 1:
+        level = direct_level(reader, geom)
+        if level is not None:
+            return reader.read_regions(np.asarray(origins, np.int64), level, (n, n), num_workers=num_workers)
     out = np.empty((len(windows), n, n, 3), dtype=np.uint8)
-    for i, rc in enumerate(windows):
-        out[i] = reader.read_region_mpp(geom.window_origin_l0(tuple(rc)), (n, n), geom.mpp)
+    for i, xy in enumerate(origins):
+        out[i] = reader.read_region_mpp(xy, (n, n), geom.mpp)
     return out
 
 

@@ -186,10 +186,14 @@ class ModelActor:
         decides once; ``info`` records ``decode_device`` and ``decode_reason``).
     backend : str
         The run's slide reader option (only cuCIM decodes into GPU memory).
+    decode_workers : int
+        Decoder threads of one batch on the CPU path (:func:`tupac.heatmaps.engine.read_windows`):
+        the job gives a GPU actor its reserved CPUs, so that decoding keeps up with the GPU, and a
+        CPU actor 1 (its cores run the model).
     """
 
     def __init__(self, model_dirs: Mapping[str, str], threads: int = 1, gpu_tf32: bool = False,
-                 decode_device: str = "auto", backend: str = "auto") -> None:
+                 decode_device: str = "auto", backend: str = "auto", decode_workers: int = 1) -> None:
         # Deferred: torch and ray load in the actor process only, not in the driver that imports this.
         import ray
         import torch
@@ -205,9 +209,11 @@ class ModelActor:
         self.trained = {task: load_trained(d, device=self.device) for task, d in model_dirs.items()}
         self.predictors = {task: WindowPredictor(t.model, self.device) for task, t in self.trained.items()}
         self.decode_device, reason = choose_decode_device(decode_device, self.device, backend, cuda_decode_problem)
+        self.decode_workers = max(1, int(decode_workers))
         self.info = {**device_info(self.device), "torch_threads": torch.get_num_threads(),
                      "tf32": self.device == "cuda" and bool(gpu_tf32),
-                     "decode_device": self.decode_device, "decode_reason": reason}
+                     "decode_device": self.decode_device, "decode_reason": reason,
+                     "decode_workers": self.decode_workers}
         self._model_lock = threading.Lock()
         self._handles_lock = threading.Lock()
         self._lut_lock = threading.Lock()  # one build per slide, not one per concurrent call
@@ -262,7 +268,7 @@ class ModelActor:
         reads the slide, else the CPU path (unchanged bytes)."""
         if self.decode_device == "cuda" and reader.backend == "cucim":
             return DeviceWindows(reader, geom, self.device)
-        return SlideWindows(reader, geom)
+        return SlideWindows(reader, geom, self.decode_workers)
 
     def run(self, batch: WindowBatch) -> dict[str, Any]:
         """Read, standardize, predict and store the batch's windows.

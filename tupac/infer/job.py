@@ -101,7 +101,8 @@ class JobConfig:
     num_gpus_per_actor: float | None = option(
         None, help="GPUs per model actor, fractional allowed (default: 1 if the cluster has GPUs, else 0).")
     actors: int | None = option(None, help="Model actors (default: one per GPU share; on CPU, CPUs/2).")
-    cpus_per_actor: float = option(1.0, help="CPUs Ray reserves per actor.")
+    cpus_per_actor: float = option(1.0, help="CPUs Ray reserves per actor (a GPU actor also decodes each batch on that many "
+                                             "threads).")
     # The reservation and the threads differ on purpose: the default plan reserves one CPU per actor
     # and leaves the rest to the per-slide tasks (tissue, stain statistics, detections), which are
     # short and bursty, so an actor that ran one thread would leave half of a CPU node idle most of
@@ -252,7 +253,8 @@ class _Driver:
             h = self.actor_cls.options(
                 num_gpus=num_gpus, num_cpus=self.cfg.cpus_per_actor, max_restarts=-1, max_task_retries=0,
                 max_concurrency=2,
-            ).remote(dirs, threads, self.cfg.gpu_tf32, self.cfg.decode_device, self.cfg.backend)
+            ).remote(dirs, threads, self.cfg.gpu_tf32, self.cfg.decode_device, self.cfg.backend,
+                     max(1, int(self.cfg.cpus_per_actor)) if num_gpus > 0 else 1)
             a = _Actor(h)
             self.actors.append(a)
             self._ping(len(self.actors) - 1)
