@@ -400,6 +400,14 @@ def launch(cmd: list[str], env: dict, timeout_s: float, measure_gpu) -> dict:
             "gpu_samples": gpu.samples}
 
 
+def gpu_actor_cpus(device: str, job_args: list[str]) -> list[str]:
+    """``--cpus-per-actor`` for the one GPU actor: every core but two (left to the slide tasks), so
+    it decodes each batch on that many threads; none on a CPU run or when ``--job-arg`` sets it."""
+    if not device.startswith("cuda") or any(a.startswith("--cpus-per-actor") for a in job_args):
+        return []
+    return ["--cpus-per-actor", str(max(1, (os.cpu_count() or 1) - 2))]
+
+
 def run_cli(ctx: Ctx, name: str, device: str) -> dict:
     """``python -m tupac infer`` on the phantom cohort; samplers run while it does."""
     cohort, models = need(ctx.cohort, "the phantom slide"), need(ctx.models, "the models")
@@ -407,7 +415,7 @@ def run_cli(ctx: Ctx, name: str, device: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one
     ray_tmp = Path(tempfile.mkdtemp(prefix="tgj", dir="/tmp"))  # short: Ray's socket paths are limited
     opts = ["--num-gpus-per-actor", "1" if device.startswith("cuda") else "0", "--no-dashboard",
-            "--local-temp-dir", str(ray_tmp), *ctx.plan.job_args]
+            "--local-temp-dir", str(ray_tmp), *gpu_actor_cpus(device, ctx.plan.job_args), *ctx.plan.job_args]
     cmd = [sys.executable, "-m", "tupac", "infer", "--data", str(cohort), "--models", str(models), "--out", str(out),
            *opts]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -680,7 +688,8 @@ def model_only(ctx: Ctx) -> dict:
 def non_default_settings(args: argparse.Namespace, plan: Plan) -> dict:
     """Every setting that is not the script's or the job's default, named."""
     out: dict[str, Any] = {"job_cli": ["--num-gpus-per-actor", "1" if args.device.startswith("cuda") else "0",
-                                       "--no-dashboard", "--local-temp-dir <short /tmp folder>", *plan.job_args]}
+                                       "--no-dashboard", "--local-temp-dir <short /tmp folder>",
+                                       *gpu_actor_cpus(args.device, plan.job_args), *plan.job_args]}
     defaults = vars(parse_args([]))
     for k, v in vars(args).items():
         if k not in ("out", "work") and v != defaults.get(k):
