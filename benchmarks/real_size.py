@@ -112,14 +112,24 @@ def run_infer(root: Path, models: Path, run: Path, work: Path, job_args: list[st
     summary = json.loads((run / "summary.json").read_text())
     (commit,) = [json.loads(p.read_text()) for p in (run / "slides").glob("*.zarr/commit.json")]
     steps = {k: round(v, 3) for k, v in commit["timings_s"].items()}
-    parts = {k: v for k, v in steps.items() if k not in ("prepare_s", "finalize_s")}
-    total = sum(parts.values())
     rec.update(
         summary_throughput=summary.get("throughput"), windows=commit["extra"].get("windows"),
         mitoses=commit["extra"].get("mitoses"), tumor_area_mm2=commit["extra"].get("tumor_area_mm2"),
-        steps_s=steps, step_shares={k: round(v / total, 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+        steps_s=steps, step_shares=step_shares(steps),
     )
     return rec
+
+
+def step_shares(steps: dict[str, float]) -> dict[str, float]:
+    """Each work step's share of the summed work steps, largest first.
+
+    Left out: ``prepare_s`` and ``finalize_s`` (sums of their parts, which are in), and the
+    ``*_model_wait_s`` of the actor threads (waiting for the other thread's model call, no work).
+    """
+    parts = {k: v for k, v in steps.items()
+             if k not in ("prepare_s", "finalize_s") and not k.endswith("model_wait_s")}
+    total = sum(parts.values()) or 1.0
+    return {k: round(v / total, 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}
 
 
 def run_features(run: Path, models: Path, work: Path) -> dict:
