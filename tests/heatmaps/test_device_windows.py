@@ -204,13 +204,15 @@ def test_gpu_branch_dispatch_and_sources(monkeypatch, phantom, tiny_locnet):
     assert device == "cuda" and "OpenSlide still decode on the CPU" in reason
 
     actor = ModelActor.__new__(ModelActor)  # the routing alone, without loading models in Ray
-    actor.decode_device, actor.device = device, "cpu"
+    actor.decode_device, actor.device, actor.decode_workers = device, "cpu", 4
     with open_slide(phantom, backend="cucim") as cu, open_slide(phantom, backend="openslide") as osl:
         geom = _geom(cu, tiny_locnet.card, 1.0)
         assert isinstance(actor._source(cu, geom), DeviceWindows)
         assert isinstance(actor._source(osl, geom), SlideWindows)
         actor.decode_device = "cpu"
-        assert isinstance(actor._source(cu, geom), SlideWindows)
+        source = actor._source(cu, geom)
+        # The CPU path of a GPU actor decodes each batch on the CPUs it reserved.
+        assert isinstance(source, SlideWindows) and source.num_workers == 4
 
 
 def test_job_config_decode_device_option():
