@@ -45,6 +45,7 @@ INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
     "local_temp_dir": Flag("--local-temp-dir"),
     "gpu_tf32": Flag("--gpu-tf32/--no-gpu-tf32"),
     "decode_device": Flag("--decode-device"),
+    "actor_concurrency": Flag("--actor-concurrency", min=1, max=2),
 }, not_exposed={name: CONFIG_FILE_ONLY for name in (
     "tissue_mpp", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
 

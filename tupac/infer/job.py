@@ -118,6 +118,9 @@ class JobConfig:
     mitosis_chunk: int = option(64, help="Mitosis heatmap cells per window edge (and Zarr chunk edge).")
     backend: str = option("auto", help="Slide reader: auto, openslide or cucim.")
     inflight_per_actor: int = option(3, help="Batches queued at one actor at most (2 run, one waits).")
+    actor_concurrency: int = option(
+        2, help="Batches an actor handles at once: 2 decodes one while the model runs another; 1 runs them one "
+                "after another (CPU actors with one torch thread each, one per core: no thread competes with the model).")
     max_active_slides: int | None = option(None, help="Slides open at once (default: actors + 1).")
     batch_retries: int = option(2, help="Re-queues of a batch whose actor died, before the slide fails.")
     task_retries: int = option(2, help="Ray retries of a slide task whose worker died.")
@@ -156,6 +159,7 @@ class JobConfig:
              f"threads_per_actor must be >= 1, got {self.threads_per_actor}"),
             (self.tumor_chunk >= 1 and self.mitosis_chunk >= 1, "chunks must be >= 1 cell"),
             (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
+            (self.actor_concurrency in (1, 2), f"actor_concurrency must be 1 or 2, got {self.actor_concurrency}"),
             (self.tissue_mpp > 0, f"tissue_mpp={self.tissue_mpp!r}, expected > 0 um/px"),
             (self.backend in BACKENDS, f"backend={self.backend!r}, expected one of {', '.join(BACKENDS)}"),
             (self.decode_device in DECODE_DEVICES,
@@ -252,7 +256,7 @@ class _Driver:
         for _ in range(n):
             h = self.actor_cls.options(
                 num_gpus=num_gpus, num_cpus=self.cfg.cpus_per_actor, max_restarts=-1, max_task_retries=0,
-                max_concurrency=2,
+                max_concurrency=self.cfg.actor_concurrency,
             ).remote(dirs, threads, self.cfg.gpu_tf32, self.cfg.decode_device, self.cfg.backend,
                      max(1, int(self.cfg.cpus_per_actor)) if num_gpus > 0 else 1)
             a = _Actor(h)
