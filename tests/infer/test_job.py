@@ -244,7 +244,8 @@ def test_job_config_and_model_folders_are_validated(tmp_path):
     from tupac.infer.job import JobConfig
     from tupac.heatmaps.prepare import CardInfo
 
-    for bad in ({"batch_size": 0}, {"max_attempts": 0}, {"actors": 0}, {"num_gpus_per_actor": -1.0}):
+    for bad in ({"batch_size": 0}, {"max_attempts": 0}, {"actors": 0}, {"num_gpus_per_actor": -1.0},
+                {"actor_concurrency": 3}):
         with pytest.raises(ConfigError):
             JobConfig(models=tmp_path, out=tmp_path / "run", **bad)
     models = make_models(tmp_path / "m", mitosis=False)
