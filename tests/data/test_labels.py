@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tupac.data.labels import is_by_id, read_labels, read_labels_by_id
+from tupac.data import read_labels
+from tupac.data.labels import is_by_id, read_labels_by_id
 from tupac.data.readers import read_ground_truth
 from tupac.errors import DatasetLayoutError
 
