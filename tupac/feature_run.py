@@ -50,7 +50,7 @@ import pandas as pd
 
 from tupac.data.layout import SLIDES_DIR, SLIDE_SUFFIXES
 from tupac.data.manifest import from_dataset, read_manifest
-from tupac.data.readers import read_ground_truth
+from tupac.data.labels import read_labels
 from tupac.errors import FeatureError, FeatureFileError, FeatureTrackingError, HeatmapStoreError
 from tupac.features import check_finite, feature_dictionary
 from tupac.features.aggregate import open_heatmaps, slide_features
@@ -463,16 +463,33 @@ def _track_general(run: Path, fit: _GeneralFit, tracking_uri: str | None, notes:
 # ---------------------------------------------------------------- the run
 
 
-def _labels(path: Path | None, ids: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
-    """Training slides (label-file order, with a store) and their grades; labelled slides without a store."""
+def _labels(path: Path | None, ids: list[str], cohort: set[str], cohort_name: str
+            ) -> tuple[list[str], np.ndarray, list[str]]:
+    """Training slides (label-file order, with a store and a grade) and their grades; labelled slides
+    without a store.
+
+    ``path`` is either labels format (:func:`tupac.data.labels.read_labels`); a by-ID file must name
+    only slides of ``cohort``. Slides with an RNA score and no grade are not training slides: every fit
+    here (deep-feature clusters, grade network) is a grade fit or its preparation.
+    """
     if path is None:
         return [], np.zeros(0, np.int64), []
 
-    lab = read_ground_truth(path)
+    lab = read_labels(path, cohort=cohort, cohort_name=cohort_name, need=("grade",))
+    lab = lab[lab["mitosis_score"].notna()]
     have = set(ids)
     keep = lab[lab["slide_id"].isin(have)]
     absent = [s for s in lab["slide_id"] if s not in have]
     return keep["slide_id"].tolist(), keep["mitosis_score"].to_numpy(np.int64), absent
+
+
+def _cohort_ids(run: Path, slides: str | Path | None, stored: list[str]) -> tuple[set[str], str]:
+    """The slides a labels file may name: the run's stores, and the slide source's slides when one is
+    given (a slide that failed inference is still part of the cohort); with the phrase for messages."""
+    where = f"the run {run / 'slides'}"
+    if slides is None:
+        return set(stored), where
+    return set(stored) | set(slide_sources(slides)), f"{where} or the slide source {slides}"
 
 
 def _atomic_parquet(table: pd.DataFrame, path: Path) -> None:
@@ -549,7 +566,9 @@ def run_features(
     run : path
         The run folder (``RUN/slides/<id>.zarr`` + ``<id>.mitoses.csv``).
     labels : path, optional
-        ``training_ground_truth.csv``: its slides are the training slides (fits see only them).
+        Labels by slide ID (``slide_id,grade[,rna]``) or TUPAC16's ``training_ground_truth.csv``
+        (:func:`tupac.data.labels.read_labels`): its slides with a grade are the training slides (fits see
+        only them). A by-ID file naming a slide that is neither in the run nor in ``slides`` is an error.
     slides : path, optional
         Where the slide files are (manifest CSV, dataset root or slide folder); default the commit records' paths.
     models : path, optional
@@ -594,7 +613,8 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     blank_set = set(blank)
     if len(blank) == len(found):
         raise FeatureError(f"{run / 'slides'}: no committed slide has tissue ({_some(blank)} are blank)")
-    training, grades, absent = _labels(Path(labels) if labels else None, ids)
+    cohort, cohort_name = _cohort_ids(run, slides, ids + [sid for sid, _ in skipped])
+    training, grades, absent = _labels(Path(labels) if labels else None, ids, cohort, cohort_name)
     if labels and not training:
         raise FeatureError(f"{labels}: none of its slides has a committed store in {run / 'slides'}")
     with_tissue = [i for i, sid in enumerate(training) if sid not in blank_set]

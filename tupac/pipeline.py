@@ -31,7 +31,7 @@ from typing import Any, Callable
 import yaml
 
 from tupac.config_check import build_checked, check_value, help_of, kind, option, show
-from tupac.data import read_ground_truth
+from tupac.data.labels import read_labels
 from tupac.data.manifest import load_cohort
 from tupac.errors import ConfigError
 from tupac.feature_run import run_features
@@ -41,7 +41,7 @@ from tupac.heatmaps.store import store_path
 from tupac.infer.job import JobConfig, run_job
 from tupac.mitosis.training import MitosisTrainConfig
 from tupac.models.trained import weights_hash
-from tupac.predict.cohort import build_cohort, read_feature_table
+from tupac.predict.cohort import build_cohort, read_feature_table, read_fit_labels
 from tupac.predict.fit import FitConfig, fit_cohort, write_outputs
 from tupac.report.config import ReportOptions
 from tupac.report.html import build_report
@@ -289,8 +289,11 @@ class Pipeline:
     """Runs the stages in order, skipping those whose record still holds (see the module docstring)."""
 
     def __init__(self, data: Path, out: Path, config: PipelineConfig, models: Path | None = None,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, labels: Path | None = None) -> None:
         self.data, self.out, self.config = Path(data), Path(out), config
+        # The dataset's own ground truth unless a labels file (either format) is given.
+        self.given_labels = labels is not None
+        self.labels = Path(labels) if labels is not None else self.data / "training_ground_truth.csv"
         self.models = Path(models) if models is not None else self.out / "models"
         self.given_models = models is not None
         self.say = say or (lambda msg: None)
@@ -321,6 +324,9 @@ class Pipeline:
         return key
 
     def run(self) -> dict[str, Any]:
+        if self.given_labels:
+            # Read it now, so that a broken labels file fails before training and inference, not after.
+            read_labels(self.labels, need=("grade", "rna"))
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         data_fp = dataset_fingerprint(self.data)
@@ -373,32 +379,37 @@ class Pipeline:
         return _files_fingerprint(commits)
 
     def _features(self, k_infer: str) -> str:
-        labels = self.data / "training_ground_truth.csv"
+        labels = self.labels
         cfg = self.config.features_config()
         table = self.out / "features.parquet"
 
         def run() -> None:
-            run_features(self.out, labels=labels if labels.is_file() else None, slides=self.data,
+            run_features(self.out, labels=labels if self.given_labels or labels.is_file() else None, slides=self.data,
                          models=self.models, config=cfg)
 
-        self._stage("features", [k_infer, dataclasses.asdict(cfg)], [table], run)
+        key = [k_infer, dataclasses.asdict(cfg)]
+        if self.given_labels:
+            # Only then: the key of a run on the dataset's own labels stays what it was before --labels.
+            key.append(_files_fingerprint([labels]))
+        self._stage("features", key, [table], run)
         return _files_fingerprint([table])
 
     def _fit(self, k_features: str) -> str:
-        labels = self.data / "training_ground_truth.csv"
+        labels = self.labels
         cfg = self.config.fit_config()
         out = self.out / "predict"
 
         def run() -> None:
-
-            cohort = build_cohort(read_feature_table(self.out / "features.parquet"), read_ground_truth(labels),
-                                  strict=cfg.strict, labels_source=str(labels))
+            table_path = self.out / "features.parquet"
+            table = read_feature_table(table_path)
+            lab = read_fit_labels(labels, table, self.out, source=str(table_path))
+            cohort = build_cohort(table, lab, strict=cfg.strict, labels_source=str(labels))
             result = fit_cohort(cohort, cfg, progress=lambda msg: None)
             write_outputs(result, out)
             log_fit(result, out, self.out, run_name="tupac run")
 
-        if not labels.is_file():
-            self.say("[fit] no training_ground_truth.csv: predictive models skipped")
+        if not self.given_labels and not labels.is_file():
+            self.say(f"[fit] no labels ({labels}): predictive models skipped")
             return k_features
         self._stage("fit", [k_features, dataclasses.asdict(cfg), _files_fingerprint([labels])],
                     [out / "metrics.json"], run)
@@ -414,7 +425,8 @@ class Pipeline:
 
 
 def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig = PipelineConfig(),
-                 models: str | Path | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 models: str | Path | None = None, say: Callable[[str], None] | None = None,
+                 labels: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) the whole pipeline on a TUPAC16-layout dataset; see the module docstring.
 
     The run folder ``out`` is held for the whole run (:func:`tupac.runlock.run_lock`): a second job
@@ -422,4 +434,5 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig = Pip
     the stages take the same lock again without blocking themselves.
     """
     with run_lock(out, "tupac run"):
-        return Pipeline(Path(data), Path(out), config, Path(models) if models else None, say).run()
+        return Pipeline(Path(data), Path(out), config, Path(models) if models else None, say,
+                        Path(labels) if labels else None).run()

@@ -29,7 +29,9 @@ FEATURES_OPTIONS = ConfigOptions("tupac.features.config:FeatureRunConfig", {
 
 def features_cmd(
     run: Path = typer.Option(..., "--run", help="Run folder (RUN/slides/<id>.zarr + <id>.mitoses.csv)."),
-    labels: Path = typer.Option(None, "--labels", help="training_ground_truth.csv: its slides are the training slides."),
+    labels: Path = typer.Option(None, "--labels",
+                                help="Labels: a CSV with a header slide_id,grade[,rna], or TUPAC16's "
+                                     "training_ground_truth.csv; its slides with a grade are the training slides."),
     slides: Path = typer.Option(None, "--slides",
                                 help="Slide files: dataset root, slide folder or manifest CSV (default: commit records)."),
     models: Path = typer.Option(None, "--models",

@@ -48,6 +48,9 @@ def run_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see --print-config for every option)."),
     models: Optional[Path] = typer.Option(None, "--models", help="Use these trained models instead of training."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the effective config as YAML and exit."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Labels of the features and fit stages: a CSV with a header slide_id,grade,rna, or "
+                               "TUPAC16's row-numbered file (default DATA/training_ground_truth.csv)."),
 ) -> None:
     """Train (unless --models), infer, compute features, fit the predictive models, write the report.
 
@@ -59,7 +62,7 @@ def run_cmd(
     cfg = run_guarded(_load_config, config, print_config)
     if not data.is_dir():
         fail(FileNotFoundError(f"{data}: no such dataset folder"))
-    summary = run_guarded(run_pipeline, data, out, cfg, models, _say)
+    summary = run_guarded(run_pipeline, data, out, cfg, models, _say, labels)
     _finish(summary, out)
 
 

@@ -22,15 +22,16 @@ def _names(text: str) -> tuple[str, ...]:
 def _fit(run: Path, labels: Path, features: Path | None, grade_models: str | None, rna_models: str | None,
          track: bool, experiment: str, run_name: str | None, fit: dict) -> None:
     # Deferred: the predictive stage imports pandas and scikit-learn, which `tupac --help` should not pay for.
-    from tupac.data import read_ground_truth
-    from tupac.predict.cohort import build_cohort, read_feature_table
+    from tupac.predict.cohort import build_cohort, read_feature_table, read_fit_labels
     from tupac.predict.fit import FitConfig, fit_cohort, n_steps, write_outputs
 
     chosen = {name: _names(text) for name, text in (("grade_models", grade_models), ("rna_models", rna_models)) if text}
     config = FitConfig(**fit, **chosen)
     strict = config.strict
-    table = read_feature_table(features or run / FEATURES_NAME)
-    cohort = build_cohort(table, read_ground_truth(labels), strict=strict, labels_source=str(labels))
+    table_path = features or run / FEATURES_NAME
+    table = read_feature_table(table_path)
+    lab = read_fit_labels(labels, table, run, source=str(table_path))
+    cohort = build_cohort(table, lab, strict=strict, labels_source=str(labels))
     for e in cohort.exclusions:
         err_console.print(f"[yellow]excluded[/] {e.slide_id}: {e.reason}", highlight=False, soft_wrap=True)
     s = cohort.summary()
@@ -89,7 +90,8 @@ FIT_OPTIONS = ConfigOptions("tupac.predict.fit:FitConfig", {
 
 def fit_cmd(
     run: Path = typer.Option(..., "--run", help="Run directory holding features.parquet; outputs go to RUN/predict."),
-    labels: Path = typer.Option(..., "--labels", help="TUPAC16 training_ground_truth.csv (no header)."),
+    labels: Path = typer.Option(..., "--labels", help="Labels: a CSV with a header slide_id,grade,rna (other columns "
+                                                       "kept as metadata), or TUPAC16's training_ground_truth.csv."),
     features: Path = typer.Option(None, "--features", help="Feature table (default RUN/features.parquet)."),
     grade_models: str = typer.Option(None, "--grade-models", help="Comma-separated subset of the grade classifiers."),
     rna_models: str = typer.Option(None, "--rna-models", help="Comma-separated subset of the RNA regressors."),

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tupac.data.labels import read_labels
 from tupac.errors import CohortError
 from tupac.features.dictionary import NO_TISSUE
 
-__all__ = ["Cohort", "Exclusion", "read_feature_table", "validate_feature_table", "feature_table_hash", "build_cohort"]
+__all__ = ["Cohort", "Exclusion", "read_feature_table", "validate_feature_table", "feature_table_hash", "build_cohort",
+           "read_fit_labels"]
 
 GRADES = (1, 2, 3)
 
@@ -134,6 +136,34 @@ def feature_table_hash(X: pd.DataFrame) -> str:
     h.update(b"\x1e")
     h.update(np.ascontiguousarray(X.to_numpy(np.float64)).tobytes())
     return h.hexdigest()
+
+
+def read_fit_labels(path: str | Path, features: pd.DataFrame, run: str | Path | None = None,
+                    source: str = "the feature table") -> pd.DataFrame:
+    """The labels of a fit, in either format (:func:`tupac.data.labels.read_labels`).
+
+    A fit needs both targets, so a by-ID file must have ``grade`` and ``rna`` columns; a slide with
+    one of them empty is excluded by :func:`build_cohort` with the reason. Its IDs must be slides of
+    the cohort: rows of ``features`` or, with ``run``, stores in ``RUN/slides`` (a slide with no
+    feature row, e.g. one that failed inference, is still part of the cohort).
+
+    Parameters
+    ----------
+    path : path-like
+        The labels file.
+    features : DataFrame
+        From :func:`validate_feature_table` (indexed by ``slide_id``).
+    run : path-like, optional
+        The run folder.
+    source : str
+        What ``features`` is (its file), for the unknown-ID message.
+    """
+    cohort = set(map(str, features.index))
+    name = source
+    if run is not None:
+        cohort |= {p.name[: -len(".zarr")] for p in (Path(run) / "slides").glob("*.zarr")}
+        name = f"{source} or {Path(run) / 'slides'}"
+    return read_labels(path, cohort=cohort, cohort_name=name, need=("grade", "rna"))
 
 
 def build_cohort(
