@@ -175,21 +175,23 @@ def error_record(e: BaseException) -> dict[str, Any]:
 
 
 def guarded(store: dict, key: str, fn: Callable[[], dict], need_s: float = 0.0,
-            left: Callable[[], float] | None = None) -> dict:
+            left: Callable[[], float] | None = None, say: Callable[[str], None] | None = None) -> dict:
     """``store[key] = fn()`` plus ``ok`` and ``seconds``; an exception becomes an error record.
 
     Skipped (``ok`` False, ``skipped`` set) when ``left()`` says fewer than ``need_s`` seconds remain.
+    ``say`` prints the outcome lines (default: this script's :func:`log`).
     """
+    say = say or log
     if left is not None and left() < need_s:
         store[key] = {"ok": False, "skipped": f"time budget: {left():.0f} s left, needs about {need_s:.0f} s"}
-        log(f"{key}: skipped ({store[key]['skipped']})")
+        say(f"{key}: skipped ({store[key]['skipped']})")
         return store[key]
     t0 = time.perf_counter()
     try:
         store[key] = {"ok": True, **fn()}
     except Exception as e:  # a failing item is a result, not the end of the run
         store[key] = {"ok": False, **error_record(e)}
-        log(f"{key}: FAILED {store[key]['error'][:300]} ({store[key]['where']})")
+        say(f"{key}: FAILED {store[key]['error'][:300]} ({store[key]['where']})")
     store[key]["seconds"] = round(time.perf_counter() - t0, 2)
     return store[key]
 
@@ -261,11 +263,12 @@ def timed(call: Callable[[], Any], device: str, min_s: float, warmup: int = 1) -
             return {"calls": reps, "timed_s": round(elapsed, 3), "s_per_call": elapsed / reps}
 
 
-def versions() -> dict[str, str | None]:
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution in ``packages`` (None where it is missing)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

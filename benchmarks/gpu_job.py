@@ -106,7 +106,8 @@ for p in (ROOT, BENCH):  # tupac runs from the source tree, not installed; bench
 
 import numpy as np  # noqa: E402
 from bench_common import PeakSampler, load_avg  # noqa: E402
-from gpu_check import clean, error_record, save, sync, timed  # noqa: E402
+import gpu_check  # noqa: E402
+from gpu_check import clean, save, sync, timed  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "real" / "he-tumor-target.png"
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-image", "tifffile", "imagecodecs", "ray", "zarr", "numcodecs",
@@ -182,15 +183,9 @@ def log(msg: str) -> None:
 
 
 def guarded(store: dict, key: str, fn: Callable[[], dict]) -> dict:
-    """``store[key] = {"ok": True, **fn()}``; an exception becomes an error record (the run goes on)."""
-    t0 = time.perf_counter()
-    try:
-        store[key] = {"ok": True, **fn()}
-    except Exception as e:  # a failing section is a result, not the end of the run
-        store[key] = {"ok": False, **error_record(e)}
-        log(f"{key}: FAILED {store[key]['error'][:300]} ({store[key]['where']})")
-    store[key]["seconds"] = round(time.perf_counter() - t0, 2)
-    return store[key]
+    """``store[key] = {"ok": True, **fn()}``; an exception becomes an error record (the run goes on).
+    :func:`gpu_check.guarded`, logging with this script's prefix."""
+    return gpu_check.guarded(store, key, fn, say=log)
 
 
 def need(value: Any, what: str) -> Any:
@@ -201,18 +196,6 @@ def need(value: Any, what: str) -> Any:
 
 
 # --- environment -------------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def has_module(name: str) -> bool:
@@ -237,9 +220,9 @@ def environment(ctx: Ctx) -> dict:
         gpu = q.stdout.strip() or q.stderr.strip()
     return {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-            "gpu": gpu, "tupac_from": str(Path(tupac.__file__).resolve().parent), "packages": versions(),
-            "optional_modules": {m: has_module(m) for m in OPTIONAL_MODULES}, "load_avg": load_avg(),
-            "plan": asdict(ctx.plan)}
+            "gpu": gpu, "tupac_from": str(Path(tupac.__file__).resolve().parent),
+            "packages": gpu_check.versions(PACKAGES), "optional_modules": {m: has_module(m) for m in OPTIONAL_MODULES},
+            "load_avg": load_avg(), "plan": asdict(ctx.plan)}
 
 
 # --- data: the phantom slide -------------------------------------------------------------------------
