@@ -47,6 +47,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -265,9 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
         run = a.work / f"run-{root.name}"
         if run.exists():
-            import shutil
-
-            shutil.rmtree(run)
+            shutil.rmtree(run)  # a fresh run, not a resumed one
         entry["infer"] = run_infer(root, a.models, run, a.work, a.job_arg)
         save()
         if not a.skip_bound:

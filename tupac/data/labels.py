@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tupac.data.manifest import slide_id_problem
+from tupac.data.manifest import claim_slide_id
 from tupac.data.readers import editor_lines, parse_integer, parse_number, read_ground_truth
 from tupac.errors import DatasetLayoutError
 
@@ -191,12 +191,7 @@ def read_labels_by_id(
         if len(fields) != n_cols:
             raise DatasetLayoutError(path, f"expected {n_cols} fields as in the header, got {len(fields)}", line_no)
         sid = fields[0]
-        problem = slide_id_problem(sid)
-        if problem:
-            raise DatasetLayoutError(path, problem, line_no)
-        if sid in seen:
-            raise DatasetLayoutError(path, f"slide {sid!r} is labelled twice (first on line {seen[sid]})", line_no)
-        seen[sid] = line_no
+        claim_slide_id(path, line_no, sid, seen, twice=f"slide {sid!r} is labelled twice")
         if known is not None and sid not in known:
             raise DatasetLayoutError(path, f"slide {sid!r} is not in {cohort_name}", line_no)
         values = {label: _value(path, line_no, sid, label, fields[i]) for label, i in found.items()}

@@ -82,6 +82,24 @@ def slide_id_problem(slide_id: str) -> str | None:
     return None
 
 
+def claim_slide_id(path: Path, line: int, sid: str, seen: dict[str, int], twice: str | None = None) -> None:
+    """Check that ``sid`` is a usable slide ID not yet seen in the file, and record its ``line``.
+
+    Raises
+    ------
+    DatasetLayoutError
+        Naming the file and line: why the ID is unusable (:func:`slide_id_problem`), or ``twice``
+        (default ``duplicate slide ID 'X'``) with the line that had it first.
+    """
+    problem = slide_id_problem(sid)
+    if problem:
+        raise DatasetLayoutError(path, problem, line)
+    if sid in seen:
+        what = twice or f"duplicate slide ID {sid!r}"
+        raise DatasetLayoutError(path, f"{what} (first on line {seen[sid]})", line)
+    seen[sid] = line
+
+
 def _parse_mpp(text: str, path: Path, line: int) -> float | None:
     text = text.strip()
     if not text:
@@ -160,12 +178,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
 
 def _entry(rec: dict[str, str], base: Path, path: Path, line: int, seen: dict[str, int]) -> ManifestEntry:
     sid = rec["slide_id"].strip()
-    problem = slide_id_problem(sid)
-    if problem:
-        raise DatasetLayoutError(path, problem, line)
-    if sid in seen:
-        raise DatasetLayoutError(path, f"duplicate slide ID {sid!r} (first on line {seen[sid]})", line)
-    seen[sid] = line
+    claim_slide_id(path, line, sid, seen)
     raw = rec["path"].strip()
     if not raw:
         raise DatasetLayoutError(path, f"empty path for slide {sid!r}", line)

@@ -122,6 +122,8 @@ class SlideWindows:
 
 def direct_level(reader, geom: HeatmapGeometry) -> int | None:
     """The pyramid level whose pixels are the windows' pixels as they are (no resampling), or None."""
+    # Deferred: tupac.slide's package imports the slide backends (OpenSlide), which the run format
+    # (this module's other readers) does not need.
     from tupac.slide.resample import plan_level
 
     plan = plan_level(reader.mpp, tuple(reader.level_downsamples), geom.mpp, source=str(getattr(reader, "path", "")))
