@@ -94,6 +94,11 @@ def test_cohort_outputs_match_sequential_reference_and_resume_skips(local_ray, m
             assert [a["unit"] for a in ms["axes"]] == ["micrometer", "micrometer"]
         rec = read_commit(store)
         assert set(rec.models) == {"tumor:locnet", "mitosis:mitosnet"} and "mitoses.csv" in rec.outputs
+        # The slide's profile: every step of both stages timed (benchmarks/real_size.py reads these).
+        steps = {"tissue_s", "stain_s", "store_s", "regions_s", "detect_s"} | {
+            f"{task}_{step}" for task in ("tumor", "mitosis")
+            for step in ("decode_s", "standardize_s", "model_wait_s", "model_s", "write_s")}
+        assert steps <= set(rec.timings_s) and rec.timings_s["mitosis_model_s"] > 0, rec.timings_s
         # The job's tumor heatmap is the single-slide sequential reference's, window for window.
         ref = tumor_map(e.path, load_trained(models / "tumor"), tmp_path / f"ref-{e.slide_id}.zarr", chunk=16)
         np.testing.assert_allclose(store.read("tumor"), ref.read("tumor"), rtol=0, atol=1e-6)

@@ -17,6 +17,7 @@ segfault in a reader) kills a Ray worker, which Ray reports as a failed task, ne
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import time
 from typing import Any, Mapping
@@ -110,8 +111,7 @@ def prepare_slide(
                     f"{reader.mpp:g} um/px (a {task} stage needs a finer scan)"
                 )
         plan = plan_slide(reader, tissue, slide_id, store_path, cards, chunks, overwrite=False, t0=t0)
-    plan.steps_s["tissue_s"] = tissue_s
-    return plan
+    return dataclasses.replace(plan, steps_s={**plan.steps_s, "tissue_s": tissue_s})
 
 
 def tumor_regions(
