@@ -51,8 +51,12 @@ def _downsample(block: np.ndarray, f: int) -> np.ndarray:
     return (m + 0.5).astype(np.uint8)
 
 
+RowBlock = tuple[np.ndarray, "np.ndarray | None"]
+"""A level-0 block ``(h, w, 3)`` uint8 and its level-1 box mean (None: no whole 4 x 4 group)."""
+
+
 def _render_row(render: Callable[[int, int, int, int], np.ndarray], size: tuple[int, int], chunk_px: int,
-                r: int) -> list[np.ndarray]:
+                r: int) -> list[RowBlock]:
     """The blocks of tile row ``r`` (each ``<= 256 x chunk_px``), left to right, each with its
     level-1 block (box mean by 4; None where the block holds no whole 4 x 4 group)."""
     w, h = size
@@ -74,12 +78,12 @@ _FORKED_RENDER: tuple | None = None
 (a closure over a scene need not be picklable)."""
 
 
-def _render_row_forked(r: int) -> list[np.ndarray]:
+def _render_row_forked(r: int) -> list[RowBlock]:
     render, size, chunk_px = _FORKED_RENDER
     return _render_row(render, size, chunk_px, r)
 
 
-def _rows(render, size: tuple[int, int], chunk_px: int, workers: int) -> Iterator[list[np.ndarray]]:
+def _rows(render, size: tuple[int, int], chunk_px: int, workers: int) -> Iterator[list[RowBlock]]:
     """Every tile row's blocks, in order; rendered by ``workers`` forked processes when > 1.
 
     At most ``2 * workers`` rows are in flight, so memory stays a few rows (a 80k-px row is 61 MB)
