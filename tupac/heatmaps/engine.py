@@ -217,8 +217,11 @@ class LutStandardizer:
     """Standardization through a slide's lookup table, per window or a whole batch at once.
 
     ``batch`` looks the batch up in one call and returns a strided view
-    (:func:`tupac.preprocess.stain.apply_lut_view`) instead of copying each window back into the
-    batch: on the 40x stage of a real-size slide that halves the standardization time.
+    (:func:`tupac.preprocess.stain.apply_lut_view`) instead of compacting each window to 3 bytes
+    per pixel and copying it back into the batch. Measured on a 1087 px H&E window: 9.9 against
+    16.4 ms for the lookup; the model's float conversion reads the strided view ~5 ms slower, so
+    the net saving is ~2-3 ms a window (with the faster packed index, a 40k x 30k slide went from
+    76.2 to 71.7 s, standardization 20.8 to 14.7 s).
     """
 
     def __init__(self, table: np.ndarray) -> None:
