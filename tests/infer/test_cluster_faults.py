@@ -62,6 +62,12 @@ def _states(run: Path) -> dict[str, tuple[str, int]]:
         return {}
 
 
+def _rows(run: Path) -> list[tuple]:
+    """Every ledger row (for a failure message): what happened to each slide, when and where."""
+    with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=5) as c:
+        return c.execute("SELECT slide_id, state, attempts, started, finished, pid, error FROM slides").fetchall()
+
+
 def _wait(pred, timeout: float, what: str, proc=None):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -126,6 +132,7 @@ def test_driver_killed_mid_cohort_then_resumed(models, cohort, clean, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         _stop_cluster(temp)
     before = _states(run)
+    before_rows = _rows(run)
     done_before = {sid for sid, (st, _) in before.items() if st == "DONE"}
     assert 1 <= len(done_before) < 3, before
     mtimes = {p: p.stat().st_mtime_ns for sid in done_before
@@ -134,12 +141,13 @@ def test_driver_killed_mid_cohort_then_resumed(models, cohort, clean, tmp_path):
     again = infer_cli(local_args(models, run, data=cohort), timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     after = _states(run)
+    why = f"before the kill {before_rows}\nafter the resume {_rows(run)}\nresumed run:\n{again.stderr[-4000:]}"
     for sid, (st, attempts) in after.items():
-        assert st == "DONE"
+        assert st == "DONE", why
         if sid in done_before:
-            assert attempts == 1  # not recomputed
+            assert attempts == 1, why  # not recomputed
         else:
-            assert attempts == before.get(sid, ("PENDING", 0))[1] + 1
+            assert attempts == before.get(sid, ("PENDING", 0))[1] + 1, why
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert sorted(_done(run)["skipped"]) == sorted(done_before)
     assert output_digests(run) == clean
