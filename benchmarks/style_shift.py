@@ -33,6 +33,8 @@ What it does:
      per-slide count of detected mitoses in tumor against the true count (Spearman);
    - mitosis on the held-out fields of the unseen style: pooled precision / recall / F1;
    - grade accuracy, quadratic kappa and RNA Spearman of the fit's best model;
+   - stain: per center, the hematoxylin density in true tumor before and after standardization
+     towards the mitosis network's reference, and the residual spread between centers;
    - the out-of-distribution flags the run raised, where the pipeline has the check;
    - the issue's targets, each marked met or not.
 
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -294,6 +297,73 @@ def held_out_fields(data: Path, models: Path) -> dict:
             "precision": pooled.precision, "recall": pooled.recall, "f1": pooled.f1}
 
 
+def tumor_fields(data: Path, sid: str, n: int, size: int = 512) -> list[np.ndarray]:
+    """Up to ``n`` level-0 fields of ``size`` px lying wholly in true tumor, spread over the slide."""
+    from tupac.slide.factory import open_slide
+    from tupac.synth.truth import read_truth_mask
+
+    tumor, mask_mpp = read_truth_mask(data / "truth" / sid / "tumor.png")
+    step = int(round(size * 0.25 / mask_mpp))  # mask pixels per field (slides are 0.25 um/px)
+    rows, cols = tumor.shape[0] // step, tumor.shape[1] // step
+    full = tumor[: rows * step, : cols * step].reshape(rows, step, cols, step).all(axis=(1, 3))
+    cells = np.argwhere(full)
+    if not len(cells):
+        return []
+    pick = cells[np.linspace(0, len(cells) - 1, min(n, len(cells))).astype(int)]
+    with open_slide(data / "training_image_data" / f"{sid}.svs") as reader:
+        return [reader.read_region((int(c * size), int(r * size)), 0, (size, size)) for r, c in pick]
+
+
+def stain_agreement(data: Path, models: Path, fields_per_slide: int = 3) -> dict:
+    """Do the centers' hematoxylin densities in tumor agree once standardized?
+
+    For each test slide, up to ``fields_per_slide`` 512 px fields wholly inside true tumor are read,
+    standardized towards the mitosis network's stain reference with each field's own statistics
+    (:func:`tupac.mitosis.inference.standardize_image`; the job fits one set of statistics per slide,
+    on its tumor regions), and the hematoxylin channel of the Ruifrok-Johnston deconvolution
+    (``skimage.color.rgb2hed``) is pooled per center. Reported per center before and after: the
+    median and 90th percentile; overall: the largest difference between two centers' medians (and
+    90th percentiles), and that difference after as a fraction of before (the residual).
+    """
+    from skimage.color import rgb2hed
+
+    from tupac.mitosis.inference import standardize_image
+    from tupac.models.trained import load_trained
+
+    reference = load_trained(models / "mitosis", device="cpu").reference
+    truth = json.loads((data / "truth" / "cohort.json").read_text())["slides"]
+    pooled: dict[str, dict[str, list]] = {}
+    for sid, t in sorted(truth.items()):
+        for field in tumor_fields(data, sid, fields_per_slide):
+            c = pooled.setdefault(t["center"], {"raw": [], "std": []})
+            c["raw"].append(rgb2hed(field)[..., 0].ravel()[::7])
+            c["std"].append(rgb2hed(standardize_image(field, reference))[..., 0].ravel()[::7])
+    out: dict = {"by_center": {}}
+    for center, c in sorted(pooled.items()):
+        raw, std = np.concatenate(c["raw"]), np.concatenate(c["std"])
+        out["by_center"][center] = {"fields": len(c["raw"]),
+                                    "raw_median": float(np.median(raw)), "raw_p90": float(np.quantile(raw, 0.9)),
+                                    "standardized_median": float(np.median(std)),
+                                    "standardized_p90": float(np.quantile(std, 0.9))}
+    for which in ("raw", "standardized"):
+        for stat in ("median", "p90"):
+            v = [c[f"{which}_{stat}"] for c in out["by_center"].values()]
+            out[f"{which}_{stat}_spread"] = float(max(v) - min(v)) if v else float("nan")
+    for stat in ("median", "p90"):
+        out[f"residual_fraction_{stat}"] = out[f"standardized_{stat}_spread"] / max(out[f"raw_{stat}_spread"], 1e-12)
+    return out
+
+
+def area_error_by_center(per_slide: dict, data: Path) -> dict:
+    """Median signed tumor-area error per center (a systematic over- or under-call shows here)."""
+    truth = json.loads((data / "truth" / "cohort.json").read_text())["slides"]
+    by: dict[str, list[float]] = {}
+    for sid, v in per_slide.items():
+        by.setdefault(truth[sid]["center"], []).append(v["tumor_area_mm2"] / v["true_tumor_area_mm2"] - 1.0)
+    return {c: {"slides": len(e), "median": float(np.median(e)), "median_abs": float(np.median(np.abs(e)))}
+            for c, e in sorted(by.items())}
+
+
 def ood_flags(out: Path) -> dict | None:
     """Slides the run's out-of-distribution check flagged (None where the table has no such column)."""
     import pandas as pd
@@ -312,11 +382,13 @@ def read_back(out: Path, data: Path, models: Path) -> dict:
     res = {
         "tumor": {**tumor_maps(out, data, models), "area_error_median": float(np.median(rel)),
                   "area_error_median_abs": float(np.median(np.abs(rel))),
-                  "area_within_10pct": float((np.abs(rel) <= 0.10).mean())},
+                  "area_within_10pct": float((np.abs(rel) <= 0.10).mean()),
+                  "area_error_by_center": area_error_by_center(agree["per_slide"], data)},
         "mitosis_slides": {**slides, **slide_mitoses_by_center(out, data),
                            "count_in_tumor_spearman": agree["n_in_tumor_spearman"]},
         "mitosis_fields": held_out_fields(data, models),
         "fit": cp.quality(out),
+        "stain_agreement_in_tumor": stain_agreement(data, models),
         "ood": ood_flags(out),
     }
     m, q = res["mitosis_slides"], res["fit"]
@@ -346,7 +418,7 @@ def main() -> None:
     ap.add_argument("--test-fields", type=int, default=12)
     ap.add_argument("--size-um", nargs=2, type=float, default=[1500.0, 1200.0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fresh", action="store_true", help="Delete the variant's models and run first.")
+    ap.add_argument("--fresh", action="store_true", help="Delete the variant's run folder first (models are kept).")
     args = ap.parse_args()
 
     root = args.root
@@ -355,10 +427,12 @@ def main() -> None:
     train_root, test_root = make_data(root, args)
     t_data = time.perf_counter() - t0
     cfg = variant_config(args.variant, args.seed)
-    vdir = root / f"variant_{args.variant}"
-    if args.fresh and vdir.exists():
-        shutil.rmtree(vdir)
-    models, out = vdir / "models", vdir / "run"
+    # Variants that train the same way share their networks: models are kept by training config.
+    train_key = hashlib.sha256(json.dumps([cfg.tumor_config().to_dict(), cfg.mitosis_config().to_dict()],
+                                          sort_keys=True, default=str).encode()).hexdigest()[:12]
+    models, out = root / f"models_{train_key}", root / f"run_{args.variant}"
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
     models.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     train_s = train(train_root, models, cfg)
@@ -372,6 +446,7 @@ def main() -> None:
                  "test_centers": args.test_centers, "test_slides": args.test_slides, "test_fields": args.test_fields,
                  "size_um": args.size_um, "seed": args.seed, "generate_s": round(t_data, 1)},
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "stages"},
+        "models": str(models),
         "seconds": {"train": train_s, "test_run": test},
         "load": {"before": [round(v, 2) for v in load0], "after": [round(v, 2) for v in os.getloadavg()]},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
