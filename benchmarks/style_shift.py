@@ -42,7 +42,7 @@ Usage (about 15-25 min per variant on 2 cores the first time; a variant whose mo
 reruns what changed)::
 
     nice -n 10 .venv/bin/python benchmarks/style_shift.py [--root /tmp/style_shift] [--variant baseline]
-        [--train-styles default,lab2] [--test-style lab3] [--test-centers A,D,P]
+        [--train-styles default,lab2,lab3] [--test-style lab4] [--test-centers D,A,P]
 """
 
 from __future__ import annotations
@@ -405,15 +405,25 @@ def read_back(out: Path, data: Path, models: Path) -> dict:
     return res
 
 
+def _git_head() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/style_shift"))
     ap.add_argument("--variant", default="baseline", choices=sorted(VARIANTS))
-    ap.add_argument("--train-styles", type=lambda s: s.split(","), default=["default", "lab2"])
-    ap.add_argument("--train-slides", type=int, default=8, help="Slides per training style.")
-    ap.add_argument("--train-fields", type=int, default=30, help="Mitosis fields per training style.")
-    ap.add_argument("--test-style", default="lab3")
-    ap.add_argument("--test-centers", type=lambda s: s.split(","), default=["A", "D", "P"])
+    ap.add_argument("--train-styles", type=lambda s: s.split(","), default=["default", "lab2", "lab3"])
+    ap.add_argument("--train-slides", type=int, default=6, help="Slides per training style.")
+    ap.add_argument("--train-fields", type=int, default=20, help="Mitosis fields per training style.")
+    ap.add_argument("--test-style", default="lab4")
+    ap.add_argument("--test-centers", type=lambda s: s.split(","), default=["D", "A", "P"])
     ap.add_argument("--test-slides", type=int, default=30)
     ap.add_argument("--test-fields", type=int, default=12)
     ap.add_argument("--size-um", nargs=2, type=float, default=[1500.0, 1200.0])
@@ -441,6 +451,7 @@ def main() -> None:
         "variant": args.variant,
         "overrides": VARIANTS[args.variant],
         "command": "python benchmarks/style_shift.py " + " ".join(sys.argv[1:]),
+        "commit": _git_head(),
         "data": {"train_styles": args.train_styles, "train_slides_per_style": args.train_slides,
                  "train_fields_per_style": args.train_fields, "test_style": args.test_style,
                  "test_centers": args.test_centers, "test_slides": args.test_slides, "test_fields": args.test_fields,
