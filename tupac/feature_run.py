@@ -532,6 +532,22 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
     return table, dictionary
 
 
+def _with_qc(table: pd.DataFrame, dictionary: pd.DataFrame, found: list[RunSlide]
+             ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, str]]]:
+    """The table and dictionary with the out-of-distribution columns (``qc_ood``, ``qc_ood_reasons``)
+    taken from the commit records (:mod:`tupac.features.ood`), and the flagged slides with their reasons."""
+    from tupac.features.ood import QC_OOD, QC_OOD_REASONS, qc_columns, qc_dictionary
+
+    verdicts = {s.slide_id: read_commit(s.store).extra.get("ood") for s in found}
+    cols = qc_columns(verdicts, table["slide_id"].tolist())
+    table = table.assign(**{QC_OOD: pd.Series(cols[QC_OOD], dtype=np.float64),
+                            QC_OOD_REASONS: pd.Series(cols[QC_OOD_REASONS], dtype=object)})
+    dictionary = pd.concat([dictionary, dictionary_frame(qc_dictionary())], ignore_index=True)
+    flagged = [{"slide_id": sid, "reasons": why} for sid, flag, why in
+               zip(table["slide_id"], cols[QC_OOD], cols[QC_OOD_REASONS]) if flag]
+    return table, dictionary, flagged
+
+
 def _has_no_tissue(store_path: Path) -> bool:
     """Whether the job found no tissue on the slide: its commit says so, or, for a record written
     before the job said it, its tissue mask is empty."""
@@ -661,12 +677,14 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
             r.features.update(zip(names, rows[sid].tolist()))
         groups += ("general",)
     table, dictionary = _table(results, groups, n_clusters, ids, blank)
+    table, dictionary, ood = _with_qc(table, dictionary, found)
     _atomic_parquet(table, run / "features.parquet")
     dictionary.to_csv(out / "dictionary.csv", index=False)
     _write_fringe(out / "fringe", results)
     n_tasks = {sid: r.n_tasks for sid, r in results.items()}
     new = [s for s in ids if s not in set(training)]
     summary = {"slides": ids, "skipped": [{"slide_id": s, "reason": w} for s, w in skipped], "no_tissue": blank,
+               "ood": ood,
                "training": training,
                "new": new, "groups": list(groups), "n_clusters": n_clusters if fit is not None else None,
                "dask_tasks": n_tasks, "notes": notes, "config": config.__dict__}

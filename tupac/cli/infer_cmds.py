@@ -93,6 +93,9 @@ def _print_summary(summary: dict, out: Path) -> None:
     for sid in summary.get("no_tissue") or []:
         console.print(f"[yellow]warning:[/] {sid}: no tissue found; committed with empty heatmaps, and its features "
                       "will be missing (flag no_tissue)", highlight=False, soft_wrap=True)
+    for flagged in summary.get("ood") or []:
+        console.print(f"[yellow]warning:[/] {flagged['slide_id']}: out of distribution for the models "
+                      f"({flagged['reasons']}); its grade may be confidently wrong", highlight=False, soft_wrap=True)
     for task, why in (summary.get("skipped_stages") or {}).items():
         console.print(f"[yellow]{task} stage skipped:[/] {why}", highlight=False)
     console.print(f"summary: {out / 'summary.json'}", highlight=False)

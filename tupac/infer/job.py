@@ -685,6 +685,7 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
             info.update(_run_on_ray(cfg, cards, found, ledger, todo, progress, say))
         summary = {**ledger.summary(), **info}
         summary["no_tissue"] = _no_tissue(cfg.out, summary["done"])
+        summary["ood"] = _ood_slides(cfg.out, summary["done"])
         atomic_write_bytes(cfg.out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode())
         return summary
     finally:
@@ -700,6 +701,20 @@ def _no_tissue(run_dir: Path, done: Sequence[str]) -> list[str]:
                 out.append(sid)
         except (HeatmapStoreError, ValueError):  # a record gone since the ledger said DONE: not ours to judge here
             continue
+    return out
+
+
+def _ood_slides(run_dir: Path, done: Sequence[str]) -> list[dict[str, str]]:
+    """The DONE slides the out-of-distribution check flagged (commit record ``extra["ood"]``), with
+    their reasons: ``[{"slide_id", "reasons"}]`` (:mod:`tupac.features.ood`)."""
+    out = []
+    for sid in done:
+        try:
+            verdict = read_commit(store_path(run_dir, sid)).extra.get("ood") or {}
+        except (HeatmapStoreError, ValueError):  # as _no_tissue: not ours to judge here
+            continue
+        if verdict.get("ood"):
+            out.append({"slide_id": sid, "reasons": "; ".join(verdict.get("reasons") or [])})
     return out
 
 
