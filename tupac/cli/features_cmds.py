@@ -72,10 +72,14 @@ def features_cmd(
         console.print(f"[yellow]skipped[/] {sid}: {why}", highlight=False)
     for note in res.notes:
         console.print(note, highlight=False)
+    if "qc_ood" in res.table.columns:  # the out-of-distribution check (tupac.features.ood)
+        for sid, why in res.table.loc[res.table["qc_ood"] > 0, ["slide_id", "qc_ood_reasons"]].itertuples(index=False):
+            console.print(f"[yellow]warning:[/] {sid}: out of distribution for the models ({why}); "
+                          "its grade may be confidently wrong", highlight=False, soft_wrap=True)
     tasks = sorted(res.n_tasks.values())
     console.print(
         f"{len(res.table)} slide(s) ({len(res.training)} training, {len(res.new)} new), "
-        f"{res.table.shape[1] - 1} features -> {res.paths['table']}; dictionary {res.paths['dictionary']}; "
+        f"{sum(not c.startswith('qc_') for c in res.table.columns) - 1} features -> {res.paths['table']}; dictionary {res.paths['dictionary']}; "
         f"Dask tasks per slide {tasks[0]}-{tasks[-1]}", highlight=False)
 
 
