@@ -339,50 +339,61 @@ def check_with_cards(stats: Mapping[str, Mapping[str, float] | None], cards: Map
 # ---------------------------------------------------------------- the feature table's columns
 
 QC_OOD = "qc_ood"
-"""The feature table's flag of an out-of-distribution slide (1.0 / 0.0)."""
+"""The feature table's flag of an out-of-distribution slide (1.0 / 0.0; NaN on a slide without tissue)."""
 QC_OOD_REASONS = "qc_ood_reasons"
-"""The feature table's text column: the reasons of the flag, or why the check could not run."""
+"""The reasons of the flag, or why the check could not run: a text column of ``RUN/features/qc.csv``
+(not of ``features.parquet``, whose columns are all numeric: every consumer reads it as a matrix)."""
 QC_PREFIX = "qc_"
 """Columns with this prefix are quality control, not features: the fit stage drops them."""
+QC_FILE = "qc.csv"
+"""``RUN/features/qc.csv``: ``slide_id, qc_ood, qc_ood_reasons``, one row per slide of the table."""
 
 
 def qc_dictionary() -> list:
-    """The dictionary entries (:class:`tupac.features.dictionary.Feature`) of the QC columns."""
+    """The dictionary entry (:class:`tupac.features.dictionary.Feature`) of the QC column of the table."""
     from tupac.features.dictionary import Feature
 
     return [
         Feature(QC_OOD, "flags", "flag",
                 "1 when the slide is out of distribution for the models (stain, texture, tumor fraction or mitotic "
                 "density far outside their training data; tupac.features.ood): its grade may be confidently wrong. "
-                "Quality control, not a feature: the fits ignore it. 0 also when the check could not run "
-                "(see qc_ood_reasons)."),
-        Feature(QC_OOD_REASONS, "flags", "text",
-                "Why the slide is flagged (one reason per statistic, '; '-separated), or why it could not be "
-                "checked (e.g. 'no reference statistics in the model card'); empty when it was checked and is "
-                "in distribution. Text, not a feature."),
+                "The reasons are in features/qc.csv (qc_ood_reasons). Quality control, not a feature: the fits "
+                "ignore it. 0 also when the check could not run (qc.csv says why); NaN on a slide without tissue."),
     ]
 
 
-def qc_columns(verdicts: Mapping[str, Mapping[str, Any] | None], ids: Sequence[str]) -> dict[str, list]:
-    """The QC columns of a cohort table, in ``ids`` order, from each slide's recorded verdict.
+def qc_frame(verdicts: Mapping[str, Mapping[str, Any] | None], ids: Sequence[str],
+             blank: Iterable[str] = ()) -> "pd.DataFrame":
+    """The QC table of a cohort, in ``ids`` order, from each slide's recorded verdict.
 
     Parameters
     ----------
     verdicts : mapping of slide id to (dict or None)
         ``OodResult.to_dict()`` as in the commit record (None: a record written before the check).
+    ids : sequence of str
+    blank : iterable of str
+        Slides without tissue: flag NaN (like every value of their feature row).
 
     Returns
     -------
-    dict
-        ``{QC_OOD: [float], QC_OOD_REASONS: [str]}``.
+    DataFrame
+        ``slide_id`` (str), ``qc_ood`` (float64 1/0/NaN), ``qc_ood_reasons`` (str).
     """
+    import pandas as pd
+
+    blank = set(blank)
     flags, reasons = [], []
     for sid in ids:
         res = OodResult.from_dict(verdicts.get(sid))
-        if res is None:
+        if sid in blank:
+            flags.append(np.nan)
+            reasons.append("not checked: no tissue on the slide")
+        elif res is None:
             flags.append(0.0)
             reasons.append("not checked: the slide was computed before the out-of-distribution check existed")
-            continue
-        flags.append(float(res.ood))
-        reasons.append(res.reasons_text)
-    return {QC_OOD: flags, QC_OOD_REASONS: reasons}
+        else:
+            flags.append(float(res.ood))
+            reasons.append(res.reasons_text)
+    return pd.DataFrame({"slide_id": pd.Series(list(ids), dtype=object),
+                         QC_OOD: pd.Series(flags, dtype=np.float64),
+                         QC_OOD_REASONS: pd.Series(reasons, dtype=object)})
