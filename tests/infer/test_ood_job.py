@@ -1,0 +1,73 @@
+"""The job's slide tasks measure the out-of-distribution statistics and commit the verdict (no Ray:
+the tasks are called directly, the way a Ray worker calls them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_job_support import make_cohort, make_models, slides_of
+
+
+@pytest.fixture(scope="module")
+def slide_and_cards(tmp_path_factory):
+    from tupac.heatmaps.prepare import CardInfo
+
+    models = make_models(tmp_path_factory.mktemp("models"))
+    cohort = make_cohort(tmp_path_factory.mktemp("cohort") / "root", n=1)
+    cards = {t: CardInfo.from_dir(t, models / t) for t in ("tumor", "mitosis")}
+    return slides_of(cohort)[0], cards
+
+
+def _with_reference(info, ref):
+    from tupac.features.ood import REFERENCE_KEY
+
+    return dataclasses.replace(info, card=info.card.with_metadata(extra={**info.card.extra, REFERENCE_KEY: ref}))
+
+
+def _prepare_and_finalize(slide: Path, cards, out: Path, tumor_area_mm2: float = 0.2):
+    from tupac.heatmaps import read_commit
+    from tupac.heatmaps.commit import input_fingerprint
+    from tupac.infer.slide_task import finalize_slide, prepare_slide
+
+    store = str(out / "slides" / f"{slide.stem}.zarr")
+    plan = prepare_slide(slide.stem, str(slide), None, store, cards, {"tumor": 16, "mitosis": 32})
+    # No model runs here: nothing but the tissue mask is written, so the commit vouches for no tumor window.
+    plan = dataclasses.replace(plan, tumor_windows=np.zeros((0, 2), np.int64))
+    finalize_slide(slide.stem, str(slide), store, plan, cards, input_fingerprint(slide), np.zeros((0, 2), np.int64),
+                   {}, {"tumor_area_mm2": tumor_area_mm2}, {"sigma_px": 8.0, "nms_radius_px": 30.0})
+    return plan, read_commit(store)
+
+
+def test_the_job_measures_the_slide_and_commits_the_verdict(slide_and_cards, tmp_path):
+    from tupac.features.ood import NO_REFERENCE, reference_from_stats
+    from tupac.infer.job import _ood_slides
+
+    slide, cards = slide_and_cards
+    plan, record = _prepare_and_finalize(slide, cards, tmp_path / "old")
+    # Per model resolution, the pixel statistics; the cards (like every card trained before) have no reference.
+    assert set(plan.qc) == {"tumor", "mitosis"} and plan.qc["tumor"]["h_od_p50"] > 0
+    assert plan.qc["tumor"]["sharpness"] != plan.qc["mitosis"]["sharpness"]  # two resolutions, two textures
+    assert "qc_s" in plan.steps_s  # the driver puts the plan's steps in the commit's timings
+    ood = record.extra["ood"]
+    assert ood["ood"] is False and ood["note"] == f"{NO_REFERENCE} (mitosis, tumor)"
+    assert ood["stats"]["tumor"]["tumor_fraction"] > 0 and ood["stats"]["mitosis"]["mitoses_per_mm2"] == 0
+
+    # A reference from slides like this one: in distribution.
+    like = {t: _with_reference(c, reference_from_stats([plan.qc[t]] * 5)) for t, c in cards.items()}
+    _, record = _prepare_and_finalize(slide, like, tmp_path / "like")
+    assert record.extra["ood"]["ood"] is False and "tumor:h_od_p50" in record.extra["ood"]["checked"]
+
+    # A reference from much paler training slides (OD a third of this slide's): flagged, with reasons.
+    pale = {t: {k: v / 3 for k, v in plan.qc[t].items()} for t in cards}
+    unlike = {t: _with_reference(c, reference_from_stats([pale[t]] * 5)) for t, c in cards.items()}
+    _, record = _prepare_and_finalize(slide, unlike, tmp_path / "unlike")
+    ood = record.extra["ood"]
+    assert ood["ood"] is True
+    assert any(r.startswith("hematoxylin OD (median)") and "above the training range" in r and "(tumor model" in r
+               for r in ood["reasons"]), ood["reasons"]
+    assert _ood_slides(tmp_path / "unlike", [slide.stem]) == [{"slide_id": slide.stem, "reasons": "; ".join(ood["reasons"])}]
+    assert _ood_slides(tmp_path / "like", [slide.stem]) == []
