@@ -28,7 +28,7 @@ def _with_reference(info, ref):
     return dataclasses.replace(info, card=info.card.with_metadata(extra={**info.card.extra, REFERENCE_KEY: ref}))
 
 
-def _prepare_and_finalize(slide: Path, cards, out: Path, tumor_area_mm2: float = 0.2):
+def _prepare_and_finalize(slide: Path, cards, out: Path, tumor_area_mm2: float = 0.2, thresholds=None):
     from tupac.heatmaps import read_commit
     from tupac.heatmaps.commit import input_fingerprint
     from tupac.infer.slide_task import finalize_slide, prepare_slide
@@ -38,7 +38,7 @@ def _prepare_and_finalize(slide: Path, cards, out: Path, tumor_area_mm2: float =
     # No model runs here: nothing but the tissue mask is written, so the commit vouches for no tumor window.
     plan = dataclasses.replace(plan, tumor_windows=np.zeros((0, 2), np.int64))
     finalize_slide(slide.stem, str(slide), store, plan, cards, input_fingerprint(slide), np.zeros((0, 2), np.int64),
-                   {}, {"tumor_area_mm2": tumor_area_mm2}, {"sigma_px": 8.0, "nms_radius_px": 30.0})
+                   {}, {"tumor_area_mm2": tumor_area_mm2}, {"sigma_px": 8.0, "nms_radius_px": 30.0}, thresholds)
     return plan, read_commit(store)
 
 
@@ -71,3 +71,25 @@ def test_the_job_measures_the_slide_and_commits_the_verdict(slide_and_cards, tmp
                for r in ood["reasons"]), ood["reasons"]
     assert _ood_slides(tmp_path / "unlike", [slide.stem]) == [{"slide_id": slide.stem, "reasons": "; ".join(ood["reasons"])}]
     assert _ood_slides(tmp_path / "like", [slide.stem]) == []
+
+    # The thresholds are the job's options: a z-score limit no statistic reaches flags nothing.
+    _, record = _prepare_and_finalize(slide, unlike, tmp_path / "lenient", thresholds={"max_z": 1e9, "margin": 0.25})
+    assert record.extra["ood"]["ood"] is False and record.extra["ood"]["checked"]
+
+
+def test_the_infer_summary_prints_a_yellow_warning_per_flagged_slide(monkeypatch, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    import tupac.cli.infer_cmds as infer_cmds
+
+    buf = StringIO()
+    monkeypatch.setattr(infer_cmds, "console", Console(file=buf, width=300, force_terminal=True))
+    summary = {"counts": {"DONE": 2, "FAILED": 0}, "skipped": [], "unfinished": [], "failed": [],
+               "ood": [{"slide_id": "dark", "reasons": "mean optical density 0.97 above the training range 0.34-0.42"}]}
+    infer_cmds._print_summary(summary, tmp_path)
+    out = buf.getvalue()
+    assert "\x1b[33mwarning:" in out  # yellow
+    plain = " ".join(out.split())
+    assert "dark: out of distribution for the models (mean optical density 0.97 above the training range 0.34-0.42)" in plain

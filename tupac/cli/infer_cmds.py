@@ -46,6 +46,8 @@ INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
     "gpu_tf32": Flag("--gpu-tf32/--no-gpu-tf32"),
     "decode_device": Flag("--decode-device"),
     "actor_concurrency": Flag("--actor-concurrency", min=1, max=2),
+    "ood_max_z": Flag("--ood-max-z", min=0.01),
+    "ood_margin": Flag("--ood-margin", min=0.0),
 }, not_exposed={name: CONFIG_FILE_ONLY for name in (
     "tissue_mpp", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
 

@@ -272,8 +272,12 @@ def finalize_slide(
     timings: Mapping[str, float],
     extra: Mapping[str, Any],
     detection: Mapping[str, float],
+    ood: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Detections CSV (when the mitosis stage ran), then the commit record, last.
+
+    ``ood``: thresholds of the out-of-distribution check (:class:`tupac.features.ood.OodConfig`
+    fields; default its defaults), whose verdict the record keeps as ``extra["ood"]``.
 
     Returns
     -------
@@ -304,7 +308,7 @@ def finalize_slide(
         steps["detect_s"] = time.perf_counter() - t_det
     extra = {**extra, "mitoses": n_mitoses}
     try:
-        extra["ood"] = ood_verdict(store, plan, cards, extra).to_dict()
+        extra["ood"] = ood_verdict(store, plan, cards, extra, ood).to_dict()
     except Exception as e:  # noqa: BLE001  (the check warns; it must never cost the slide its result)
         extra["ood"] = {"ood": False, "reasons": [], "checked": [], "note": f"check failed: {error_line(e)}", "stats": {}}
     record = store.commit(
@@ -317,7 +321,8 @@ def finalize_slide(
     return {"mitoses": n_mitoses, "seconds": time.perf_counter() - t0, "models_fp": record.models_fp}
 
 
-def ood_verdict(store: Any, plan: SlidePlan, cards: Mapping[str, CardInfo], extra: Mapping[str, Any]):
+def ood_verdict(store: Any, plan: SlidePlan, cards: Mapping[str, CardInfo], extra: Mapping[str, Any],
+                thresholds: Mapping[str, float] | None = None):
     """The slide's out-of-distribution check against the models' cards (:mod:`tupac.features.ood`).
 
     Statistics: the pixel statistics of the preparation (``plan.qc``), plus the tumor fraction of
@@ -328,7 +333,7 @@ def ood_verdict(store: Any, plan: SlidePlan, cards: Mapping[str, CardInfo], extr
     -------
     OodResult
     """
-    from tupac.features.ood import check_with_cards, slide_density_stats
+    from tupac.features.ood import OodConfig, check_with_cards, slide_density_stats
 
     tissue_mm2 = float(np.count_nonzero(store.read("tissue"))) * plan.tissue_mpp**2 / 1e6
     dens = slide_density_stats(extra.get("tumor_area_mm2"), tissue_mm2, extra.get("mitoses"))
@@ -337,7 +342,7 @@ def ood_verdict(store: Any, plan: SlidePlan, cards: Mapping[str, CardInfo], extr
         stats["tumor"] = {**(stats["tumor"] or {}), "tumor_fraction": dens["tumor_fraction"]}
     if "mitosis" in stats and "mitoses_per_mm2" in dens:
         stats["mitosis"] = {**(stats["mitosis"] or {}), "mitoses_per_mm2": dens["mitoses_per_mm2"]}
-    return check_with_cards(stats, {t: c.card for t, c in cards.items()})
+    return check_with_cards(stats, {t: c.card for t, c in cards.items()}, OodConfig(**dict(thresholds or {})))
 
 
 def planned_chunks(store: Any, plan: SlidePlan, mitosis_windows: np.ndarray | None) -> dict[str, list[tuple[int, int]]]:
