@@ -13,10 +13,14 @@ from test_job_support import make_cohort, make_models, slides_of
 
 
 @pytest.fixture(scope="module")
-def slide_and_cards(tmp_path_factory):
+def models(tmp_path_factory) -> Path:
+    return make_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def slide_and_cards(tmp_path_factory, models):
     from tupac.heatmaps.prepare import CardInfo
 
-    models = make_models(tmp_path_factory.mktemp("models"))
     cohort = make_cohort(tmp_path_factory.mktemp("cohort") / "root", n=1)
     cards = {t: CardInfo.from_dir(t, models / t) for t in ("tumor", "mitosis")}
     return slides_of(cohort)[0], cards
@@ -93,3 +97,39 @@ def test_the_infer_summary_prints_a_yellow_warning_per_flagged_slide(monkeypatch
     assert "\x1b[33mwarning:" in out  # yellow
     plain = " ".join(out.split())
     assert "dark: out of distribution for the models (mean optical density 0.97 above the training range 0.34-0.42)" in plain
+
+
+def test_ood_reference_records_the_training_distribution_in_an_existing_card(slide_and_cards, models, tmp_path):
+    import shutil
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from tupac.cli import app
+    from tupac.features.ood import REFERENCE_KEY
+    from tupac.heatmaps.prepare import CardInfo
+    from tupac.models.io import load_card
+
+    slide, cards = slide_and_cards
+    m = tmp_path / "models"
+    shutil.copytree(models, m)
+    r = CliRunner().invoke(app, ["ood-reference", "--model", str(m / "tumor"), str(slide.parent)])
+    assert r.exit_code == 0, r.output
+    assert "1 of 1 input(s) with tissue; 6 statistics" in " ".join(r.output.split())
+    new = CardInfo.from_dir("tumor", m / "tumor")
+    assert new.weights_sha256 == cards["tumor"].weights_sha256  # weights untouched: no output goes stale
+    assert new.card.extra["threshold"] == cards["tumor"].card.extra["threshold"]
+    ref = new.card.extra[REFERENCE_KEY]
+    assert ref["n"] == 1 and ref["stats"]["h_od_p50"]["median"] > 0
+    # The slide it was measured on is in distribution for it.
+    _, record = _prepare_and_finalize(slide, {**cards, "tumor": new}, tmp_path / "run")
+    assert record.extra["ood"]["ood"] is False and "tumor:sharpness" in record.extra["ood"]["checked"]
+
+    # Images (the mitosis training fields) are measured whole.
+    (tmp_path / "fields").mkdir()
+    rgb = np.asarray(Image.open(Path(__file__).parents[1] / "fixtures" / "real" / "he-tumor-target.png").convert("RGB"))
+    Image.fromarray(rgb[:300, :300]).save(tmp_path / "fields" / "a.png")
+    Image.fromarray(rgb[300:600, :300]).save(tmp_path / "fields" / "b.tif")
+    r = CliRunner().invoke(app, ["ood-reference", "--model", str(m / "mitosis"), "--images", str(tmp_path / "fields")])
+    assert r.exit_code == 0, r.output
+    assert load_card(m / "mitosis").extra[REFERENCE_KEY]["n"] == 2

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -397,3 +398,52 @@ def qc_frame(verdicts: Mapping[str, Mapping[str, Any] | None], ids: Sequence[str
     return pd.DataFrame({"slide_id": pd.Series(list(ids), dtype=object),
                          QC_OOD: pd.Series(flags, dtype=np.float64),
                          QC_OOD_REASONS: pd.Series(reasons, dtype=object)})
+
+
+# ---------------------------------------------------------------- references of existing models
+
+def reference_from_inputs(paths: Sequence[str | Path], mpp: float, images: bool = False, tissue_mpp: float = 8.0,
+                          seed: int = 0) -> dict[str, Any]:
+    """Reference ranges over training inputs: whole slides (tiles at ``mpp`` as at inference) or,
+    with ``images``, plain images (e.g. the mitosis training fields, taken as read at ``mpp``).
+
+    For models trained before the card kept a reference, or whose training code does not record
+    one (mitosis): run it on the training set and :func:`record_reference` the result.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        One training item each.
+    mpp : float
+        The model's resolution (card ``mpp``), µm/px.
+    images : bool
+        Read every path as one image (PIL), not as a whole-slide image.
+    """
+    from PIL import Image
+
+    from tupac.preprocess.tissue import slide_tissue_mask
+    from tupac.slide import open_slide
+
+    items = []
+    for p in map(Path, paths):
+        if images:
+            with Image.open(p) as im:
+                items.append(image_stats([np.asarray(im.convert("RGB"))]))
+            continue
+        with open_slide(p) as reader:
+            items.append(slide_stats(reader, slide_tissue_mask(reader, tissue_mpp), mpp, seed=seed))
+    return reference_from_stats(items)
+
+
+def record_reference(model_dir: str | Path, reference: Mapping[str, Any]) -> Path:
+    """Write ``reference`` into the model's card (``extra["ood_reference"]``); weights untouched.
+
+    The weights' hash, which decides whether a run's outputs are stale, is of ``model.safetensors``
+    alone, so recording a reference does not make earlier outputs stale. Returns the card's path.
+    """
+    from tupac.heatmaps.commit import atomic_write_bytes
+    from tupac.models.io import load_card
+
+    card = load_card(model_dir)
+    card = card.with_metadata(extra={**card.extra, REFERENCE_KEY: dict(reference)})
+    return atomic_write_bytes(Path(model_dir) / "card.json", (card.to_json() + "\n").encode())
