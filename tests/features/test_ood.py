@@ -95,14 +95,14 @@ def test_a_blurred_slide_is_flagged_for_sharpness(training):
 
 
 def test_the_rule_needs_both_a_large_z_and_a_value_outside_the_widened_range():
-    ref = {"stats": {"tumor_fraction": {"median": 0.5, "mad": 0.1, "q01": 0.2, "q99": 0.8, "n": 20}}}
+    ref = {"n": 20, "stats": {"tumor_fraction": {"median": 0.5, "mad": 0.1, "q01": 0.2, "q99": 0.8, "n": 20}}}
     # z = 0.35 / (1.4826 * 0.1) = 2.4: inside the default max_z although outside [q01, q99]
     assert not check_slide({"tumor": {"tumor_fraction": 0.85}}, {"tumor": ref}).ood
     res = check_slide({"tumor": {"tumor_fraction": 0.99}}, {"tumor": ref}, OodConfig(max_z=2.0, margin=0.1))
     assert res.ood and res.reasons == [
         "tumor fraction of tissue 0.99 above the training range 0.2-0.8 (tumor model, z=+3.3)"]
     # a zero-MAD reference (identical training items) does not make every other value an outlier
-    flat = {"stats": {"od_mean": {"median": 0.4, "mad": 0.0, "q01": 0.4, "q99": 0.4, "n": 5}}}
+    flat = {"n": 5, "stats": {"od_mean": {"median": 0.4, "mad": 0.0, "q01": 0.4, "q99": 0.4, "n": 5}}}
     assert not check_slide({"tumor": {"od_mean": 0.43}}, {"tumor": flat}).ood
     assert check_slide({"tumor": {"od_mean": 0.9}}, {"tumor": flat}).ood
 
@@ -134,3 +134,11 @@ def test_qc_frame_flags_reasons_and_slides_from_before_the_check():
     assert qc["qc_ood"].tolist()[:3] == [1.0, 0.0, 0.0] and np.isnan(qc["qc_ood"].iloc[3])
     assert qc["qc_ood_reasons"].tolist()[:2] == ["a; b", ""]
     assert qc["qc_ood_reasons"].iloc[2].startswith("not checked")
+
+
+def test_a_reference_of_too_few_training_items_is_not_used():
+    ref = reference_from_stats([{"od_mean": 0.4}, {"od_mean": 0.41}])
+    res = check_slide({"tumor": {"od_mean": 3.0}}, {"tumor": ref})
+    assert not res.ood and res.checked == []
+    assert res.note == "reference from fewer than 3 training items (tumor: 2): not checked"
+    assert check_slide({"tumor": {"od_mean": 3.0}}, {"tumor": ref}, OodConfig(min_items=2)).ood

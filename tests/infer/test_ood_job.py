@@ -121,9 +121,11 @@ def test_ood_reference_records_the_training_distribution_in_an_existing_card(sli
     assert new.card.extra["threshold"] == cards["tumor"].card.extra["threshold"]
     ref = new.card.extra[REFERENCE_KEY]
     assert ref["n"] == 1 and ref["stats"]["h_od_p50"]["median"] > 0
-    # The slide it was measured on is in distribution for it.
+    # One training slide says too little about a distribution: the job checks nothing against it, and says so.
     _, record = _prepare_and_finalize(slide, {**cards, "tumor": new}, tmp_path / "run")
-    assert record.extra["ood"]["ood"] is False and "tumor:sharpness" in record.extra["ood"]["checked"]
+    ood = record.extra["ood"]
+    assert ood["ood"] is False and ood["checked"] == []
+    assert "reference from fewer than 3 training items (tumor: 1): not checked" in ood["note"]
 
     # Images (the mitosis training fields) are measured whole.
     (tmp_path / "fields").mkdir()
