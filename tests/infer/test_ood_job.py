@@ -135,3 +135,13 @@ def test_ood_reference_records_the_training_distribution_in_an_existing_card(sli
     r = CliRunner().invoke(app, ["ood-reference", "--model", str(m / "mitosis"), "--images", str(tmp_path / "fields")])
     assert r.exit_code == 0, r.output
     assert load_card(m / "mitosis").extra[REFERENCE_KEY]["n"] == 2
+
+    # From a run over the training cohort: the job's own statistics, tumor fraction and mitotic density included.
+    r = CliRunner().invoke(app, ["ood-reference", "--model", str(m / "tumor"), "--run", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    stats = load_card(m / "tumor").extra[REFERENCE_KEY]["stats"]
+    assert stats["tumor_fraction"]["median"] == pytest.approx(ood["stats"]["tumor"]["tumor_fraction"], rel=1e-5)
+    r = CliRunner().invoke(app, ["ood-reference", "--model", str(m / "mitosis"), "--run", str(tmp_path / "run")])
+    assert "mitoses_per_mm2" in load_card(m / "mitosis").extra[REFERENCE_KEY]["stats"]
+    r = CliRunner().invoke(app, ["ood-reference", "--model", str(m / "mitosis")])
+    assert r.exit_code != 0 and "either training inputs or --run" in r.output

@@ -462,3 +462,37 @@ def record_reference(model_dir: str | Path, reference: Mapping[str, Any]) -> Pat
     card = load_card(model_dir)
     card = card.with_metadata(extra={**card.extra, REFERENCE_KEY: dict(reference)})
     return atomic_write_bytes(Path(model_dir) / "card.json", (card.to_json() + "\n").encode())
+
+
+def reference_from_run(run: str | Path, task: str, slide_ids: Iterable[str] | None = None) -> dict[str, Any]:
+    """Reference ranges from a run's commit records: the statistics the job measured on each slide
+    (``extra["ood"]["stats"][task]``), pixel statistics and the tumor fraction / mitotic density alike.
+
+    Run the job on the model's training cohort, then take the reference from it: the only way to
+    get the densities as the models themselves see them (tumor fraction of the tumor net's regions,
+    detections of the mitosis net per mm² of them), at no cost beyond that run.
+
+    Parameters
+    ----------
+    run : path
+        ``RUN`` with ``slides/<id>.zarr/commit.json``.
+    task : {"tumor", "mitosis"}
+    slide_ids : iterable of str, optional
+        Only these slides (the training slides); default every committed slide.
+    """
+    from tupac.errors import HeatmapStoreError
+    from tupac.heatmaps.commit import read_commit
+
+    want = set(slide_ids) if slide_ids is not None else None
+    items = []
+    for store in sorted((Path(run) / "slides").glob("*.zarr")):
+        if want is not None and store.name.removesuffix(".zarr") not in want:
+            continue
+        try:
+            extra = read_commit(store).extra
+        except HeatmapStoreError:
+            continue  # not committed: no statistics to use
+        if extra.get("no_tissue"):
+            continue
+        items.append(((extra.get("ood") or {}).get("stats") or {}).get(task))
+    return reference_from_stats(items)
