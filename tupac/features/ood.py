@@ -36,10 +36,20 @@ wrong grade. Three steps, each a small function here (no torch, no slide I/O bey
 Where the slide statistics come from: the inference job measures them in the slide's preparation
 (:func:`tupac.infer.slide_task.prepare_slide`, reader already open, at most ``QC_TILES`` tiles of
 ``QC_TILE_PX`` pixels per model resolution: no extra pass over the slide), adds the tumor fraction
-of tissue and the mitotic density (detections per mm² of tumor) when it finalizes the slide, runs
+of tissue and the mitotic density (detections per mm² of tumor; both only when the mitosis stage
+ran, which is when the job measures the tumor area) when it finalizes the slide, runs
 :func:`check_slide` against the models' cards and stores everything in the commit record
-(``extra["ood"]``). The job summary, the feature table (``qc_ood``, ``qc_ood_reasons``), the HTML
-report and the CLI read it from there.
+(``extra["ood"]``: verdict, reasons, the statistics compared). Why there and not in the features
+stage: the job has the cards and the open slide, the features stage may run without either
+(``--no-pixels``, no ``--models``). The job summary (``ood``), the features stage (the table's
+``qc_ood`` flag, ``features/qc.csv`` with ``qc_ood_reasons``, its summary), the HTML report and the
+CLI read the verdict from the record.
+
+Where the references come from: ``tupac train tumor`` records one over its training slides
+(:func:`tupac.tumor.training.training_ood_reference`); ``tupac ood-reference`` adds one to an
+existing model from its training inputs (slides, or images such as the mitosis fields:
+:func:`reference_from_inputs`) or from a run over its training cohort (:func:`reference_from_run`,
+the only source of the tumor fraction and mitotic density as the models see them).
 """
 
 from __future__ import annotations
@@ -47,12 +57,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from tupac.preprocess.color import rgb_to_od
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "REFERENCE_KEY",
@@ -379,7 +392,7 @@ def qc_dictionary() -> list:
 
 
 def qc_frame(verdicts: Mapping[str, Mapping[str, Any] | None], ids: Sequence[str],
-             blank: Iterable[str] = ()) -> "pd.DataFrame":
+             blank: Iterable[str] = ()) -> pd.DataFrame:
     """The QC table of a cohort, in ``ids`` order, from each slide's recorded verdict.
 
     Parameters
