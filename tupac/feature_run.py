@@ -14,6 +14,8 @@ features. What is written::
     RUN/features.parquet                 slide_id + named columns, one row per slide, no NaN/Inf except
                                          in the row of a slide without tissue (flag ``no_tissue``)
     RUN/features/dictionary.csv          name, group, unit, description of every column
+    RUN/features/qc.csv                  slide_id, qc_ood, qc_ood_reasons: the out-of-distribution check
+                                         (tupac.features.ood; the flag is also the table's qc_ood column)
     RUN/features/fringe/<id>.csv         x,y,width,height (level-0 px) of the slide's fringe patches
     RUN/features/deep_hist.safetensors   scaler + k-means of the deep-feature histogram (+ deep_hist.json)
     RUN/features/general/                grade network (general.safetensors + general.json) and the
@@ -532,6 +534,19 @@ def _table(results: Mapping[str, _SlideResult], groups: tuple[str, ...], n_clust
     return table, dictionary
 
 
+def _with_qc(table: pd.DataFrame, dictionary: pd.DataFrame, found: list[RunSlide], blank: list[str]
+             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The table and dictionary with the out-of-distribution flag ``qc_ood`` from the commit records
+    (:mod:`tupac.features.ood`), and the QC table (flag and reasons) for ``features/qc.csv``."""
+    from tupac.features.ood import QC_OOD, qc_dictionary, qc_frame
+
+    verdicts = {s.slide_id: read_commit(s.store).extra.get("ood") for s in found}
+    qc = qc_frame(verdicts, table["slide_id"].tolist(), blank)
+    table = table.assign(**{QC_OOD: qc[QC_OOD].to_numpy()})
+    dictionary = pd.concat([dictionary, dictionary_frame(qc_dictionary())], ignore_index=True)
+    return table, dictionary, qc
+
+
 def _has_no_tissue(store_path: Path) -> bool:
     """Whether the job found no tissue on the slide: its commit says so, or, for a record written
     before the job said it, its tissue mask is empty."""
@@ -661,12 +676,15 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
             r.features.update(zip(names, rows[sid].tolist()))
         groups += ("general",)
     table, dictionary = _table(results, groups, n_clusters, ids, blank)
+    table, dictionary, qc = _with_qc(table, dictionary, found, blank)
     _atomic_parquet(table, run / "features.parquet")
     dictionary.to_csv(out / "dictionary.csv", index=False)
+    qc.to_csv(out / "qc.csv", index=False)
     _write_fringe(out / "fringe", results)
     n_tasks = {sid: r.n_tasks for sid, r in results.items()}
     new = [s for s in ids if s not in set(training)]
     summary = {"slides": ids, "skipped": [{"slide_id": s, "reason": w} for s, w in skipped], "no_tissue": blank,
+               "ood": [{"slide_id": r.slide_id, "reasons": r.qc_ood_reasons} for r in qc[qc["qc_ood"] > 0].itertuples()],
                "training": training,
                "new": new, "groups": list(groups), "n_clusters": n_clusters if fit is not None else None,
                "dask_tasks": n_tasks, "notes": notes, "config": config.__dict__}

@@ -19,6 +19,7 @@ import tupac.cli.mitosis_train_cmds  # noqa: E402,F401  (train mitosis, detect-m
 import tupac.cli.infer_cmds  # noqa: E402,F401  (infer)
 import tupac.cli.report_cmds  # noqa: E402,F401  (report, export-qupath)
 import tupac.cli.features_cmds  # noqa: E402,F401  (features)
+import tupac.cli.ood_cmds  # noqa: E402,F401  (ood-reference)
 
 
 def main() -> None:

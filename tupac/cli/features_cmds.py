@@ -72,10 +72,18 @@ def features_cmd(
         console.print(f"[yellow]skipped[/] {sid}: {why}", highlight=False)
     for note in res.notes:
         console.print(note, highlight=False)
+    qc = res.paths["folder"] / "qc.csv"  # the out-of-distribution check (tupac.features.ood)
+    if qc.is_file():
+        import pandas as pd
+
+        for sid, flag, why in pd.read_csv(qc, keep_default_na=False).itertuples(index=False):
+            if str(flag) in ("1", "1.0"):
+                console.print(f"[yellow]warning:[/] {sid}: out of distribution for the models ({why}); "
+                              "its grade may be confidently wrong", highlight=False, soft_wrap=True)
     tasks = sorted(res.n_tasks.values())
     console.print(
         f"{len(res.table)} slide(s) ({len(res.training)} training, {len(res.new)} new), "
-        f"{res.table.shape[1] - 1} features -> {res.paths['table']}; dictionary {res.paths['dictionary']}; "
+        f"{sum(not c.startswith('qc_') for c in res.table.columns) - 1} features -> {res.paths['table']}; dictionary {res.paths['dictionary']}; "
         f"Dask tasks per slide {tasks[0]}-{tasks[-1]}", highlight=False)
 
 

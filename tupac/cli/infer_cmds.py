@@ -46,6 +46,8 @@ INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
     "gpu_tf32": Flag("--gpu-tf32/--no-gpu-tf32"),
     "decode_device": Flag("--decode-device"),
     "actor_concurrency": Flag("--actor-concurrency", min=1, max=2),
+    "ood_max_z": Flag("--ood-max-z", min=0.01),
+    "ood_margin": Flag("--ood-margin", min=0.0),
 }, not_exposed={name: CONFIG_FILE_ONLY for name in (
     "tissue_mpp", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
 
@@ -93,6 +95,9 @@ def _print_summary(summary: dict, out: Path) -> None:
     for sid in summary.get("no_tissue") or []:
         console.print(f"[yellow]warning:[/] {sid}: no tissue found; committed with empty heatmaps, and its features "
                       "will be missing (flag no_tissue)", highlight=False, soft_wrap=True)
+    for flagged in summary.get("ood") or []:
+        console.print(f"[yellow]warning:[/] {flagged['slide_id']}: out of distribution for the models "
+                      f"({flagged['reasons']}); its grade may be confidently wrong", highlight=False, soft_wrap=True)
     for task, why in (summary.get("skipped_stages") or {}).items():
         console.print(f"[yellow]{task} stage skipped:[/] {why}", highlight=False)
     console.print(f"summary: {out / 'summary.json'}", highlight=False)

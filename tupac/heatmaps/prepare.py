@@ -92,6 +92,10 @@ class SlidePlan:
     steps_s : dict of str to float
         Its parts: ``stain_s`` (stain statistics), ``store_s`` (creating the store and writing the
         tissue mask); the caller adds ``tissue_s`` when it computed the mask.
+    qc : dict of str to (dict or None)
+        Per task, the slide's stain and texture statistics at that model's resolution for the
+        out-of-distribution check (:func:`tupac.features.ood.slide_stats`); filled by the cohort
+        job's slide task, empty otherwise.
     """
 
     geoms: dict
@@ -104,6 +108,7 @@ class SlidePlan:
     backend: str
     seconds: float
     steps_s: dict = field(default_factory=dict)
+    qc: dict = field(default_factory=dict)
 
 
 def slide_specs(geoms: Mapping[str, Any], tissue) -> dict[str, ArraySpec]:

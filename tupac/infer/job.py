@@ -145,6 +145,13 @@ class JobConfig:
         "auto", help="Window decoding: cpu, cuda (cuCIM's GPU decoder, JPEG slides it decodes right; else CPU) "
                      "or auto (cpu for now); actors.json says which and why.")
 
+    # The out-of-distribution check (tupac.features.ood): a warning, never a failure; its statistics are
+    # measured in each slide's preparation and the verdict is kept in the commit record.
+    ood_max_z: float = option(5.0, help="Out-of-distribution check: robust z-score (|x - median| / 1.4826 MAD of the "
+                                        "training slides) above which a slide statistic may be flagged.")
+    ood_margin: float = option(0.25, help="Out-of-distribution check: a flagged statistic must also lie outside the "
+                                          "training range [q01, q99] widened by this fraction of its width on each side.")
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
         object.__setattr__(self, "out", Path(self.out))
@@ -158,6 +165,8 @@ class JobConfig:
             (self.threads_per_actor is None or self.threads_per_actor >= 1,
              f"threads_per_actor must be >= 1, got {self.threads_per_actor}"),
             (self.tumor_chunk >= 1 and self.mitosis_chunk >= 1, "chunks must be >= 1 cell"),
+            (self.ood_max_z > 0 and self.ood_margin >= 0,
+             f"ood_max_z must be > 0 and ood_margin >= 0, got {self.ood_max_z}, {self.ood_margin}"),
             (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
             (self.actor_concurrency in (1, 2), f"actor_concurrency must be 1 or 2, got {self.actor_concurrency}"),
             (self.tissue_mpp > 0, f"tissue_mpp={self.tissue_mpp!r}, expected > 0 um/px"),
@@ -333,7 +342,8 @@ class _Driver:
         if "mitosis" in self.cards and mitosis_windows is None:
             mitosis_windows = np.zeros((0, 2), np.int64)
         self._submit("finalize", s, sid, str(s.entry.path), s.store, s.plan, self.cards_ref, s.input_fp,
-                     mitosis_windows, timings, extra, self.detection or {})
+                     mitosis_windows, timings, extra, self.detection or {},
+                     {"max_z": self.cfg.ood_max_z, "margin": self.cfg.ood_margin})
 
     # -- dispatch -----------------------------------------------------------------------
     def dispatch(self) -> None:
@@ -685,6 +695,7 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
             info.update(_run_on_ray(cfg, cards, found, ledger, todo, progress, say))
         summary = {**ledger.summary(), **info}
         summary["no_tissue"] = _no_tissue(cfg.out, summary["done"])
+        summary["ood"] = _ood_slides(cfg.out, summary["done"])
         atomic_write_bytes(cfg.out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode())
         return summary
     finally:
@@ -700,6 +711,20 @@ def _no_tissue(run_dir: Path, done: Sequence[str]) -> list[str]:
                 out.append(sid)
         except (HeatmapStoreError, ValueError):  # a record gone since the ledger said DONE: not ours to judge here
             continue
+    return out
+
+
+def _ood_slides(run_dir: Path, done: Sequence[str]) -> list[dict[str, str]]:
+    """The DONE slides the out-of-distribution check flagged (commit record ``extra["ood"]``), with
+    their reasons: ``[{"slide_id", "reasons"}]`` (:mod:`tupac.features.ood`)."""
+    out = []
+    for sid in done:
+        try:
+            verdict = read_commit(store_path(run_dir, sid)).extra.get("ood") or {}
+        except (HeatmapStoreError, ValueError):  # as _no_tissue: not ours to judge here
+            continue
+        if verdict.get("ood"):
+            out.append({"slide_id": sid, "reasons": "; ".join(verdict.get("reasons") or [])})
     return out
 
 

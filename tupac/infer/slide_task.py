@@ -111,7 +111,28 @@ def prepare_slide(
                     f"{reader.mpp:g} um/px (a {task} stage needs a finer scan)"
                 )
         plan = plan_slide(reader, tissue, slide_id, store_path, cards, chunks, overwrite=False, t0=t0)
-    return dataclasses.replace(plan, steps_s={**plan.steps_s, "tissue_s": tissue_s})
+        t_qc = time.perf_counter()
+        qc = qc_stats(reader, tissue, cards) if len(plan.tumor_windows) else {}
+        qc_s = time.perf_counter() - t_qc
+    return dataclasses.replace(plan, steps_s={**plan.steps_s, "tissue_s": tissue_s, "qc_s": qc_s}, qc=qc)
+
+
+def qc_stats(reader, tissue: TissueMask, cards: Mapping[str, CardInfo]) -> dict[str, dict | None]:
+    """Per task, the slide's stain and texture statistics at the model's resolution (out-of-distribution check).
+
+    A few tissue tiles per resolution (:data:`tupac.features.ood.QC_TILES`), read while the slide is
+    open anyway. A failure here is a missing statistic (None), never a failed slide: the check is
+    a warning, and inference must not depend on it.
+    """
+    from tupac.features.ood import slide_stats
+
+    out: dict[str, dict | None] = {}
+    for task, info in cards.items():
+        try:
+            out[task] = slide_stats(reader, tissue, float(info.card.mpp))
+        except Exception:  # noqa: BLE001  (a warning's statistics must never fail a slide)
+            out[task] = None
+    return out
 
 
 def tumor_regions(
@@ -251,8 +272,12 @@ def finalize_slide(
     timings: Mapping[str, float],
     extra: Mapping[str, Any],
     detection: Mapping[str, float],
+    ood: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Detections CSV (when the mitosis stage ran), then the commit record, last.
+
+    ``ood``: thresholds of the out-of-distribution check (:class:`tupac.features.ood.OodConfig`
+    fields; default its defaults), whose verdict the record keeps as ``extra["ood"]``.
 
     Returns
     -------
@@ -281,14 +306,43 @@ def finalize_slide(
         outputs["mitoses.csv"] = csv_path
         n_mitoses = int(len(det))
         steps["detect_s"] = time.perf_counter() - t_det
+    extra = {**extra, "mitoses": n_mitoses}
+    try:
+        extra["ood"] = ood_verdict(store, plan, cards, extra, ood).to_dict()
+    except Exception as e:  # noqa: BLE001  (the check warns; it must never cost the slide its result)
+        extra["ood"] = {"ood": False, "reasons": [], "checked": [], "note": f"check failed: {error_line(e)}", "stats": {}}
     record = store.commit(
         path, input_fp, {f"{t}:{c.card.name}": c.weights_sha256 for t, c in cards.items()},
         timings_s={**timings, **steps, "finalize_s": time.perf_counter() - t0},
         outputs=outputs,
-        extra={**extra, "mitoses": n_mitoses},
+        extra=extra,
         expected_chunks=planned_chunks(store, plan, mitosis_windows),
     )
     return {"mitoses": n_mitoses, "seconds": time.perf_counter() - t0, "models_fp": record.models_fp}
+
+
+def ood_verdict(store: Any, plan: SlidePlan, cards: Mapping[str, CardInfo], extra: Mapping[str, Any],
+                thresholds: Mapping[str, float] | None = None):
+    """The slide's out-of-distribution check against the models' cards (:mod:`tupac.features.ood`).
+
+    Statistics: the pixel statistics of the preparation (``plan.qc``), plus the tumor fraction of
+    tissue (tumor model) and the mitotic density per mm² of tumor (mitosis model) from
+    ``extra["tumor_area_mm2"]`` and ``extra["mitoses"]``. The tissue area is the tissue mask's.
+
+    Returns
+    -------
+    OodResult
+    """
+    from tupac.features.ood import OodConfig, check_with_cards, slide_density_stats
+
+    tissue_mm2 = float(np.count_nonzero(store.read("tissue"))) * plan.tissue_mpp**2 / 1e6
+    dens = slide_density_stats(extra.get("tumor_area_mm2"), tissue_mm2, extra.get("mitoses"))
+    stats: dict[str, dict | None] = {t: (dict(plan.qc.get(t) or {}) or None) for t in cards}
+    if "tumor" in stats and "tumor_fraction" in dens:
+        stats["tumor"] = {**(stats["tumor"] or {}), "tumor_fraction": dens["tumor_fraction"]}
+    if "mitosis" in stats and "mitoses_per_mm2" in dens:
+        stats["mitosis"] = {**(stats["mitosis"] or {}), "mitoses_per_mm2": dens["mitoses_per_mm2"]}
+    return check_with_cards(stats, {t: c.card for t, c in cards.items()}, OodConfig(**dict(thresholds or {})))
 
 
 def planned_chunks(store: Any, plan: SlidePlan, mitosis_windows: np.ndarray | None) -> dict[str, list[tuple[int, int]]]:

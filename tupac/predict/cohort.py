@@ -103,6 +103,9 @@ def validate_feature_table(df: pd.DataFrame, source: str = "feature table") -> p
         df = df.set_index("slide_id")
     elif df.index.name != "slide_id":
         raise CohortError(f"{source}: no 'slide_id' column")
+    # Quality-control columns (qc_ood, qc_ood_reasons: tupac.features.ood) describe the slide, not its
+    # biology: never features, and the reasons are text.
+    df = df.drop(columns=[c for c in df.columns if str(c).startswith("qc_")])
     ids = df.index.astype(str)
     if ids.isna().any() or (ids.str.strip() == "").any():
         raise CohortError(f"{source}: empty slide_id")

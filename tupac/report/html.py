@@ -155,7 +155,7 @@ def _section_summary(ctx: _Context) -> str:
     note = "" if s is not None else _missing(f"job summary ({ctx.summary_source}); counts come from the slide stores only")
     if s is None:
         ctx.missing["summary"] = ctx.summary_source
-    return _table(["", ""], rows, "kv") + _no_tissue_warning(done) + note
+    return _table(["", ""], rows, "kv") + _no_tissue_warning(done) + _ood_warning(done) + note
 
 
 def _no_tissue_warning(done: list[SlideEntry]) -> str:
@@ -168,6 +168,30 @@ def _no_tissue_warning(done: list[SlideEntry]) -> str:
             "leave them out.</p>")
 
 
+def _ood_of(e: SlideEntry) -> dict:
+    """The slide's out-of-distribution verdict from its commit record ({} before the check existed)."""
+    return (e.record.extra or {}).get("ood") or {}
+
+
+def _ood_warning(done: list[SlideEntry]) -> str:
+    """A warning counting and naming the slides out of distribution for the models (:mod:`tupac.features.ood`)."""
+    flagged = [e.slide_id for e in done if _ood_of(e).get("ood")]
+    if not flagged:
+        return ""
+    return (f'<p class="warning ood">Warning: {len(flagged)} slide(s) out of distribution for the models: '
+            f'{_e(", ".join(flagged))}. Their stain, texture, tumor fraction or mitotic density lies far outside the '
+            "training data; their grades may be confidently wrong (reasons under each slide; flag qc_ood).</p>")
+
+
+def _slide_ood_note(e: SlideEntry) -> str:
+    """The per-slide warning with the check's reasons, or nothing when the slide was not flagged."""
+    v = _ood_of(e)
+    if not v.get("ood"):
+        return ""
+    return (f'<p class="warning ood">Out of distribution: {_e("; ".join(v.get("reasons") or []))}. '
+            "The models were not trained on slides like this one; treat its grade with caution.</p>")
+
+
 def _slide_card(ctx: _Context, e: SlideEntry) -> str:
     extra = e.record.extra or {}
     thr = tumor_threshold(e.record, None)
@@ -178,7 +202,7 @@ def _slide_card(ctx: _Context, e: SlideEntry) -> str:
         th = render_slide(e, ctx.out / "slides", thr, ctx.max_side, ctx.slide_mpp)
     except _NOTE_ERRORS as err:
         return (f'<figure class="slide"><figcaption><b>{_e(e.slide_id)}</b></figcaption>'
-                f'{_missing(f"thumbnail: {err}")}</figure>')
+                f'{_missing(f"thumbnail: {err}")}{_slide_ood_note(e)}</figure>')
     ctx.images += [th.plain, th.overlay]
     if th.n_mitoses is not None:
         facts.append(f"{th.n_mitoses} mitoses")
@@ -196,7 +220,7 @@ def _slide_card(ctx: _Context, e: SlideEntry) -> str:
         f'<figure class="slide"><div class="pair">{_img(ctx.rel(th.plain), f"{e.slide_id} thumbnail")}'
         f'{_img(ctx.rel(th.overlay), f"{e.slide_id} overlays")}</div>'
         f'<figcaption><b>{_e(e.slide_id)}</b> · {_e(" · ".join(facts))}{qp}'
-        f' <span class="dim">({th.mpp:.1f} µm/px)</span></figcaption></figure>'
+        f' <span class="dim">({th.mpp:.1f} µm/px)</span></figcaption>{_slide_ood_note(e)}</figure>'
     )
 
 
@@ -313,7 +337,7 @@ def _section_features(ctx: _Context) -> str:
     groups = dict(zip(d["name"], d["group"])) if d is not None else {}
     by_group: dict[str, int] = {}
     for c in cols:
-        g = groups.get(c, "other (not in the feature dictionary)")
+        g = groups.get(c, "quality control (not features)" if c.startswith("qc_") else "other (not in the feature dictionary)")
         by_group[g] = by_group.get(g, 0) + 1
     rows = [[g, n] for g, n in sorted(by_group.items(), key=lambda kv: -kv[1])]
     return (f"<p>{meta.num_rows} slides × {len(cols)} features (<code>features.parquet</code>).</p>"

@@ -450,17 +450,40 @@ def train_tumor(
     data = task.sample((1, 2))
     say(f"stage 1: training {config.arch} on {len(data[0])} patches")
     outcome = run_stages(task, data, config.two_stage)
-    _save_tumor(outcome, root, out, config, train_ids, val_ids, time.perf_counter() - t_start, tracker, ref_path)
+    ood_ref = training_ood_reference(task.train_ctx, card.mpp)
+    _save_tumor(outcome, root, out, config, train_ids, val_ids, time.perf_counter() - t_start, tracker, ref_path, ood_ref)
     threshold = outcome.summary["threshold"]
     say(f"done: stage {outcome.chosen} chosen, threshold {threshold:.3f}, model in {out}")
     return TumorTrainResult(out, outcome.chosen, float(threshold), outcome.stages, train_ids, val_ids)
 
 
+def training_ood_reference(contexts: list[SlideContext], mpp: float) -> dict[str, Any]:
+    """Reference ranges of the raw stain and texture statistics over the training slides, for the
+    out-of-distribution check at inference (:mod:`tupac.features.ood`; kept in ``card.extra``).
+
+    The same few tissue tiles per slide at the model's resolution (``mpp``, µm/px) as the
+    inference job measures (:func:`tupac.features.ood.slide_stats`), so the two compare like with like.
+    """
+    from tupac.features.ood import reference_from_stats, slide_stats
+
+    per_slide = []
+    for ctx in contexts:
+        with open_slide(ctx.path, mpp=ctx.slide_mpp) as reader:
+            per_slide.append(slide_stats(reader, ctx.tissue, mpp))
+    return reference_from_stats(per_slide)
+
+
 def _save_tumor(outcome: StageOutcome, root, out: Path, config: TumorTrainConfig, train_ids: list[str],
-                val_ids: list[str], seconds: float, tracker, ref_path: Path) -> None:
-    """The chosen model with its card (threshold and stages in ``extra``), ``training.json``, the tracked summary."""
-    card = card_fields(train_ids, root, config.stain_method, config.seed,
-                       extra={"threshold": outcome.summary["threshold"], "stage": outcome.chosen, "stages": outcome.stages})
+                val_ids: list[str], seconds: float, tracker, ref_path: Path,
+                ood_reference: dict[str, Any] | None = None) -> None:
+    """The chosen model with its card (threshold, stages and the out-of-distribution reference in
+    ``extra``), ``training.json``, the tracked summary."""
+    extra = {"threshold": outcome.summary["threshold"], "stage": outcome.chosen, "stages": outcome.stages}
+    if ood_reference is not None:
+        from tupac.features.ood import REFERENCE_KEY
+
+        extra[REFERENCE_KEY] = ood_reference
+    card = card_fields(train_ids, root, config.stain_method, config.seed, extra=extra)
     record = {"config": config.to_dict(), "train_slides": train_ids, "val_slides": val_ids, "stages": outcome.stages,
               "chosen_stage": outcome.chosen, "seconds": round(seconds, 1)}
     save_chosen(outcome, out, card, record, tracker, [stage_metrics(outcome.stages, "stage{stage}_{key}")], [ref_path])
