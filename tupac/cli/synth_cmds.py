@@ -40,8 +40,9 @@ def _print_styles() -> None:
     from tupac.synth.style import STYLES
 
     t = Table(title="phantom styles (tupac synth --style NAME)")
-    for col in ("style", "ctr", "blur px", "JPEG Q", "pyknotic", "apopt./mm²", "lymph cl./mm²",
-                "folds", "pens"):
+    t.caption = ("blur: focus sigma range (level-0 px); Q: JPEG quality; pyk: pyknotic fraction of tumor nuclei; "
+                 "apo: apoptotic bodies per mm² tumor; lymph: lymphocyte clusters per mm² tissue; folds, pens: per slide")
+    for col in ("style", "centers", "blur", "Q", "pyk", "apo", "lymph", "folds", "pens"):
         t.add_column(col, no_wrap=True)
     for s in STYLES.values():
         t.add_row(s.name, ",".join(s.centers), f"{s.blur_sigma[0]:g}-{s.blur_sigma[1]:g}", str(s.jpeg_quality),
