@@ -28,6 +28,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -355,39 +356,15 @@ def generate_cohort(
     (out / "truth").mkdir(parents=True, exist_ok=True)
     plan = _plan(n_slides, seed)
     jobs = [("slide", i) for i in range(1, n_slides + 1)] + [("mitosis", k) for k in range(mitosis_images)]
-    available = max(1, workers or os.cpu_count() or 1)
-    workers = min(available, len(jobs))
-    row_workers = available if workers == 1 else 1  # never a pool inside a pool
-    results: dict[tuple[str, int], dict] = {}
-
-    def submit(ex, kind, i):
-        if kind == "slide":
-            return ex.submit(_make_slide, out, seed, i, size_px, plan[i - 1], 1, style_obj, center_objs)
-        return ex.submit(_make_mitosis_image, out, seed, i, style_obj, center_objs)
-
-    with _progress(progress, len(jobs)) as bar:
-        task = bar.add_task("phantom cohort", total=len(jobs)) if bar else None
-        if workers == 1:
-            for kind, i in jobs:
-                results[(kind, i)] = (_make_slide(out, seed, i, size_px, plan[i - 1], row_workers, style_obj, center_objs)
-                                      if kind == "slide" else _make_mitosis_image(out, seed, i, style_obj, center_objs))
-                if bar:
-                    bar.advance(task)
-        else:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
-                futs = {submit(ex, kind, i): (kind, i) for kind, i in jobs}
-                for fu in as_completed(futs):
-                    results[futs[fu]] = fu.result()
-                    if bar:
-                        bar.advance(task)
+    job = partial(_job, out=out, seed=seed, size_px=size_px, plan=plan, style=style_obj, centers=center_objs)
+    results = _run_jobs(jobs, job, workers, progress)
     slides = [results[("slide", i)] for i in range(1, n_slides + 1)]
     mit = [results[("mitosis", k)] for k in range(mitosis_images)]
     _write_labels(out, slides)
     meta = {"seed": seed, "style": style_obj.name, "style_params": style_obj.to_dict(),
-            "centers": [c.name for c in center_objs], "mpp": MPP, "mask_mpp": MASK_MPP, "grade_thresholds_per_mm2": list(GRADE_THRESHOLDS),
-            "slides": {s["slide_id"]: s for s in slides}, "mitosis_images": mit}
+            "centers": [c.name for c in center_objs], "mpp": MPP, "mask_mpp": MASK_MPP,
+            "grade_thresholds_per_mm2": list(GRADE_THRESHOLDS), "slides": {s["slide_id"]: s for s in slides},
+            "mitosis_images": mit}
     (out / "truth" / "cohort.json").write_text(json.dumps(meta, indent=1))
     return CohortSummary(
         out, seed,
@@ -398,6 +375,40 @@ def generate_cohort(
         ) for s in slides),
         mitosis_images, int(sum(m["n_mitoses"] for m in mit)), style_obj.name,
     )
+
+
+def _job(kind: str, i: int, row_workers: int, *, out: Path, seed: int, size_px: tuple[int, int], plan: list,
+         style: Style, centers: tuple[Center, ...]) -> dict:
+    """One slide (1-based ``i``) or mitosis image (0-based ``i``); module level so a pool can pickle it."""
+    if kind == "slide":
+        return _make_slide(out, seed, i, size_px, plan[i - 1], row_workers, style, centers)
+    return _make_mitosis_image(out, seed, i, style, centers)
+
+
+def _run_jobs(jobs: list[tuple[str, int]], job, workers: int | None, progress: bool) -> dict[tuple[str, int], dict]:
+    """Run every ``job(kind, i, row_workers)``: in a process pool, or one after another with each slide's
+    tile rows rendered by all the workers when there are fewer jobs than workers."""
+    available = max(1, workers or os.cpu_count() or 1)
+    workers = min(available, len(jobs))
+    row_workers = available if workers == 1 else 1  # never a pool inside a pool
+    results: dict[tuple[str, int], dict] = {}
+    with _progress(progress, len(jobs)) as bar:
+        task = bar.add_task("phantom cohort", total=len(jobs)) if bar else None
+        if workers == 1:
+            for kind, i in jobs:
+                results[(kind, i)] = job(kind, i, row_workers)
+                if bar:
+                    bar.advance(task)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+                futs = {ex.submit(job, kind, i, 1): (kind, i) for kind, i in jobs}
+                for fu in as_completed(futs):
+                    results[futs[fu]] = fu.result()
+                    if bar:
+                        bar.advance(task)
+    return results
 
 
 def _resolve_style(style: str | Style, centers) -> tuple[Style, tuple[Center, ...]]:
