@@ -207,7 +207,8 @@ def test_folds_and_pen_marks_do_not_change_the_tissue_truth(styled: dict[str, Pa
     s = _meta(styled["lab4"])["slides"][SID]
     assert len(s["folds"]) >= 1 and len(s["pen_marks"]) >= 1
     for name in ("tissue.png", "tumor.png"):
-        assert (styled["lab4"] / "truth" / SID / name).read_bytes() == (styled["default"] / "truth" / SID / name).read_bytes()
+        lab4, default = styled["lab4"] / "truth" / SID / name, styled["default"] / "truth" / SID / name
+        assert lab4.read_bytes() == default.read_bytes()
     pen, _ = read_truth_mask(styled["lab4"] / "truth" / SID / "pen.png")
     fold, _ = read_truth_mask(styled["lab4"] / "truth" / SID / "fold.png")
     tissue, _ = read_truth_mask(styled["lab4"] / "truth" / SID / "tissue.png")
@@ -315,7 +316,8 @@ def test_styled_slide_rendered_by_parallel_rows_is_the_same_file(styled: dict[st
     generate_cohort(root, n_slides=1, seed=SEED, size_um=SIZE_UM, mitosis_images=0, workers=2, style="lab4")
     a = (root / "training_image_data" / f"{SID}.svs").read_bytes()
     assert a == (styled["lab4"] / "training_image_data" / f"{SID}.svs").read_bytes()
-    assert (root / "truth" / SID / "lookalikes.csv").read_text() == (styled["lab4"] / "truth" / SID / "lookalikes.csv").read_text()
+    looks = (root / "truth" / SID / "lookalikes.csv").read_text()
+    assert looks == (styled["lab4"] / "truth" / SID / "lookalikes.csv").read_text()
 
 
 # --- command line -------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def _print_styles() -> None:
 
     t = Table(title="phantom styles (tupac synth --style NAME)")
     t.caption = ("blur: focus sigma range (level-0 px); Q: JPEG quality; pyk: pyknotic fraction of tumor nuclei; "
-                 "apo: apoptotic bodies per mm² tumor; lymph: lymphocyte clusters per mm² tissue; folds, pens: per slide")
+                 "apo: apoptotic bodies per mm² tumor; lymph: lymphocyte clusters per mm² tissue; "
+                 "folds, pens: per slide")
     for col in ("style", "centers", "blur", "Q", "pyk", "apo", "lymph", "folds", "pens"):
         t.add_column(col, no_wrap=True)
     for s in STYLES.values():

@@ -167,7 +167,8 @@ def _write_lookalikes(scene: Scene, path: Path) -> dict[str, int]:
     px, py = pyknotic_points(scene)
     groups = (("apoptotic_body", scene.apoptoses.x, scene.apoptoses.y), ("pyknotic", px, py),
               ("lymph_cluster", scene.lymph_clusters.x, scene.lymph_clusters.y))
-    lines = ["x,y,kind"] + [f"{int(round(a))},{int(round(b))},{kind}" for kind, xs, ys in groups for a, b in zip(xs, ys)]
+    rows = [f"{int(round(a))},{int(round(b))},{kind}" for kind, xs, ys in groups for a, b in zip(xs, ys)]
+    lines = ["x,y,kind"] + rows
     path.write_text("\n".join(lines) + "\n")
     return {kind: int(len(xs)) for kind, xs, _ in groups}
 

@@ -176,7 +176,8 @@ def mitosis(rng: np.random.Generator, phase: str, s: int = 112, style: Style = D
         n_hair, hair_len = int(round(30 * style.mitosis_arms)), (4.0, 9.0)
     elif phase in ("metaphase", "anaphase"):
         bars = [0.0] if phase == "metaphase" else [-1.0, 1.0]
-        length = rng.uniform(40.0 * k_len, 60.0 * k_len) if phase == "metaphase" else rng.uniform(32.0 * k_len, 50.0 * k_len)
+        lo, hi = (40.0, 60.0) if phase == "metaphase" else (32.0, 50.0)
+        length = rng.uniform(lo * k_len, hi * k_len)
         width = rng.uniform(*style.mitosis_plate_width)
         gap = rng.uniform(12.0, 19.0)
         ys_l, xs_l, ang_l = [], [], []

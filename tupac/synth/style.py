@@ -145,7 +145,7 @@ STYLES: dict[str, Style] = {
             blur_sigma=(0.0, 0.9), jpeg_quality=92, pen_marks_per_slide=0.5,
         ),
         Style(
-            "lab3", "large elongated irregular nuclei, thick ragged mitoses, lymphocyte clusters, B/C, blur, Q70, folds",
+            "lab3", "large elongated irregular nuclei, thick ragged mitoses, lymph clusters, B/C, blur, Q70, folds",
             nucleus_scale=1.12, nucleus_aspect=(0.42, 0.72), nucleus_wobble=0.18, chromatin=0.65,
             mitosis_plate_width=(15.0, 21.0), mitosis_clump_spread=4.2, mitosis_arms=1.5, mitosis_scale=1.1,
             lymph_cluster_rate=3.0, centers=("B", "C"), blur_sigma=(0.4, 1.4), jpeg_quality=70,
