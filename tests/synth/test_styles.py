@@ -156,6 +156,7 @@ def test_every_style_renders_with_its_metadata(styled: dict[str, Path]) -> None:
         assert s["jpeg_quality"] == style.jpeg_quality and s["blur_sigma_px"] == list(style.blur_sigma)
         with tifffile.TiffFile(styled[name] / "training_image_data" / f"{SID}.svs") as tf:
             assert f"JPEG Q={style.jpeg_quality}|" in tf.pages[0].description
+            assert (f"|Style = {name}" in tf.pages[0].description) == (name != "default")
             assert tf.pages[0].compression == 7  # JPEG
         img = _l0(styled[name])
         assert img.shape == (2560, 3200, 3) and 100 < img.mean() < 250

@@ -221,10 +221,12 @@ def _make_slide(root: Path, seed: int, i: int, size_px: tuple[int, int], plan: t
     scene = make_scene(SceneSpec(seed, i, size_px, center, density, style=style))
     path = root / "training_image_data" / f"{sid}.svs"
     cache = new_cache()
+    extra = {"Title": f"tupac phantom {sid}", "Center": center.name, "ScanScope ID": "TUPAC-SYNTH"}
+    if style != DEFAULT:  # named only off the default, whose slides keep their bytes
+        extra["Style"] = style.name
     levels = write_aperio_svs(
         path, size_px, lambda x0, y0, w, h: render_block(scene, x0, y0, w, h, cache),
-        extra={"Title": f"tupac phantom {sid}", "Center": center.name, "ScanScope ID": "TUPAC-SYNTH"},
-        workers=row_workers, quality=style.jpeg_quality,
+        extra=extra, workers=row_workers, quality=style.jpeg_quality,
     )
     tdir = root / "truth" / sid
     tdir.mkdir(parents=True, exist_ok=True)

@@ -176,11 +176,14 @@ def _blur(scene: Scene, img: np.ndarray, x0: int, y0: int) -> np.ndarray:
         pos = (F.sample_block(scene.focus, x0, y0, w, h) - lo) / (levels[1] - levels[0])
         out = np.zeros_like(f)
         for k, sig in enumerate(levels):
-            wk = np.clip(1.0 - np.abs(pos - k), 0.0, 1.0)  # hat weights: they sum to 1 at every pixel
+            wk = np.abs(pos - k)
+            np.subtract(1.0, wk, out=wk)
+            np.clip(wk, 0.0, 1.0, out=wk)  # hat weights: they sum to 1 at every pixel
             if not wk.any():
                 continue
-            fk = f if sig <= 0 else ndimage.gaussian_filter(f, (sig, sig, 0), mode="nearest")
-            out += fk * wk[..., None]
+            fk = f.copy() if sig <= 0 else ndimage.gaussian_filter(f, (sig, sig, 0), mode="nearest")
+            fk *= wk[..., None]
+            out += fk
     out += 0.5
     return np.clip(out, 0, 255, out=out).astype(np.uint8)
 

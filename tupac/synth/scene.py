@@ -26,6 +26,8 @@ CELL = 256
 """Edge of a nucleus-generation cell (level-0 px)."""
 MARGIN = 64
 """Largest half-extent of a stamped object: objects this far outside a block can still reach into it."""
+_MAX_BLUR_MARGIN = 32
+"""Render margin (level-0 px) of the blurriest style the textures are pre-tiled for (sigma <= 7.5)."""
 
 KIND_TUMOR, KIND_LYMPH, KIND_FIBRO, KIND_DUCT, KIND_PYKNOTIC = 0, 1, 2, 3, 4
 
@@ -176,14 +178,17 @@ def _textures(seed: int, center: Center) -> tuple[dict[str, F.Texture], tuple[fl
     cols = (xx + warp[..., 0].astype(np.intp)) % 1024
     noise = np.stack([F.periodic_texture(rng, 509, 0.6, 0.6, 0.0) for _ in range(3)], -1) * 0.018
     z = np.zeros(noise.shape[:2], np.float32)
+    # Blurring styles render blocks with a margin: pre-tile for those sizes too (a view, not a gather;
+    # the values are the same either way).
+    tx = lambda a: F.Texture(a, max_h=256 + 2 * _MAX_BLUR_MARGIN, max_w=2048 + 2 * _MAX_BLUR_MARGIN)  # noqa: E731
     tex = {
-        "fibA": F.Texture(fib1[rows, cols] + 0.6 * wave),
-        "fibB": F.Texture(fib2[rows, cols] + 0.6 * wave),
-        "gran": F.Texture(F.periodic_texture(rng, 512, 3.0, 3.0, 0.0)),
-        "grain": F.Texture(F.periodic_texture(rng, 512, 5.0, 5.0, 0.0)),
-        "noise": F.Texture(noise.astype(np.float32)),
+        "fibA": tx(fib1[rows, cols] + 0.6 * wave),
+        "fibB": tx(fib2[rows, cols] + 0.6 * wave),
+        "gran": tx(F.periodic_texture(rng, 512, 3.0, 3.0, 0.0)),
+        "grain": tx(F.periodic_texture(rng, 512, 5.0, 5.0, 0.0)),
+        "noise": tx(noise.astype(np.float32)),
         # Empty glass depends on the noise only: render it once.
-        "glass": F.Texture(od_to_rgb(z, z, center, noise.astype(np.float32))),
+        "glass": tx(od_to_rgb(z, z, center, noise.astype(np.float32))),
     }
     return tex, (a1, a2)
 
