@@ -146,7 +146,7 @@ def _hairs(rng, base_y, base_x, dir_angle, n, length, s):
     return _splat(s, ys.ravel(), xs.ravel(), np.full(ys.size, 1.0, np.float32), 0.9)
 
 
-def mitosis(rng: np.random.Generator, phase: str, s: int = 112, style: Style = DEFAULT) -> np.ndarray:
+def mitosis(rng: np.random.Generator, phase: str, s: int | None = None, style: Style = DEFAULT) -> np.ndarray:
     """A mitotic figure: clumped hyperchromatic chromosomes with hairy projections, in a clear halo.
 
     Parameters
@@ -154,13 +154,15 @@ def mitosis(rng: np.random.Generator, phase: str, s: int = 112, style: Style = D
     phase : {"prophase", "metaphase", "anaphase"}
         "prophase": irregular clumped ball; "metaphase": dense elongated plate (bar);
         "anaphase": two parallel bars.
-    s : int
-        Sprite edge (px).
+    s : int, optional
+        Sprite edge (px): 112, or 128 (the most ``MARGIN`` allows) for larger or thicker figures.
     style : Style
         Plate width, clump raggedness, number of arms, darkness and extent; the default style
         draws exactly what this function always drew (same RNG calls, same floats).
     """
     k_len = style.mitosis_scale
+    if s is None:
+        s = 112 if k_len <= 1.0 and style.mitosis_plate_width[1] <= 16.0 else 128
     theta = rng.uniform(0, np.pi)
     c, si = np.cos(theta), np.sin(theta)
     if phase == "prophase":
@@ -179,7 +181,9 @@ def mitosis(rng: np.random.Generator, phase: str, s: int = 112, style: Style = D
         lo, hi = (40.0, 60.0) if phase == "metaphase" else (32.0, 50.0)
         length = rng.uniform(lo * k_len, hi * k_len)
         width = rng.uniform(*style.mitosis_plate_width)
-        gap = rng.uniform(12.0, 19.0)
+        # Thicker plates need wider anaphase gaps to stay two bars (factor 1 for the default widths).
+        k_gap = max(1.0, sum(style.mitosis_plate_width) / 26.0)
+        gap = rng.uniform(12.0 * k_gap, 19.0 * k_gap)
         ys_l, xs_l, ang_l = [], [], []
         for side in bars:
             n = rng.integers(90, 140)
