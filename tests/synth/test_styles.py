@@ -345,3 +345,28 @@ def test_synth_cli_style_centers_and_list(tmp_path: Path) -> None:
     assert "--style" in res.output and "lab3" in res.output
     res = CliRunner().invoke(app, ["synth"])
     assert res.exit_code != 0 and "OUT" in res.output
+
+
+# --- for a person to look at ----------------------------------------------------------------------------
+
+
+def test_write_style_crops_for_review(styled: dict[str, Path], artifacts_dir: Path) -> None:
+    """Per style: the slide at 1 um/px and a 600 px tumor crop at 40x, side by side in one sheet each."""
+    from PIL import Image
+
+    out = artifacts_dir / "synth-styles"
+    out.mkdir(parents=True, exist_ok=True)
+    overviews, crops = [], []
+    for name in STYLES:
+        l0 = _l0(styled[name])
+        tum = _tumor_l0(styled[name], l0.shape[:2])
+        ys, xs = np.nonzero(tum[::16, ::16])
+        cy, cx = int(np.median(ys)) * 16, int(np.median(xs)) * 16
+        y0, x0 = min(max(cy - 300, 0), l0.shape[0] - 600), min(max(cx - 300, 0), l0.shape[1] - 600)
+        crops.append(l0[y0 : y0 + 600, x0 : x0 + 600])
+        overviews.append(l0[::4, ::4])
+    for fname, tiles in (("overview-1um.png", overviews), ("tumor-600px-40x.png", crops)):
+        Image.fromarray(np.concatenate(tiles, axis=1)).save(out / fname)
+        assert (out / fname).stat().st_size > 1000
+    (out / "README.txt").write_text("left to right: " + ", ".join(STYLES) + f" (seed {SEED}, {SIZE_UM[0]:g} x "
+                                    f"{SIZE_UM[1]:g} um, slide 1)\n")

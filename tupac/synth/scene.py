@@ -33,7 +33,8 @@ KIND_TUMOR, KIND_LYMPH, KIND_FIBRO, KIND_DUCT, KIND_PYKNOTIC = 0, 1, 2, 3, 4
 
 # RNG streams (third seed word) of the style's additions. They are separate from the streams the
 # default look uses (0-7), and drawn from only when the style asks, so "default" stays byte-identical.
-_S_STYLE_OBJECTS, _S_PYKNOTIC, _S_CLUSTER, _S_FOCUS, _S_PYK_SPRITES = 8, 9, 10, 11, 12
+# (Pyknotic sprites come last from the sprite bank's stream 1, and only for styles that use them.)
+_S_STYLE_OBJECTS, _S_PYKNOTIC, _S_CLUSTER, _S_FOCUS = 8, 9, 10, 11
 INKS: dict[str, tuple[float, float, float]] = {
     "green": (0.95, 0.22, 0.75),
     "blue": (0.95, 0.55, 0.12),
@@ -294,7 +295,8 @@ def _place_objects(scene: Scene, rng: np.random.Generator) -> None:
     scene.mitoses = Points.build(allx, ally, phase=phases, in_tumor=np.arange(allx.size) < mx.size,
                                  sid=np.arange(allx.size))
 
-    n_apo = int(round(rng.uniform(*spec.style.apoptosis_rate) * max(scene.tumor_area_mm2, 0.05 if spec.patch else 0.0)))
+    apo_rate = rng.uniform(*spec.style.apoptosis_rate)  # per mm^2 of tumor
+    n_apo = int(round(apo_rate * max(scene.tumor_area_mm2, 0.05 if spec.patch else 0.0)))
     if spec.patch:
         # 0-2 in a default patch (a 0.2 mm^2 field); proportionally more for styles rich in them.
         n_apo = int(rng.integers(0, max(3, int(round(spec.style.apoptosis_rate[1] * 0.25)))))
@@ -319,6 +321,7 @@ def _place_style_objects(scene: Scene) -> None:
     lum = lambda x, y: F.sample_points(scene.lumen, x, y)  # noqa: E731
     if st.lymph_cluster_rate > 0:
         n = int(rng.poisson(st.lymph_cluster_rate * max(scene.tissue_area_mm2, 0.0)))
+        # 500 px from any mitosis, more than the largest radius (240 px): no mitosis inside a cluster.
         avoid = list(zip(scene.mitoses.x, scene.mitoses.y))
         cx, cy = _sample_where(rng, None, spec.size_px, n, lambda x, y: (tis(x, y) > 120) & (lum(x, y) < -60), 500,
                                avoid=avoid)
@@ -334,9 +337,8 @@ def _place_style_objects(scene: Scene) -> None:
                                    half_width=rng.uniform(60, 160, k), bend=rng.uniform(-0.25, 0.25, k),
                                    sid=np.arange(k))
     if st.pen_marks_per_slide > 0:
-        n = int(rng.poisson(st.pen_marks_per_slide))
+        k = int(rng.poisson(st.pen_marks_per_slide))
         w, h = spec.size_px
-        k = n
         inks = list(INKS)
         scene.pens = Points.build(rng.uniform(0.1 * w, 0.9 * w, k), rng.uniform(0.1 * h, 0.9 * h, k),
                                   angle=rng.uniform(0, np.pi, k), half_len=rng.uniform(1200, 4000, k),
