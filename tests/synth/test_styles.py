@@ -204,6 +204,20 @@ def test_styled_truth_lists_exactly_the_mitoses_drawn_and_no_lookalike(styled: d
         assert (l0[y - 20 : y + 21, x - 20 : x + 21] < med - 50).sum() >= 40, f"{name}: mitosis at {x},{y} not dark"
 
 
+def test_lookalikes_never_sit_on_a_mitosis_in_a_crowded_field() -> None:
+    """A lab4 tumor field with many mitoses: exactly the asked mitoses, and every pyknotic nucleus keeps
+    clear of them (tumor nuclei are not placed within 40 px of a mitosis)."""
+    sc = S.make_scene(S.SceneSpec(2, 7, (2000, 2000), center_by_name("D"), 0.0, patch=True, n_mitoses=8,
+                                  style=STYLES["lab4"]))
+    assert len(sc.mitoses) == 8
+    px, py = S.pyknotic_points(sc)
+    assert px.size > 50
+    d = np.hypot(px[:, None] - sc.mitoses.x[None], py[:, None] - sc.mitoses.y[None])
+    assert d.min() > 40
+    da = np.hypot(sc.apoptoses.x[:, None] - sc.mitoses.x[None], sc.apoptoses.y[:, None] - sc.mitoses.y[None])
+    assert da.size == 0 or da.min() >= 110
+
+
 def test_folds_and_pen_marks_do_not_change_the_tissue_truth(styled: dict[str, Path]) -> None:
     s = _meta(styled["lab4"])["slides"][SID]
     assert len(s["folds"]) >= 1 and len(s["pen_marks"]) >= 1
