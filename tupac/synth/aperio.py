@@ -21,17 +21,19 @@ import tifffile
 
 TILE = 256
 QUALITY = 80
+"""Default JPEG quality of the tiles (a style may ask for another)."""
 DOWNSAMPLE = 4
 APERIO_HEAD = "Aperio Image Library v12.0.0 \r\n"
 
 
-def _description(size: tuple[int, int], level0: tuple[int, int], mpp: float, app_mag: int, extra: dict) -> str:
+def _description(size: tuple[int, int], level0: tuple[int, int], mpp: float, app_mag: int, extra: dict,
+                 quality: int = QUALITY) -> str:
     w0, h0 = level0
     w, h = size
     head = f"{APERIO_HEAD}{w0}x{h0} [0,0 {w0}x{h0}] ({TILE}x{TILE})"
     if (w, h) != (w0, h0):
         head += f" -> {w}x{h}"
-    fields = [f"{head} JPEG Q={QUALITY}", f"AppMag = {app_mag}", f"MPP = {mpp}"]
+    fields = [f"{head} JPEG Q={quality}", f"AppMag = {app_mag}", f"MPP = {mpp}"]
     fields += [f"{k} = {v}" for k, v in extra.items()]
     return "|".join(fields)
 
@@ -162,6 +164,7 @@ def write_aperio_svs(
     chunk_px: int = 2048,
     on_row: Callable[[int, int], None] | None = None,
     workers: int = 1,
+    quality: int = QUALITY,
 ) -> list[tuple[int, int]]:
     """Write a pyramidal Aperio SVS whose level-0 pixels come from ``render(x0, y0, w, h) -> (h, w, 3) uint8``.
 
@@ -185,6 +188,8 @@ def write_aperio_svs(
     workers : int
         Processes rendering tile rows in parallel (forked; this process encodes the JPEG tiles
         and builds the lower levels). The file does not depend on it.
+    quality : int
+        JPEG quality of every tile (1-100), also written as ``JPEG Q=`` in the ImageDescription.
 
     Returns
     -------
@@ -197,7 +202,7 @@ def write_aperio_svs(
     extra = dict(extra or {})
     extra.setdefault("Filename", Path(path).stem)
     common = dict(
-        photometric="rgb", compression="jpeg", compressionargs={"level": QUALITY, "outcolorspace": "RGB"},
+        photometric="rgb", compression="jpeg", compressionargs={"level": int(quality), "outcolorspace": "RGB"},
         # Tiles are JPEG-encoded on ``workers`` threads (each tile on its own: same bytes).
         subsampling=(1, 1), metadata=None, maxworkers=max(1, int(workers)), software=False,
     )
@@ -211,7 +216,7 @@ def write_aperio_svs(
         with tifffile.TiffWriter(path, bigtiff=w * h * 3 > 3_500_000_000) as tw:
             tw.write(
                 _level0_tiles(render, size, chunk_px, l1, on_row, workers), shape=(h, w, 3), dtype=np.uint8,
-                tile=(TILE, TILE), description=_description(size, size, mpp, app_mag, extra), **common,
+                tile=(TILE, TILE), description=_description(size, size, mpp, app_mag, extra, quality), **common,
             )
             levels = [l1]
             while max(levels[-1].shape[:2]) > min_level_px and min(levels[-1].shape[:2]) >= DOWNSAMPLE * 8:
@@ -226,7 +231,7 @@ def write_aperio_svs(
                 lh, lw = lv.shape[:2]
                 tw.write(
                     _memmap_tiles(lv), shape=(lh, lw, 3), dtype=np.uint8, tile=(TILE, TILE),
-                    description=_description((lw, lh), size, mpp, app_mag, extra), **common,
+                    description=_description((lw, lh), size, mpp, app_mag, extra, quality), **common,
                 )
                 dims.append((lw, lh))
             del levels, l1

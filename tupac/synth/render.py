@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from tupac.synth import fields as F
 from tupac.synth import sprites as S
-from tupac.synth.scene import CELL, KIND_DUCT, KIND_FIBRO, KIND_LYMPH, KIND_TUMOR, MARGIN, Scene, cell_nuclei
+from tupac.synth.scene import (
+    CELL, INKS, KIND_DUCT, KIND_FIBRO, KIND_LYMPH, KIND_PYKNOTIC, KIND_TUMOR, MARGIN, Scene, band_weights, cell_nuclei,
+)
 from tupac.synth.stain import od_to_rgb
+
+_INK_OD = np.array(list(INKS.values()), np.float32)
 
 
 class _SpriteCache:
@@ -111,6 +116,8 @@ def _draw_cells(scene: Scene, layers, x0, y0, w, h) -> None:
                     sp = bank.fibro[nuc["sprite"][j] // 4][nuc["sprite"][j] % 4]
                 elif k == KIND_DUCT:
                     sp = S.dihedral(bank.duct[nuc["sprite"][j]], nuc["flip"][j])
+                elif k == KIND_PYKNOTIC:
+                    sp = S.dihedral(bank.pyknotic[nuc["sprite"][j]], nuc["flip"][j])
                 else:
                     continue
                 S.stamp(layers, sp, xs[j], ys[j])
@@ -121,7 +128,7 @@ def _draw_rare(scene: Scene, layers, cache: _SpriteCache, x0, y0, w, h) -> None:
     for i in m.query(x0 - MARGIN, y0 - MARGIN, x0 + w + MARGIN, y0 + h + MARGIN):
         sid = int(m.cols["sid"][i])
         phase = S.MITOSIS_PHASES[int(m.cols["phase"][i])]
-        sp = cache.get(("m", sid), lambda: S.mitosis(scene.rng(5, sid), phase))
+        sp = cache.get(("m", sid), lambda: S.mitosis(scene.rng(5, sid), phase, style=scene.style))
         S.stamp(layers, sp, int(round(m.x[i])) - x0, int(round(m.y[i])) - y0)
     a = scene.apoptoses
     for i in a.query(x0 - MARGIN, y0 - MARGIN, x0 + w + MARGIN, y0 + h + MARGIN):
@@ -134,19 +141,87 @@ def render_block(scene: Scene, x0: int, y0: int, w: int, h: int, cache: _SpriteC
     """Render level-0 pixels ``[y0:y0+h, x0:x0+w]`` of a scene.
 
     The result depends only on the scene and the block coordinates (not on which blocks were drawn
-    before), so tiles can be drawn in any order or in parallel.
+    before), so tiles can be drawn in any order or in parallel. A blurring style renders the block
+    with a margin of :attr:`~tupac.synth.style.Style.blur_margin` px and crops it after blurring, so
+    blocks stay seamless.
 
     Returns
     -------
     ndarray of uint8, shape (h, w, 3), RGB.
     """
     cache = cache or _SpriteCache()
+    m = scene.style.blur_margin
+    if m == 0 or scene.focus is None:
+        return _render_sharp(scene, x0, y0, w, h, cache)
+    big = _render_sharp(scene, x0 - m, y0 - m, w + 2 * m, h + 2 * m, cache)
+    return _blur(scene, big, x0 - m, y0 - m)[m : m + h, m : m + w]
+
+
+def _blur(scene: Scene, img: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """Focus blur with a per-pixel sigma from the scene's focus field.
+
+    The image is filtered at a few sigmas spanning the style's range (at most 0.7 px apart) and each
+    pixel interpolates linearly between the two nearest: a spatially varying Gaussian at the cost of
+    a few separable filters (only those some pixel of the block needs; the focus field varies slowly,
+    so usually two). Every filter reaches less than the render margin, so block edges are exact.
+    """
+    h, w = img.shape[:2]
+    lo, hi = scene.style.blur_sigma
+    f = img.astype(np.float32)
+    n_levels = 1 + int(np.ceil((hi - lo) / 0.7))
+    if n_levels == 1:
+        out = ndimage.gaussian_filter(f, (hi, hi, 0), mode="nearest")
+    else:
+        levels = np.linspace(lo, hi, n_levels)
+        pos = (F.sample_block(scene.focus, x0, y0, w, h) - lo) / (levels[1] - levels[0])
+        out = np.zeros_like(f)
+        for k, sig in enumerate(levels):
+            wk = np.abs(pos - k)
+            np.subtract(1.0, wk, out=wk)
+            np.clip(wk, 0.0, 1.0, out=wk)  # hat weights: they sum to 1 at every pixel
+            if not wk.any():
+                continue
+            fk = f.copy() if sig <= 0 else ndimage.gaussian_filter(f, (sig, sig, 0), mode="nearest")
+            fk *= wk[..., None]
+            out += fk
+    out += 0.5
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
+
+
+def _apply_folds(scene: Scene, layers_sum: tuple[np.ndarray, np.ndarray], x0: int, y0: int, w: int, h: int) -> None:
+    """A fold lays the section on itself: every stain amount doubles under it (in place)."""
+    if len(scene.folds) == 0:
+        return
+    cov = band_weights(scene.folds, x0, y0, w, h)
+    if cov.any():
+        for a in layers_sum:
+            a *= 1.0 + cov
+
+
+def _apply_pen(scene: Scene, out: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """Pen ink adds optical density on top of everything (glass or tissue): intensities multiply."""
+    p = scene.pens
+    if len(p) == 0:
+        return out
+    h, w = out.shape[:2]
+    od = np.zeros((h, w, 3), np.float32)
+    for i in range(len(p)):  # one stroke at a time: each has its own ink
+        cov = band_weights(p, x0, y0, w, h, only=i)
+        if cov.any():
+            od += (cov * p.cols["strength"][i])[..., None] * _INK_OD[int(p.cols["ink"][i])]
+    if not od.any():
+        return out
+    return np.clip(out * np.exp(-od) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _render_sharp(scene: Scene, x0: int, y0: int, w: int, h: int, cache: _SpriteCache) -> np.ndarray:
+    """:func:`render_block` before focus blur."""
     out = np.array(scene.textures["glass"].block(x0, y0, w, h))
     t_full = _tissue_weight(scene, x0, y0, w, h)
     # Only the bounding box of tissue (plus the reach of a stamped object) needs the full model.
     rows = np.flatnonzero(t_full.max(axis=1) > 0)
     if rows.size == 0:
-        return out
+        return _apply_pen(scene, out, x0, y0)
     cols = np.flatnonzero(t_full.max(axis=0) > 0)
     r0, r1 = max(rows[0] - MARGIN, 0), min(rows[-1] + 1 + MARGIN, h)
     c0, c1 = max(cols[0] - MARGIN, 0), min(cols[-1] + 1 + MARGIN, w)
@@ -163,9 +238,10 @@ def render_block(scene: Scene, x0: int, y0: int, w: int, h: int, cache: _SpriteC
     hb += nuc_h
     e *= clear
     e += e_add
+    _apply_folds(scene, (hb, e), sx, sy, sw, sh)
     noise = scene.textures["noise"].block(sx, sy, sw, sh)
     out[r0:r1, c0:c1] = od_to_rgb(hb, e, scene.spec.center, noise)
-    return out
+    return _apply_pen(scene, out, x0, y0)
 
 
 new_cache = _SpriteCache

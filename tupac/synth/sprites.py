@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from tupac.synth.style import DEFAULT, Style
+
 MITOSIS_PHASES = ("prophase", "metaphase", "anaphase")
 
 
@@ -54,19 +56,27 @@ def _stack(h: np.ndarray, e: np.ndarray | None, clear: np.ndarray) -> np.ndarray
     return np.stack([h, e, clear]).astype(np.float32)
 
 
-def tumor_nucleus(rng: np.random.Generator, s: int = 64) -> np.ndarray:
-    """Large pleomorphic carcinoma nucleus: vesicular chromatin, membrane rim, nucleoli; 10 % hyperchromatic."""
-    a = rng.uniform(18.0, 30.0)
-    b = a * rng.uniform(0.62, 0.95)
-    depth, _ = _ellipse_depth(rng, s, a, b, rng.uniform(0, np.pi), 0.10)
+def tumor_nucleus(rng: np.random.Generator, s: int | None = None, style: Style = DEFAULT) -> np.ndarray:
+    """Large pleomorphic carcinoma nucleus: vesicular chromatin, membrane rim, nucleoli; some hyperchromatic.
+
+    ``style`` sets the size, aspect, boundary irregularity, chromatin strength and hyperchromatic
+    fraction; the default style draws exactly what this function always drew (same RNG calls).
+    ``s`` (sprite edge, px) defaults to 64, more for nuclei scaled above 1.
+    """
+    if s is None:
+        s = 64 if style.nucleus_scale <= 1.0 else 2 * int(np.ceil(32 * style.nucleus_scale + 2))
+    # low + (high - low) * u: with scale 1.0 the same floats as the literal bounds.
+    a = rng.uniform(18.0 * style.nucleus_scale, 30.0 * style.nucleus_scale)
+    b = a * rng.uniform(*style.nucleus_aspect)
+    depth, _ = _ellipse_depth(rng, s, a, b, rng.uniform(0, np.pi), style.nucleus_wobble)
     inside = _soft(depth)
     clumps = np.clip(_speckle(rng, s, 1.3) - 0.2, 0, None)
     yy, xx = _coords(s)
-    if rng.random() < 0.1:  # hyperchromatic, coarse: an intensity look-alike of mitoses
+    if rng.random() < style.hyperchromatic_fraction:  # hyperchromatic, coarse: an intensity look-alike of mitoses
         h = inside * (rng.uniform(0.85, 1.15) + 0.3 * clumps)
         return _stack(h, None, 1.0 - 0.35 * inside)
     rim = np.exp(-((depth / 1.8) ** 2)) * (depth > -1.5)
-    h = inside * (rng.uniform(0.50, 0.80) + 0.40 * clumps) + 0.45 * rim * inside
+    h = inside * (rng.uniform(0.50, 0.80) + style.chromatin * clumps) + 0.45 * rim * inside
     e = np.zeros_like(h)
     for _ in range(rng.integers(1, 3)):
         cy, cx = rng.normal(0, b * 0.25), rng.normal(0, a * 0.25)
@@ -104,6 +114,19 @@ def duct_nucleus(rng: np.random.Generator, s: int = 32) -> np.ndarray:
     return _stack(h, None, 1.0 - 0.7 * inside)
 
 
+def pyknotic_nucleus(rng: np.random.Generator, s: int = 48) -> np.ndarray:
+    """Pyknotic tumor nucleus: shrunken (4.5-7 um), round, smooth, uniformly very dark, in a thin clear halo.
+
+    The classic mitosis mimic: as dark as a figure but compact, with a smooth edge and no arms.
+    """
+    r = rng.uniform(9.0, 14.0)
+    depth, _ = _ellipse_depth(rng, s, r, r * rng.uniform(0.8, 1.0), rng.uniform(0, np.pi), 0.04)
+    inside = _soft(depth, 0.9)
+    h = inside * (rng.uniform(1.9, 2.5) + 0.06 * _speckle(rng, s, 1.0))
+    # Shrinkage leaves a clear space around the nucleus.
+    return _stack(h, None, 1.0 - 0.55 * _soft(depth + rng.uniform(3.0, 6.0), 1.2))
+
+
 def _splat(s: int, ys: np.ndarray, xs: np.ndarray, wts: np.ndarray, sigma: float) -> np.ndarray:
     img = np.zeros((s, s), np.float32)
     iy = np.clip(np.round(ys + s // 2).astype(int), 0, s - 1)
@@ -123,7 +146,7 @@ def _hairs(rng, base_y, base_x, dir_angle, n, length, s):
     return _splat(s, ys.ravel(), xs.ravel(), np.full(ys.size, 1.0, np.float32), 0.9)
 
 
-def mitosis(rng: np.random.Generator, phase: str, s: int = 112) -> np.ndarray:
+def mitosis(rng: np.random.Generator, phase: str, s: int | None = None, style: Style = DEFAULT) -> np.ndarray:
     """A mitotic figure: clumped hyperchromatic chromosomes with hairy projections, in a clear halo.
 
     Parameters
@@ -131,25 +154,36 @@ def mitosis(rng: np.random.Generator, phase: str, s: int = 112) -> np.ndarray:
     phase : {"prophase", "metaphase", "anaphase"}
         "prophase": irregular clumped ball; "metaphase": dense elongated plate (bar);
         "anaphase": two parallel bars.
+    s : int, optional
+        Sprite edge (px): 112, or 128 (the most ``MARGIN`` allows) for larger or thicker figures.
+    style : Style
+        Plate width, clump raggedness, number of arms, darkness and extent; the default style
+        draws exactly what this function always drew (same RNG calls, same floats).
     """
+    k_len = style.mitosis_scale
+    if s is None:
+        s = 112 if k_len <= 1.0 and style.mitosis_plate_width[1] <= 16.0 else 128
     theta = rng.uniform(0, np.pi)
     c, si = np.cos(theta), np.sin(theta)
     if phase == "prophase":
-        r = rng.uniform(14.0, 21.0)
+        r = rng.uniform(14.0 * k_len, 21.0 * k_len)
         n_c = rng.integers(9, 16)
         rr = r * np.sqrt(rng.uniform(0, 0.7, n_c))
         aa = rng.uniform(0, 2 * np.pi, n_c)
         cy, cx = rr * np.sin(aa), rr * np.cos(aa)
         k = rng.integers(6, 13, n_c)
-        ys = np.repeat(cy, k) + rng.normal(0, 2.8, k.sum())
-        xs = np.repeat(cx, k) + rng.normal(0, 2.8, k.sum())
+        ys = np.repeat(cy, k) + rng.normal(0, style.mitosis_clump_spread, k.sum())
+        xs = np.repeat(cx, k) + rng.normal(0, style.mitosis_clump_spread, k.sum())
         out_ang = np.arctan2(ys, xs)
-        n_hair, hair_len = 30, (4.0, 9.0)
+        n_hair, hair_len = int(round(30 * style.mitosis_arms)), (4.0, 9.0)
     elif phase in ("metaphase", "anaphase"):
         bars = [0.0] if phase == "metaphase" else [-1.0, 1.0]
-        length = rng.uniform(40.0, 60.0) if phase == "metaphase" else rng.uniform(32.0, 50.0)
-        width = rng.uniform(10.0, 16.0)
-        gap = rng.uniform(12.0, 19.0)
+        lo, hi = (40.0, 60.0) if phase == "metaphase" else (32.0, 50.0)
+        length = rng.uniform(lo * k_len, hi * k_len)
+        width = rng.uniform(*style.mitosis_plate_width)
+        # Thicker plates need wider anaphase gaps to stay two bars (factor 1 for the default widths).
+        k_gap = max(1.0, sum(style.mitosis_plate_width) / 26.0)
+        gap = rng.uniform(12.0 * k_gap, 19.0 * k_gap)
         ys_l, xs_l, ang_l = [], [], []
         for side in bars:
             n = rng.integers(90, 140)
@@ -162,13 +196,13 @@ def mitosis(rng: np.random.Generator, phase: str, s: int = 112) -> np.ndarray:
             dirs = np.where(rng.random(n) < 0.5, normal, normal + np.pi) if side == 0 else np.full(n, normal + (np.pi if side > 0 else 0.0))
             ang_l.append(dirs)
         ys, xs, out_ang = np.concatenate(ys_l), np.concatenate(xs_l), np.concatenate(ang_l)
-        n_hair, hair_len = 36, (4.0, 10.0)
+        n_hair, hair_len = int(round(36 * style.mitosis_arms)), (4.0, 10.0)
     else:
         raise ValueError(f"unknown mitosis phase {phase!r}; expected one of {MITOSIS_PHASES}")
     body = _splat(s, ys, xs, rng.uniform(0.6, 1.4, ys.size).astype(np.float32), 1.7)
     hair = _hairs(rng, ys, xs, out_ang, n_hair, hair_len, s)
     dens = body / max(float(body.max()), 1e-6) + 0.9 * hair / max(float(hair.max()), 1e-6)
-    hmax = rng.uniform(1.9, 2.5)
+    hmax = rng.uniform(*style.mitosis_darkness)
     h = hmax * (1.0 - np.exp(-3.5 * dens))
     h[h < 0.04] = 0
     halo = np.clip(ndimage.gaussian_filter((dens > 0.12).astype(np.float32), 7.0) * 3.0, 0, 1)
@@ -201,13 +235,16 @@ class SpriteBank:
 
     N_ANGLES = 12
 
-    def __init__(self, rng: np.random.Generator, n_tumor: int = 64, n_small: int = 32, n_fibro_per_angle: int = 4):
-        self.tumor = [tumor_nucleus(rng) for _ in range(n_tumor)]
+    def __init__(self, rng: np.random.Generator, n_tumor: int = 64, n_small: int = 32, n_fibro_per_angle: int = 4,
+                 style: Style = DEFAULT):
+        self.tumor = [tumor_nucleus(rng, style=style) for _ in range(n_tumor)]
         self.lymph = [lymphocyte(rng) for _ in range(n_small)]
         self.duct = [duct_nucleus(rng) for _ in range(n_small)]
         self.fibro = [
             [fibroblast(rng, np.pi * k / self.N_ANGLES) for _ in range(n_fibro_per_angle)] for k in range(self.N_ANGLES)
         ]
+        # Drawn last from the same stream, and only when used: the sprites above do not change.
+        self.pyknotic = [pyknotic_nucleus(rng) for _ in range(n_small)] if style.pyknotic_fraction > 0 else []
 
 
 def dihedral(sprite: np.ndarray, k: int) -> np.ndarray:

@@ -19,7 +19,7 @@ class Center:
     Attributes
     ----------
     name : str
-        "A", "B" or "C".
+        "A", "B", "C" (the default rotation), "D" (dark hematoxylin) or "P" (pale).
     od_h, od_e : tuple of float, length 3
         Optical density per unit hematoxylin / eosin amount, for (R, G, B).
     h_scale, e_scale : float
@@ -60,13 +60,30 @@ CENTERS: tuple[Center, ...] = (
     Center("B", (0.64, 0.73, 0.25), (0.06, 0.90, 0.42), 1.12, 1.18, (0.022, 0.026, 0.030)),
     Center("C", (0.48, 0.80, 0.36), (0.22, 0.76, 0.62), 0.82, 0.80, (0.040, 0.046, 0.050)),
 )
+"""The centers slides of the default style use in turn (unchanged, so default cohorts stay the same)."""
+
+# Two more sites for styles (tupac.synth.style): D over-stains hematoxylin with a bluer, darker vector
+# (long hematoxylin time, little differentiation), P is a faded, under-stained site (old slides, short
+# staining times) with slightly warmer glass.
+EXTRA_CENTERS: tuple[Center, ...] = (
+    Center("D", (0.70, 0.74, 0.22), (0.10, 0.84, 0.50), 1.40, 1.05, (0.026, 0.030, 0.034)),
+    Center("P", (0.56, 0.78, 0.34), (0.14, 0.78, 0.56), 0.68, 0.66, (0.024, 0.030, 0.036)),
+)
+ALL_CENTERS: tuple[Center, ...] = CENTERS + EXTRA_CENTERS
 
 
 def center_by_name(name: str) -> Center:
-    for c in CENTERS:
+    """The center called ``name`` (one of :data:`ALL_CENTERS`).
+
+    Raises
+    ------
+    ValueError
+        No such center (the message lists the names).
+    """
+    for c in ALL_CENTERS:
         if c.name == name:
             return c
-    raise ValueError(f"unknown center {name!r}; expected one of {[c.name for c in CENTERS]}")
+    raise ValueError(f"unknown center {name!r}; expected one of {[c.name for c in ALL_CENTERS]}")
 
 
 def od_to_rgb(h: np.ndarray, e: np.ndarray, center: Center, noise: np.ndarray | None = None) -> np.ndarray:
