@@ -201,3 +201,17 @@ def test_nan_figures_are_null_in_the_json(ablated, tmp_path) -> None:
     doc = json.loads(paths["ablation"].read_text())
     assert doc["groups"][0]["alone"]["rna"]["spearman_rho"] is None
     assert math.isnan(pd.read_csv(paths["ablation_table"])["rna_spearman_rho"].iloc[1])
+
+
+def test_mlflow_metrics_of_the_ablation(ablated) -> None:
+    from tupac.tracking.fits import _ablation_metrics, _metrics_to_log
+
+    result, *_ = ablated
+    logged = {k: v for k, v, _ in _metrics_to_log(result) if k.startswith("ablation.")}
+    assert logged == {k: v for k, v, _ in _ablation_metrics(result)}
+    doc = _by_group({"groups": result.ablation.groups})
+    assert logged[f"ablation.{SIGNAL}.alone.rna.spearman_rho"] == doc[SIGNAL]["alone"]["rna"]["spearman_rho"]
+    assert f"ablation.{SIGNAL}.removed.grade.kappa_quadratic" in logged
+    assert not any(k.startswith(f"ablation.{ABSENT}.") or ".accuracy_ci" in k for k in logged)
+    # three figures (accuracy, kappa, rho) per row, two rows per present group: a small addition to the run
+    assert len(logged) == len(PRESENT) * 2 * 3
