@@ -62,7 +62,8 @@ def _by_group(doc: dict) -> dict[str, dict]:
 
 
 def test_column_groups_follow_the_catalog_flags_included() -> None:
-    cols = ["tumor_area_mm2", "tumor_missing", "deep_hist_000", "deep_hist_0999", "deep_hist_missing", "noise", "general_0000"]
+    cols = ["tumor_area_mm2", "tumor_missing", "deep_hist_000", "deep_hist_0999", "deep_hist_missing", "noise",
+            "general_0000"]
     groups = column_groups(cols)
     assert list(groups)[: len(GROUPS)] == list(GROUPS)
     assert groups["tumor"] == ["tumor_area_mm2", "tumor_missing"]
@@ -162,7 +163,8 @@ def test_a_group_holding_every_column_reuses_the_fit_and_has_nothing_left_when_r
     ab = run_ablation(X, {"grade": None, "rna": None}, {"grade": "logreg_enet", "rna": "elastic_net"}, ref,
                       seed=0, n_splits=2, inner_splits=2, k_features=5, n_boot=10)
     rows = {g["group"]: g for g in ab.groups}
-    assert rows[SIGNAL]["alone"]["grade"] == ab.reference["grade"] and rows[SIGNAL]["alone"]["rna"] == ab.reference["rna"]
+    assert rows[SIGNAL]["alone"]["grade"] == ab.reference["grade"]
+    assert rows[SIGNAL]["alone"]["rna"] == ab.reference["rna"]
     assert rows[SIGNAL]["removed"] == {"status": "empty", "n_features": 0}
     assert ab.reference["rna"]["spearman_rho"] == pytest.approx(0.8)
     assert all(rows[g]["status"] == "absent" for g in GROUPS if g != SIGNAL)

@@ -2,8 +2,8 @@
 
 Sections: cohort summary, slides (thumbnails with tissue, tumor-heatmap and mitosis overlays),
 predictive models (metrics with confidence intervals beside the published figures; ROC and
-scatter figures), what carries the signal (the feature-group ablation), biomarkers, features, networks (the paper's Fig. 2 table), timings and
-throughput, failed slides. Each section is built on its own from the files it needs; a missing
+scatter figures), what carries the signal (the feature-group ablation), biomarkers, features,
+networks (the paper's Fig. 2 table), timings and throughput, failed slides. Each section is built on its own from the files it needs; a missing
 input makes that section say "not computed" and why, and never stops the others.
 
 Images are files under the report folder (``slides/``, ``figures/``), referenced by relative
@@ -285,10 +285,11 @@ def _section_ablation(ctx: _Context) -> str:
     from tupac.predict.ablation import ablation_frame
 
     frame = ablation_frame(doc)
-    figs = [("grade_accuracy", "accuracy (grade)"), ("grade_kappa_quadratic", "κ (grade)"), ("rna_spearman_rho", "ρ (RNA)")]
+    figs = [("grade_accuracy", "accuracy (grade)"), ("grade_kappa_quadratic", "κ (grade)"),
+            ("rna_spearman_rho", "ρ (RNA)")]
     body = []
     for r in frame.to_dict("records"):
-        name = "All features" if r["variant"] == "all" else f'{r["title"]}: {"alone" if r["variant"] == "alone" else "removed"}'
+        name = "All features" if r["variant"] == "all" else f'{r["title"]}: {r["variant"]}'
         if r["status"] != "ok":
             note = "absent from the table" if r["status"] == "absent" else "no column left"
             body.append([name, _num(int(r["n_features"]))] + [note] * len(figs))
