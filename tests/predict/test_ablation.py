@@ -171,7 +171,11 @@ def test_a_group_holding_every_column_reuses_the_fit_and_has_nothing_left_when_r
 
 
 def test_ablation_config_is_checked() -> None:
-    assert FitConfig().ablation is True
+    from tupac.pipeline import DEMO_CONFIG, PipelineConfig
+
+    # on where it costs about half the fit (the defaults), off for the demo's light fit (3-5x)
+    assert FitConfig().ablation is True and PipelineConfig().fit_config().ablation is True
+    assert DEMO_CONFIG.fit_config().ablation is False
     with pytest.raises(ConfigError, match="ablation_n_boot"):
         FitConfig(ablation_n_boot=0)
 
