@@ -63,7 +63,7 @@ class FitConfig:
     strict: bool = option(False, help="Fail instead of excluding unmatched or unlabelled slides.")
     ablation: bool = option(True, help="Also cross-validate each task's best model on each feature group alone and "
                                         "on all but each group (RUN/predict/ablation.json); 4 nested CVs per group, "
-                                       "about 0.6x the default fit's time.")
+                                        "about 0.6-0.7x the default fit's time.")
     ablation_n_boot: int = option(200, help="Bootstrap resamples for the accuracy CI of each ablation row.")
 
     def __post_init__(self) -> None:
