@@ -221,3 +221,18 @@ def test_mlflow_metrics_of_the_ablation(ablated) -> None:
     assert not any(k.startswith(f"ablation.{ABSENT}.") or ".accuracy_ci" in k for k in logged)
     # three figures (accuracy, kappa, rho) per row, two rows per present group: a small addition to the run
     assert len(logged) == len(PRESENT) * 2 * 3
+
+
+def test_a_group_of_constant_columns_is_reported_constant_not_a_crash() -> None:
+    # A group of zeros (no fringe found on any slide) leaves nothing to fit once the pipelines drop
+    # constant columns: that row says so, and the others are still computed.
+    cohort = group_signal_table(n=30)
+    X = cohort.X.copy()
+    X[column_groups(X.columns)["tumor"]] = 0.0
+    cfg = FitConfig(repeats=1, n_splits=2, inner_splits=2, k_features=10, grade_models=("logreg_enet",),
+                    rna_models=("elastic_net",), n_boot=50, importance_repeats=1)
+    result = fit_cohort(Cohort(X, cohort.grade, cohort.rna), cfg)
+    rows = _by_group({"groups": result.ablation.groups})
+    assert rows["tumor"]["alone"] == {"status": "constant", "n_features": 4}
+    assert rows["tumor"]["removed"]["status"] == "ok"
+    assert rows[SIGNAL]["alone"]["status"] == "ok" and rows[SIGNAL]["alone"]["rna"]["spearman_rho"] > 0.8

@@ -9,8 +9,9 @@ the same outer and inner folds (seed ``config.seed``, the fit's first repeat), s
 due to the features. The full-set row *is* the fit's first repeat of the best model, so it costs
 nothing; each group costs two nested CVs per task (``4 x n_groups`` in all, one repeat each).
 
-A group none of whose columns is in the table is reported as ``absent`` (no figures), and "all but
-G" is ``empty`` when G holds every column. Columns that are in no catalog group (a hand-made
+A group none of whose columns is in the table is reported as ``absent`` (no figures), "all but
+G" is ``empty`` when G holds every column, and a set none of whose columns varies (on some CV
+training part) is ``constant``: the pipelines drop constant columns, so nothing is left to fit. Columns that are in no catalog group (a hand-made
 table) form a last pseudo-group, :data:`OTHER`, ablated like the others, so no column is unaccounted.
 
 Cost, measured on 60 synthetic slides with 4 columns in each of the six groups (2 shared CPU
@@ -139,8 +140,10 @@ class Ablation:
         Figures of the full feature set (the fit's first repeat of that model).
     groups : list of dict
         One per group: ``group``, ``title``, ``n_features``, ``status`` (``ok``, ``absent``) and,
-        per variant ``alone`` / ``removed``, a dict ``status`` (``ok``, ``absent``, ``empty``),
-        ``n_features`` and, when ``ok``, the figures of each task (``grade``, ``rna``).
+        per variant ``alone`` / ``removed``, a dict ``status`` (``ok``; ``absent``: no column of
+        the group in the table; ``empty``: no column left; ``constant``: no column varies on some
+        CV training part, so nothing can be fitted), ``n_features`` and, when ``ok``, the figures of
+        each task (``grade``, ``rna``).
     settings : dict
         ``seed``, ``n_splits``, ``inner_splits``, ``k_features``, ``n_boot``, ``repeats`` (1).
     """
@@ -156,6 +159,11 @@ def _cv_figures(task: str, model: str, X: pd.DataFrame, y: np.ndarray, settings:
     res = nested_cv(cand, X, y, n_splits=settings["n_splits"], inner_splits=settings["inner_splits"],
                     seed=settings["seed"], repeat=0)
     return ablation_figures(task, res.predictions, n_boot=settings["n_boot"], seed=settings["seed"])
+
+
+def _no_varying_column(err: ValueError) -> bool:
+    # The pipelines' VarianceThreshold(0) says so when it would drop every column.
+    return "variance threshold" in str(err)
 
 
 def run_ablation(
@@ -218,8 +226,15 @@ def run_ablation(
                 use = cols if variant == "alone" else [c for c in X.columns if c not in set(cols)]
                 if len(use) == X.shape[1]:  # the full set again (one group only): the reference, no refit
                     row[variant][task] = dict(reference[task])
-                else:
+                    continue
+                try:
                     row[variant][task] = _cv_figures(task, model, X[use], targets[task], settings)
+                except ValueError as e:
+                    if not _no_varying_column(e):
+                        raise
+                    # Every column constant on some training part (a group of zeros, a flag never
+                    # raised): no model can be fitted on it, which is chance by construction.
+                    row[variant] = {"status": "constant", "n_features": len(use)}
         tick(f"{task}: ablation ({sum(r['status'] == 'ok' for r in groups)} feature groups)")
     return Ablation(dict(models), reference, groups, settings)
 

@@ -291,7 +291,8 @@ def _section_ablation(ctx: _Context) -> str:
     for r in frame.to_dict("records"):
         name = "All features" if r["variant"] == "all" else f'{r["title"]}: {r["variant"]}'
         if r["status"] != "ok":
-            note = "absent from the table" if r["status"] == "absent" else "no column left"
+            note = {"absent": "absent from the table", "empty": "no column left",
+                    "constant": "no column varies (chance)"}.get(r["status"], r["status"])
             body.append([name, _num(int(r["n_features"]))] + [note] * len(figs))
             continue
         cells = [_num(r[k]) if r["variant"] == "all" else f'{_num(r[k])} ({_signed(r["delta_" + k])})' for k, _ in figs]
