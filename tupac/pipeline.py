@@ -205,8 +205,11 @@ DEMO_CONFIG = PipelineConfig(
     mitosis={"train": {"epochs": 6}},
     features={"n_patches": 6, "n_clusters": 8, "general_patches": 2, "general_epochs": 15, "n_splits": 2},
     # 2 x 2 nested CV: the demo's 12 slides give 4 per grade, the least nested stratified CV needs.
+    # No feature-group ablation: with one repeat of two models per task it cost 3-5x the fit
+    # (tupac.predict.ablation gives the measurements).
     fit={"repeats": 1, "n_boot": 200, "n_splits": 2, "inner_splits": 2, "k_features": 20,
-         "grade_models": ["logreg_enet", "random_forest"], "rna_models": ["elastic_net", "random_forest"]},
+         "grade_models": ["logreg_enet", "random_forest"], "rna_models": ["elastic_net", "random_forest"],
+         "ablation": False},
     report={"n_boot": 200},
 )
 """The demo's settings: a narrow LocNet, short training, few fringe patches, light CV. Enough to

@@ -81,10 +81,12 @@ FIT_OPTIONS = ConfigOptions("tupac.predict.fit:FitConfig", {
     "repeats": Flag("--repeats"),
     "k_features": Flag("--k-features"),
     "strict": Flag("--strict"),
+    "ablation": Flag("--ablation/--no-ablation"),
 }, not_exposed={
     "grade_models": "--grade-models, a comma-separated list (default: every candidate)",
     "rna_models": "--rna-models, a comma-separated list (default: every candidate)",
-    **{name: CONFIG_FILE_ONLY for name in ("n_splits", "inner_splits", "n_boot", "importance_repeats")},
+    **{name: CONFIG_FILE_ONLY for name in ("n_splits", "inner_splits", "n_boot", "importance_repeats",
+                                                   "ablation_n_boot")},
 })
 
 

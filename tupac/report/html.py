@@ -2,8 +2,8 @@
 
 Sections: cohort summary, slides (thumbnails with tissue, tumor-heatmap and mitosis overlays),
 predictive models (metrics with confidence intervals beside the published figures; ROC and
-scatter figures), biomarkers, features, networks (the paper's Fig. 2 table), timings and
-throughput, failed slides. Each section is built on its own from the files it needs; a missing
+scatter figures), what carries the signal (the feature-group ablation), biomarkers, features,
+networks (the paper's Fig. 2 table), timings and throughput, failed slides. Each section is built on its own from the files it needs; a missing
 input makes that section say "not computed" and why, and never stops the others.
 
 Images are files under the report folder (``slides/``, ``figures/``), referenced by relative
@@ -34,9 +34,10 @@ from tupac.report.thumbnails import render_slide
 
 __all__ = ["build_report", "ReportResult", "SECTIONS"]
 
-SECTIONS = ("summary", "slides", "metrics", "biomarkers", "features", "networks", "timings", "failed")
+SECTIONS = ("summary", "slides", "metrics", "ablation", "biomarkers", "features", "networks", "timings", "failed")
 _TITLES = {
-    "summary": "Cohort summary", "slides": "Slides", "metrics": "Predictive models", "biomarkers": "Biomarkers",
+    "summary": "Cohort summary", "slides": "Slides", "metrics": "Predictive models",
+    "ablation": "What carries the signal", "biomarkers": "Biomarkers",
     "features": "Features", "networks": "Networks", "timings": "Timings and throughput", "failed": "Failed slides",
 }
 _NOTE_ERRORS = (TupacError, OSError, ValueError, KeyError, TypeError)
@@ -293,6 +294,45 @@ def _section_metrics(ctx: _Context) -> str:
     return out + '<div class="figs">' + "".join(figs) + "</div>"
 
 
+def _signed(v: Any) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:+.3f}"
+
+
+def _section_ablation(ctx: _Context) -> str:
+    """The feature-group ablation of ``RUN/predict/ablation.json``: per group, alone and removed."""
+    doc, why = read_json(ctx.run / "predict" / "ablation.json")
+    if not isinstance(doc, dict):
+        # Not an error: the ablation is a fit option (tupac fit --no-ablation leaves it out).
+        return (f'<p class="dim">No feature-group ablation in this run ({_e(why or "ablation.json unreadable")}; '
+                'run <code>tupac fit --ablation</code>).</p>')
+    # Deferred: tupac.predict pulls scikit-learn, which importing this module should not.
+    from tupac.predict.ablation import ablation_frame
+
+    frame = ablation_frame(doc)
+    figs = [("grade_accuracy", "accuracy (grade)"), ("grade_kappa_quadratic", "κ (grade)"),
+            ("rna_spearman_rho", "ρ (RNA)")]
+    body = []
+    for r in frame.to_dict("records"):
+        name = "All features" if r["variant"] == "all" else f'{r["title"]}: {r["variant"]}'
+        if r["status"] != "ok":
+            note = {"absent": "absent from the table", "empty": "no column left",
+                    "constant": "no column varies (chance)"}.get(r["status"], r["status"])
+            body.append([name, _num(int(r["n_features"]))] + [note] * len(figs))
+            continue
+        cells = [_num(r[k]) if r["variant"] == "all" else f'{_num(r[k])} ({_signed(r["delta_" + k])})' for k, _ in figs]
+        body.append([_Raw(f"<b>{_e(name)}</b>") if r["variant"] == "all" else name, _num(int(r["n_features"]))] + cells)
+    st, models = doc.get("settings", {}), doc.get("models", {})
+    intro = (
+        f'<p>The best model of each task (grade: {_e(models.get("grade", "?"))}, RNA: {_e(models.get("rna", "?"))}) '
+        f'cross-validated again on each feature group alone and on every feature but the group, with the fit\'s '
+        f'{_e(st.get("n_splits", "?"))}-fold split and seed {_e(st.get("seed", "?"))} (its first repeat, which is the '
+        '"All features" row), so only the columns differ. In brackets: the change against all features. A group '
+        'that carries the signal keeps the figures when alone and loses them when removed; chance is 0 for κ and ρ '
+        'and about 1/3 for the accuracy.</p>'
+    )
+    return intro + _table(["Features", "Columns"] + [label for _, label in figs], body, "num")
+
+
 def _dictionary() -> pd.DataFrame | None:
     try:
         # Deferred: this pulls sklearn, which importing this module should not.
@@ -412,7 +452,7 @@ def _section_failed(ctx: _Context) -> str:
 
 
 _BUILDERS = {
-    "summary": _section_summary, "slides": _section_slides, "metrics": _section_metrics,
+    "summary": _section_summary, "slides": _section_slides, "metrics": _section_metrics, "ablation": _section_ablation,
     "biomarkers": _section_biomarkers, "features": _section_features, "networks": _section_networks,
     "timings": _section_timings, "failed": _section_failed,
 }

@@ -58,6 +58,21 @@ def _metrics_to_log(result: FitResult) -> list[tuple[str, float, int]]:
         out += [(_metric_key("best", task, k), float(v), 0) for k, v in summ.items()]
     out += [("cohort.n_slides", float(result.cohort["n_slides"]), 0),
             ("cohort.n_excluded", float(result.cohort["n_excluded"]), 0)]
+    return out + _ablation_metrics(result)
+
+
+def _ablation_metrics(result: FitResult) -> list[tuple[str, float, int]]:
+    """``ablation.<group>.<alone|removed>.<task>.<figure>``: the ablation's figures (the table is the
+    predict/ablation.json artifact); rows without figures (an absent group) and NaN are left out."""
+    if result.ablation is None:
+        return []
+    out = []
+    for g in result.ablation.groups:
+        for variant in ("alone", "removed"):
+            for task in ("grade", "rna"):
+                for k, v in (g[variant].get(task) or {}).items():
+                    if not k.startswith("accuracy_ci") and np.isfinite(v):
+                        out.append((_metric_key("ablation", g["group"], variant, task, k), float(v), 0))
     return out
 
 
