@@ -429,6 +429,7 @@ def main() -> None:
     ap.add_argument("--size-um", nargs=2, type=float, default=[1500.0, 1200.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="Delete the variant's run folder first (models are kept).")
+    ap.add_argument("--from-variant", help="Start from a copy of this variant's run folder (unchanged stages are skipped).")
     args = ap.parse_args()
 
     root = args.root
@@ -443,6 +444,11 @@ def main() -> None:
     models, out = root / f"models_{train_key}", root / f"run_{args.variant}"
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
+    if args.from_variant and not out.exists():
+        # Start from another variant's run: the pipeline then reruns only the stages whose inputs
+        # this variant changes (the tracking store stays behind; the copy starts its own).
+        shutil.copytree(root / f"run_{args.from_variant}", out, symlinks=True,
+                        ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db"))
     models.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     train_s = train(train_root, models, cfg)
@@ -450,6 +456,7 @@ def main() -> None:
     entry = {
         "variant": args.variant,
         "overrides": VARIANTS[args.variant],
+        "from_variant": args.from_variant,
         "command": "python benchmarks/style_shift.py " + " ".join(sys.argv[1:]),
         "commit": _git_head(),
         "data": {"train_styles": args.train_styles, "train_slides_per_style": args.train_slides,
