@@ -13,7 +13,7 @@ from tupac.features.general import (
 )
 from tupac.predict.cv import outer_splitter
 
-CFG = GeneralConfig(width=8, dim=32, epochs=40, lr=2e-2, seed=0)
+CFG = GeneralConfig(dim=32, epochs=40, lr=2e-2, seed=0)
 
 
 def _volumes(grades, rng, c=6):
