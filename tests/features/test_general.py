@@ -103,14 +103,13 @@ def test_the_default_feature_layer_is_1024_filters_pooled_over_the_slide(rng):
     net = fit_grade_net(vols, grades, cfg)
     # Parameters: C -> 1024 1x1 conv, 1024 -> 3 head, and no narrower layer in between (no 64-wide bottleneck).
     shapes = {k: tuple(v.shape) for k, v in net.named_parameters()}
-    assert shapes == {"reduce.weight": (1024, 6, 1, 1), "reduce.bias": (1024,), "head.weight": (3, 1024),
-                      "head.bias": (3,)}
+    assert shapes == {"fc.weight": (1024, 6, 1, 1), "fc.bias": (1024,), "head.weight": (3, 1024), "head.bias": (3,)}
     f = general_features(net, vols)
     assert f.shape == (9, 1027) and np.isfinite(f).all()
     # Each unit is its filter's ReLU averaged over the slide's patches and positions.
     with torch.no_grad():
         z = (torch.from_numpy(vols[0]) - net.mean[None, :, None, None]) / net.std[None, :, None, None]
-        manual = torch.relu(net.reduce(z)).mean(dim=(0, 2, 3)).double().numpy()
+        manual = torch.relu(net.fc(z)).mean(dim=(0, 2, 3)).double().numpy()
     np.testing.assert_allclose(f[0, :1024], manual, rtol=1e-5, atol=1e-6)
     # Over enough slides the 1,024 units span more than 64 dimensions (the old bottleneck's pooled width).
     many = [rng.normal(0, 1, (2, 6, 4, 4)).astype(np.float32) for _ in range(120)]

@@ -184,8 +184,8 @@ def _net_class():
         in_channels : int
             Channels C of the frozen network's volumes.
         width : int
-            0: the 1x1 conv has ``dim`` channels and is the feature layer. > 0: the earlier bottleneck,
-            a ``width``-channel conv, pooled, then ``fc`` = Linear(width, dim) + ReLU.
+            0: ``fc`` is a 1x1 conv with ``dim`` channels, pooled: the feature layer. > 0: the earlier
+            bottleneck, ``reduce`` a ``width``-channel 1x1 conv, pooled, then ``fc`` = Linear(width, dim) + ReLU.
         dim : int
             Width of the feature layer.
         """
@@ -195,15 +195,30 @@ def _net_class():
             self.width, self.dim = int(width), int(dim)
             self.register_buffer("mean", torch.zeros(in_channels))
             self.register_buffer("std", torch.ones(in_channels))
-            self.reduce = nn.Conv2d(in_channels, width or dim, 1)
-            self.fc = nn.Linear(width, dim) if width else None
+            # ``fc`` always makes the dim-wide feature layer: a 1x1 conv applied at every position (pooled
+            # afterwards) without bottleneck, or Linear(width, dim) after the ``reduce`` conv and the pool.
+            if width:
+                self.reduce = nn.Conv2d(in_channels, width, 1)
+                self.fc = nn.Linear(width, dim)
+            else:
+                self.reduce = None
+                self.fc = nn.Conv2d(in_channels, dim, 1)
             self.head = nn.Linear(dim, len(GRADES))
+
+        @property
+        def conv(self):
+            """The 1x1 convolution applied at every position before the pool."""
+            return self.reduce if self.reduce is not None else self.fc
+
+        @property
+        def in_channels(self) -> int:
+            return int(self.conv.in_channels)
 
         def embed(self, volumes: Sequence) -> torch.Tensor:
             """``(S, dim)`` feature layer of S slides, each ``(n_i, C, h, w)``."""
             # Every slide's patches in one convolution (slides: (n_i, C, h, w), h and w may differ between
             # slides only if their patches do, so group by spatial size), then a per-slide mean.
-            sums = torch.zeros(len(volumes), self.reduce.out_channels)
+            sums = torch.zeros(len(volumes), self.conv.out_channels)
             counts = torch.tensor([float(v.shape[0]) for v in volumes])
             by_size: dict = {}
             for i, v in enumerate(volumes):
@@ -211,11 +226,11 @@ def _net_class():
             for idx in by_size.values():
                 z = torch.cat([volumes[i] for i in idx])
                 z = (z - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-                per_patch = torch.relu(self.reduce(z)).mean(dim=(2, 3))
+                per_patch = torch.relu(self.conv(z)).mean(dim=(2, 3))
                 owner = torch.repeat_interleave(torch.tensor(idx), torch.tensor([volumes[i].shape[0] for i in idx]))
                 sums = sums.index_add(0, owner, per_patch)
             pooled = sums / counts[:, None]
-            return torch.relu(self.fc(pooled)) if self.fc is not None else pooled
+            return torch.relu(self.fc(pooled)) if self.reduce is not None else pooled
 
         def forward(self, volumes: Sequence) -> torch.Tensor:
             return self.head(self.embed(volumes))
@@ -476,7 +491,7 @@ def save_grade_net(net, directory: str | Path, meta: dict) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(d / WEIGHTS_FILE))
-    shape = {"in_channels": int(net.reduce.in_channels), "width": int(net.width), "dim": int(net.dim)}
+    shape = {"in_channels": net.in_channels, "width": int(net.width), "dim": int(net.dim)}
     doc = dict(meta, format_version=FORMAT_VERSION, **shape)
     (d / META_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
     return d
