@@ -89,6 +89,19 @@ class GeneralConfig:
         ``seed``, so training stays deterministic and does not touch torch's global random state).
     seed : int
         Seed of the initialization and the dropout masks (training is deterministic on CPU given it).
+
+    Notes
+    -----
+    Measured on a synthetic cohort (60 slides, 200-channel volumes of 4 patches x 6 x 6, the grade in
+    5 channels at 20 % of positions), out-of-fold accuracy and log loss of the grade probabilities,
+    5 folds, seeds 0 / 1:
+
+    - ``width=64, dropout=0, weight_decay=1e-4`` (the earlier design): 0.63 / 0.67, 1.12 / 0.80;
+    - ``width=0, dropout=0, weight_decay=1e-4``: 0.63 / 0.65, 0.69 / 0.68;
+    - defaults (``width=0, dropout=0.5, weight_decay=1e-3``): 0.78 / 0.80, 0.56 / 0.55.
+
+    The 1,024-filter conv costs about 3x the bottleneck's training time there (151 s vs 54 s for
+    the 12 fits, one thread); it grows with positions x channels x 1,024 per slide and epoch.
     """
 
     width: int = 0
@@ -249,8 +262,9 @@ def _dropout(emb, p: float, generator):
 
 
 class _one_thread:
-    """Run torch on one thread inside the block: the grade network's tensors are tiny, and on a busy
-    machine OpenMP threads spinning over them cost several times the work itself."""
+    """Run torch on one thread inside the block: the grade network's tensors are small (a 1x1 conv of a few
+    hundred positions per slide), on a busy machine OpenMP threads spinning over them cost several times the
+    work itself, and one thread keeps the sums in one order, so features do not depend on the thread count."""
 
     def __enter__(self):
         import torch
