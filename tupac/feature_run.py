@@ -17,7 +17,8 @@ features. What is written::
     RUN/features/qc.csv                  slide_id, qc_ood, qc_ood_reasons: the out-of-distribution check
                                          (tupac.features.ood; the flag is also the table's qc_ood column)
     RUN/features/fringe/<id>.csv         x,y,width,height (level-0 px) of the slide's fringe patches
-    RUN/features/deep_hist.safetensors   scaler + k-means of the deep-feature histogram (+ deep_hist.json)
+    RUN/features/deep_hist.safetensors   standardization + k-means of the deep-descriptor histogram (+
+                                         deep_hist.json: descriptor kind and width, training provenance)
     RUN/features/general/                grade network (general.safetensors + general.json) and the
                                          out-of-fold rows of the training slides (oof.parquet)
     RUN/features/summary.json            slides done / skipped (why), training / new, Dask tasks per slide
@@ -58,12 +59,11 @@ from tupac.features import check_finite, feature_dictionary
 from tupac.features.aggregate import open_heatmaps, slide_features
 from tupac.features.config import FeatureRunConfig
 from tupac.features.deep_hist import (
-    DEEP_DIM,
     DeepHistogram,
-    _classifier_layer,
+    descriptor_of,
+    descriptor_width,
     fit_deep_histogram,
-    penultimate_features,
-    random_projection,
+    mitosis_descriptors,
 )
 from tupac.features.dictionary import NO_TISSUE, NO_TISSUE_FEATURE, dictionary_frame
 from tupac.features.general import (
@@ -87,8 +87,6 @@ from tupac.slide import open_slide
 from tupac.tracking.store import resolve_tracking_uri
 
 __all__ = ["FeatureRunConfig", "RunSlide", "RunFeatures", "discover_slides", "read_detections", "run_features"]
-
-DEEP_PATCH_PX = 63
 
 
 @dataclass(frozen=True)
@@ -244,17 +242,36 @@ class _SlidePixels:
         self.reader.close()
 
 
-def _deep_vectors(px: _SlidePixels, det: pd.DataFrame, trained, limit: int) -> np.ndarray:
-    """Raw penultimate vectors ``(n, width)`` of the mitosis network on 63 x 63 patches at 40x around detections."""
-    layer = _classifier_layer(trained.model)
-    width = int(getattr(layer, "in_channels", None) or layer.in_features)
+def fringe_detections(det: pd.DataFrame, origins_l0: np.ndarray, slide_mpp: float) -> pd.DataFrame:
+    """The detections inside at least one fringe patch (1000 px at 40x from each level-0 origin ``(k, 2)``),
+    in their table order: the mitoses whose descriptors the paper clusters."""
+    from tupac.features.mitosis_bio import detections_in_patch  # deferred: pulls scikit-image
+
+    xy = det[["x", "y"]].to_numpy(dtype=np.float64)
+    inside = np.zeros(len(det), dtype=bool)
+    for origin in np.asarray(origins_l0).reshape(-1, 2):
+        inside[detections_in_patch(xy, origin, slide_mpp)[1]] = True
+    return det[inside]
+
+
+def _deep_vectors(px: _SlidePixels, det: pd.DataFrame, origins_l0: np.ndarray, trained, limit: int) -> np.ndarray:
+    """Deep descriptors ``(n, D)`` of the detections in the fringe patches (the ``limit`` most probable).
+
+    Each patch is the network's own input (``card.patch_size`` at ``card.mpp``: 79 px at 0.25 µm/px
+    for MitosNet, whose descriptor is then 4,096 wide; see :func:`mitosis_descriptors`) centred on
+    the detection. At most ``limit`` patches are held per slide (uint8, 79 x 79 x 3: 18.7 kB each); the
+    network runs over them in batches of 256.
+    """
+    det = fringe_detections(det, origins_l0, px.mpp)
     if len(det) == 0:
-        return np.zeros((0, width), np.float32)
+        return np.zeros((0, descriptor_width(trained.model)), np.float32)
+    card = trained.card
+    size, mpp = int(card.patch_size), float(card.mpp)
     top = det.sort_values("prob", ascending=False, kind="stable").iloc[:limit]
-    half_l0 = DEEP_PATCH_PX / 2 * MPP_40X / px.mpp
-    patches = np.stack([px.read((x - half_l0, y - half_l0), DEEP_PATCH_PX, MPP_40X, trained.reference)
+    half_l0 = size / 2 * mpp / px.mpp
+    patches = np.stack([px.read((x - half_l0, y - half_l0), size, mpp, trained.reference)
                         for x, y in top[["x", "y"]].to_numpy()])
-    return penultimate_features(trained.model, patches, out_dim=width)
+    return mitosis_descriptors(trained.model, patches)
 
 
 def _general_patch_px(card, cfg: FeatureRunConfig) -> int:
@@ -325,7 +342,7 @@ def _one_slide(slide: RunSlide, cfg: FeatureRunConfig, nets: _Networks, want_gen
                            slide_dimensions_l0=px.dimensions, **kw)
         res = _SlideResult(r.features, r.groups, r.fringe_origins_l0, r.n_tasks, px.mpp)
         if nets.mitosis is not None:
-            res.deep = _deep_vectors(px, det, nets.mitosis, cfg.max_deep_per_slide)
+            res.deep = _deep_vectors(px, det, r.fringe_origins_l0, nets.mitosis, cfg.max_deep_per_slide)
         if want_general and nets.general is not None:
             centre = _tissue_centre_l0(tissue, px)
             res.volumes = _general_volumes(px, r.fringe_origins_l0, centre, nets.general, cfg)
@@ -345,35 +362,37 @@ def _tissue_centre_l0(tissue: tuple[np.ndarray, float] | None, px: _SlidePixels)
 
 
 def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Path, nets: _Networks,
-              cfg: FeatureRunConfig, notes: list[str]):
+              cfg: FeatureRunConfig, notes: list[str]) -> DeepHistogram | None:
     """Fit (training slides) or load the deep histogram; None when there is no mitosis network."""
     if nets.mitosis is None or not cfg.pixels:
         notes.append("deep_hist: not computed (needs --models with a mitosis network and the slide pixels)")
-        return None, None
-    width = next(iter(results.values())).deep.shape[1]
-    projection = random_projection(width, DEEP_DIM, cfg.seed)
+        return None
+    desc = descriptor_of(nets.mitosis.model)
     if training:
-        vecs = {s: results[s].deep @ projection for s in training}
+        vecs = {s: results[s].deep for s in training}
         n_vec = sum(len(v) for v in vecs.values())
         k = min(cfg.n_clusters, n_vec)
         if k < 2:
-            raise FeatureError(f"the training slides hold {n_vec} detected mitoses; the deep histogram needs at least 2")
+            raise FeatureError(f"the training slides hold {n_vec} detected mitoses in their fringe patches; the deep "
+                               "histogram needs at least 2")
         if k < cfg.n_clusters:
             notes.append(f"deep_hist: {n_vec} training vectors, so {k} clusters instead of {cfg.n_clusters}")
         fit = fit_deep_histogram(vecs, n_clusters=k, seed=cfg.seed)
         fit = DeepHistogram(fit.mean, fit.scale, fit.centers,
-                            dict(fit.meta, model_sha256=nets.mitosis.weights_sha256, projection_seed=cfg.seed))
+                            dict(fit.meta, model_sha256=nets.mitosis.weights_sha256, descriptor=desc.kind,
+                                 descriptor_text=desc.text, mitoses_from="fringe patches"))
         fit.save(out)
-        return fit, projection
+        if fit.dim != 4096:
+            notes.append(f"deep_hist: {desc.kind} descriptors are {fit.dim} wide (4,096 only for MitosNet)")
+        return fit
     if not (out / "deep_hist.json").is_file():
         notes.append(f"deep_hist: not computed (no --labels to fit it on, and no saved fit in {out})")
-        return None, None
+        return None
     fit = DeepHistogram.load(out)
     if fit.meta.get("model_sha256") != nets.mitosis.weights_sha256:
         raise FeatureFileError(out / "deep_hist.json", "was fitted with another mitosis network; rerun with --labels")
-    seed = int(fit.meta.get("projection_seed", cfg.seed))
     notes.append(f"deep_hist: reused the fit of {fit.meta.get('n_train_slides')} training slides")
-    return fit, random_projection(width, DEEP_DIM, seed)
+    return fit
 
 
 @dataclass
@@ -659,14 +678,14 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
         tick(s.slide_id, "done")
     out.mkdir(parents=True, exist_ok=True)
     groups = next(iter(results.values())).groups
-    fit, projection = _deep_fit(results, training, out, nets, config, notes)
+    fit = _deep_fit(results, training, out, nets, config, notes)
     n_clusters = config.n_clusters
     if fit is not None:
         tick("", "deep-feature histograms")
         groups += ("deep_hist",)
         n_clusters = fit.n_clusters
         for r in results.values():
-            r.features.update(fit.features(r.deep @ projection))
+            r.features.update(fit.features(r.deep))
     if want_general:
         tick("", "general features (grade network)")
 

@@ -13,7 +13,7 @@ from tupac.features.general import (
 )
 from tupac.predict.cv import outer_splitter
 
-CFG = GeneralConfig(width=8, dim=32, epochs=40, lr=2e-2, seed=0)
+CFG = GeneralConfig(dim=32, epochs=40, lr=2e-2, seed=0)
 
 
 def _volumes(grades, rng, c=6):
@@ -93,3 +93,60 @@ def test_saved_without_pickle_and_read_back(tmp_path, rng):
 def test_general_columns_are_documented():
     d = feature_dictionary(("general",))
     assert len(d) == 1027 and d["name"].iloc[0] == "general_0000" and d["name"].iloc[-1] == "general_prob_grade3"
+
+
+def test_the_default_feature_layer_is_1024_filters_pooled_over_the_slide(rng):
+    grades = np.array([1, 2, 3] * 3)
+    vols = _volumes(grades, rng)
+    cfg = GeneralConfig(epochs=3, seed=0)
+    assert cfg.dim == 1024 and cfg.width == 0 and cfg.dropout > 0 and cfg.weight_decay > 0
+    net = fit_grade_net(vols, grades, cfg)
+    # Parameters: C -> 1024 1x1 conv, 1024 -> 3 head, and no narrower layer in between (no 64-wide bottleneck).
+    shapes = {k: tuple(v.shape) for k, v in net.named_parameters()}
+    assert shapes == {"fc.weight": (1024, 6, 1, 1), "fc.bias": (1024,), "head.weight": (3, 1024), "head.bias": (3,)}
+    f = general_features(net, vols)
+    assert f.shape == (9, 1027) and np.isfinite(f).all()
+    # Each unit is its filter's ReLU averaged over the slide's patches and positions.
+    with torch.no_grad():
+        z = (torch.from_numpy(vols[0]) - net.mean[None, :, None, None]) / net.std[None, :, None, None]
+        manual = torch.relu(net.fc(z)).mean(dim=(0, 2, 3)).double().numpy()
+    np.testing.assert_allclose(f[0, :1024], manual, rtol=1e-5, atol=1e-6)
+    # Over enough slides the 1,024 units span more than 64 dimensions (the old bottleneck's pooled width).
+    many = [rng.normal(0, 1, (2, 6, 4, 4)).astype(np.float32) for _ in range(120)]
+    assert np.linalg.matrix_rank(general_features(net, many)[:, :1024]) > 64
+
+
+def test_dropout_training_is_seeded_and_leaves_the_global_random_state_alone(rng):
+    grades = np.array([1, 2, 3] * 3)
+    vols = _volumes(grades, rng)
+    cfg = GeneralConfig(dim=64, epochs=5, dropout=0.5, seed=3)
+    a = general_features(fit_grade_net(vols, grades, cfg), vols)
+    torch.manual_seed(123)
+    torch.rand(7)  # other draws on torch's global generator between the fits change nothing
+    b = general_features(fit_grade_net(vols, grades, cfg), vols)
+    np.testing.assert_array_equal(a, b)
+    c = general_features(fit_grade_net(vols, grades, GeneralConfig(dim=64, epochs=5, dropout=0.5, seed=4)), vols)
+    assert not np.array_equal(a, c)
+    no_drop = general_features(fit_grade_net(vols, grades, GeneralConfig(dim=64, epochs=5, dropout=0.0, seed=3)), vols)
+    assert not np.array_equal(a, no_drop)  # the masks were applied
+    with pytest.raises(FeatureError, match="dropout"):
+        GeneralConfig(dropout=1.0)
+
+
+def test_the_bottleneck_option_and_version_1_files_still_load(tmp_path, rng):
+    import json
+
+    grades = np.array([1, 2, 3, 1, 2, 3])
+    vols = _volumes(grades, rng)
+    net = fit_grade_net(vols, grades, GeneralConfig(width=8, dim=32, epochs=5, seed=0))
+    assert net.reduce.out_channels == 8 and net.fc.in_features == 8 and net.fc.out_features == 32
+    save_grade_net(net, tmp_path / "g", {"seed": 0})
+    meta_path = tmp_path / "g" / "general.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["format_version"] == 2 and meta["width"] == 8 and meta["dim"] == 32
+    meta_path.write_text(json.dumps(dict(meta, format_version=1)))  # as written before the 1,024-filter layer
+    back, _ = load_grade_net(tmp_path / "g")
+    np.testing.assert_array_equal(general_features(back, vols), general_features(net, vols))
+    meta_path.write_text(json.dumps(dict(meta, format_version=3)))
+    with pytest.raises(FeatureFileError, match="format_version"):
+        load_grade_net(tmp_path / "g")

@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from tupac.cli import app
+from tupac.feature_run import fringe_detections, read_detections
 
 pytestmark = pytest.mark.slow
 N_TRAIN = 6  # slides 7 and 8 are new (not in the labels file)
@@ -75,6 +76,17 @@ def test_features_agree_with_ground_truth_and_new_slides_do_not_leak(phantom, tm
     fringe = pd.read_csv(run / "features" / "fringe" / "TUPAC-TR-002.csv")
     assert list(fringe.columns) == ["x", "y", "width", "height"] and len(fringe) == t.loc["TUPAC-TR-002", "fringe_n_patches"]
     assert (run / "features" / "deep_hist.safetensors").is_file() and (run / "features" / "general" / "general.safetensors").is_file()
+    # The deep histogram clusters MitosNet's 4,096 third-conv descriptors of the training slides' mitoses
+    # inside their fringe patches (the paper's setting), and says so.
+    deep = json.loads((run / "features" / "deep_hist.json").read_text())
+    assert deep["descriptor"] == "mitosnet_conv3" and deep["dim"] == 4096 and deep["format_version"] == 2
+    in_fringe = 0
+    for s in summary["training"]:
+        patches = pd.read_csv(run / "features" / "fringe" / f"{s}.csv")
+        slide_mpp = 1000 * 0.25 / patches["width"].iloc[0]  # a fringe patch is 1000 px at 0.25 µm/px
+        det = read_detections(run / "slides" / f"{s}.mitoses.csv", 0.5)
+        in_fringe += len(fringe_detections(det, patches[["x", "y"]].to_numpy(), slide_mpp))
+    assert deep["n_train_vectors"] == in_fringe < sum(t.loc[s, "arch_n_mitoses"] for s in summary["training"])
 
     # No leakage: removing the other new slide leaves TUPAC-TR-007's row unchanged, with or without labels
     # (a run without labels reuses the saved fits).

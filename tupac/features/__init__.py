@@ -14,8 +14,9 @@ none imports ray or mlflow):
 - ``mitosis_arch`` (:mod:`.mitosis_arch`): sixty features of the mitoses' spatial distribution over
   the slide: densities, hotspots (1 and 10 HPF), grid sparsity/entropy, nearest-neighbour, Delaunay,
   Voronoi, and second-order statistics of the mitosis heatmap.
-- ``deep_hist`` (:mod:`.deep_hist`): 200-bin histogram of k-means words of the mitosis network's
-  penultimate features, fitted on training slides only and saved without pickle.
+- ``deep_hist`` (:mod:`.deep_hist`): 200-bin histogram of k-means words of the mitosis network's deep
+  descriptors of the mitoses in the fringe patches (MitosNet: its 4,096 third-convolution
+  activations per mitosis), standardized and clustered on training slides only, saved without pickle.
 - ``general`` (:mod:`.general`): the paper's two-network model: a frozen tumor or mitosis network's
   feature volumes feed a small grade network; its 1,024 pooled units and 3 grade probabilities,
   out-of-fold for training slides (cross-fitting), from the all-training fit for new slides.

@@ -16,7 +16,7 @@ class FeatureRunConfig:
     """Settings of :func:`run_features`; each field's description is its ``help``
     (:func:`tupac.config_check.option`)."""
 
-    seed: int = option(0, help="Seed of every random choice and fit (fringe choice, deep projection and k-means, "
+    seed: int = option(0, help="Seed of every random choice and fit (fringe choice, deep-descriptor k-means, "
                                "the general network and its folds).")
     n_patches: int = option(50, help="Fringe patches per slide (50 in the paper).")
     threshold: float = option(0.5, help="Tumor probability threshold.")
@@ -24,8 +24,8 @@ class FeatureRunConfig:
     min_prob: float = option(0.0, help="Ignore detections below this probability.")
     n_clusters: int = option(200, help="Deep-histogram bins (k-means clusters); fewer when the training slides "
                                        "hold fewer mitoses (recorded).")
-    max_deep_per_slide: int = option(2000, help="Most detections per slide (highest probability first) whose deep "
-                                                "vectors are computed.")
+    max_deep_per_slide: int = option(2000, help="Most detections in a slide's fringe patches (highest probability "
+                                                "first) whose deep descriptors are computed.")
     pixels: bool = option(True, help="Read the slides (biological, deep, general features).")
     general: bool | None = option(None, help="General features (grade network); default: on when labels and a "
                                              "network are given (or a saved fit exists).")

@@ -1,16 +1,22 @@
-"""Data-driven features: a bag-of-words histogram of the mitosis network's deep features.
+"""Data-driven features: a bag-of-words histogram of the mitosis network's deep descriptors.
 
-1. Each detected mitosis gives a patch (63 x 63 in the paper) that goes through the mitosis network;
-   :func:`penultimate_features` hooks the input of the network's classifier layer (its penultimate
-   activations, spatially averaged when convolutional) and, when that is not 4096 wide, maps it to
-   4096 values with a fixed random projection (Gaussian, seeded, scaled by 1/sqrt(width)), so every
-   run with the same network and seed gives the same vectors.
-2. :func:`fit_deep_histogram` standardizes the vectors and fits k-means (MiniBatchKMeans, 200
-   clusters, fixed seed) on the TRAINING slides' vectors only.
-3. :meth:`DeepHistogram.transform` assigns each vector of a slide to its nearest centre and returns the
-   normalized histogram of cluster labels. It depends on that slide alone and the frozen fit, so a
+1. Each detected mitosis inside the slide's fringe patches (the paper's 50 patches) gives a patch
+   centred on it, at the network's own size and magnification, that goes through the mitosis
+   network. :func:`mitosis_descriptors` keeps, for MitosNet, its third convolution's feature volume
+   after ReLU, 16 channels x 16 x 16 on the 79 px patch = 4,096 values, flattened channel-major: the
+   paper's 4,096 attributes per mitosis, taken from a real 4,096-value layer. The paper's 63 x 63
+   patch was its own network's input; MitosNet's is 79 px (its receptive field), and 63 px would
+   give 12 x 12 x 16 = 2,304 values at that layer, so the network's patch is used.
+   For another architecture (GoogLeNet, DenseNet, ... baselines) the descriptor is the spatially
+   averaged input of its classifier layer at the network's own width (not 4,096; recorded as
+   ``descriptor`` and ``dim`` in the fit's JSON). No random projection is applied anywhere.
+2. :func:`fit_deep_histogram` standardizes each dimension (mean and std of the TRAINING slides'
+   mitoses, saved with the fit) and fits k-means (MiniBatchKMeans, 200 clusters by default, fixed
+   seed) on the training slides' standardized descriptors only.
+3. :meth:`DeepHistogram.transform` assigns each descriptor of a slide to its nearest centre and returns
+   the normalized histogram of cluster labels. It depends on that slide alone and the frozen fit, so a
    new slide's features never change when other new slides are added or removed. A slide without
-   mitoses gets an all-zero histogram and ``deep_hist_missing = 1``.
+   mitoses in its fringe patches gets an all-zero histogram and ``deep_hist_missing = 1``.
 
 The fit is saved without pickle: the arrays (``mean``, ``scale``, ``centers``) in safetensors and
 the settings in JSON (:meth:`DeepHistogram.save`, :meth:`DeepHistogram.load`).
@@ -33,14 +39,17 @@ __all__ = [
     "DeepHistogram",
     "deep_hist_dictionary",
     "fit_deep_histogram",
-    "penultimate_features",
-    "random_projection",
+    "Descriptor",
+    "descriptor_of",
+    "descriptor_width",
+    "mitosis_descriptors",
 ]
 
 DEEP_DIM = 4096
 ARRAYS_FILE = "deep_hist.safetensors"
 META_FILE = "deep_hist.json"
-FORMAT_VERSION = 1
+# 2: descriptors are network activations (MitosNet conv3, 4,096), no longer a random projection.
+FORMAT_VERSION = 2
 
 
 def deep_hist_dictionary(n_clusters: int = 200) -> tuple[Feature, ...]:
@@ -49,19 +58,16 @@ def deep_hist_dictionary(n_clusters: int = 200) -> tuple[Feature, ...]:
     bins = tuple(
         Feature(
             f"deep_hist_{i:0{width}d}", "deep_hist", "fraction",
-            f"Fraction of the slide's mitoses whose standardized deep feature vector is nearest to k-means "
-            f"centre {i} (of {n_clusters}, fitted on training slides); 0 for every bin without mitoses.",
+            f"Fraction of the mitoses in the slide's fringe patches whose standardized deep descriptor (MitosNet: "
+            f"the 4,096 third-convolution activations on the 79 px patch centred on the mitosis; other networks: "
+            f"pooled penultimate activations, width in deep_hist.json) is nearest to k-means centre {i} (of "
+            f"{n_clusters}, fitted on the training slides' fringe mitoses); 0 for every bin without mitoses.",
         )
         for i in range(n_clusters)
     )
-    flag = Feature("deep_hist_missing", "flags", "flag", "1 when the slide has no mitosis: the histogram is all zeros.")
+    flag = Feature("deep_hist_missing", "flags", "flag",
+                   "1 when the slide has no detected mitosis in its fringe patches: the histogram is all zeros.")
     return bins + (flag,)
-
-
-def random_projection(width: int, out_dim: int = DEEP_DIM, seed: int = 0) -> np.ndarray:
-    """The fixed projection ``(width, out_dim)`` float32 matrix: N(0, 1) / sqrt(width), seeded."""
-    rng = np.random.default_rng([seed, width, out_dim])
-    return (rng.standard_normal((width, out_dim)) / np.sqrt(width)).astype(np.float32)
 
 
 def _classifier_layer(model):
@@ -77,6 +83,61 @@ def _classifier_layer(model):
     return last
 
 
+def _mitosnet_conv3(model):
+    """The module whose output is MitosNet's third convolution after its ReLU, or None for other nets.
+
+    MitosNet's ``body`` is ``[conv, relu, pool] * 4, fc-conv, relu, (dropout), conv``; the third conv's
+    ReLU is the module right after the third Conv2d (index 7 with the default kernels).
+    """
+    from torch import nn
+
+    card = getattr(model, "card", None)
+    body = getattr(model, "body", None)
+    if getattr(card, "architecture", None) != "MitosNet" or not isinstance(body, nn.Sequential):
+        return None
+    convs = [i for i, m in enumerate(body) if isinstance(m, nn.Conv2d)]
+    if len(convs) < 4 or not isinstance(body[convs[2] + 1], nn.ReLU):
+        return None
+    return body[convs[2] + 1]
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """Which activations of a mitosis network describe one mitosis.
+
+    Attributes
+    ----------
+    kind : str
+        ``"mitosnet_conv3"``: MitosNet's third convolution after ReLU, ``(16, 16, 16)`` on its 79 px
+        patch, flattened channel-major: 4,096 values. ``"penultimate_pooled"`` (any other network): the
+        input of the classifier layer, spatially averaged when convolutional; its width is the
+        network's (1,024 for GoogLeNet, 200 for an FCN's fc-conv, ...), NOT 4,096, and is used as is.
+    layer : torch.nn.Module
+        The hooked module (forward hook on its output for ``mitosnet_conv3``, pre-hook on its input
+        for ``penultimate_pooled``).
+    """
+
+    kind: str
+    layer: object
+
+    @property
+    def text(self) -> str:
+        """One line for the feature dictionary and the fit's JSON."""
+        if self.kind == "mitosnet_conv3":
+            return ("MitosNet third-convolution activations after ReLU (16 channels x 16 x 16 on the network's "
+                    "79 px patch centred on the mitosis), flattened channel-major")
+        return ("spatially averaged input of the network's classifier layer (penultimate activations, the "
+                "network's own width; no projection)")
+
+
+def descriptor_of(model) -> Descriptor:
+    """The :class:`Descriptor` of a mitosis network (MitosNet's third conv, else its pooled penultimate layer)."""
+    conv3 = _mitosnet_conv3(model)
+    if conv3 is not None:
+        return Descriptor("mitosnet_conv3", conv3)
+    return Descriptor("penultimate_pooled", _classifier_layer(model))
+
+
 def _to_input(patches, size: int | None):
     import torch
 
@@ -88,8 +149,8 @@ def _to_input(patches, size: int | None):
             raise FeatureError(f"uint8 patches must be (N, H, W, 3), got {tuple(t.shape)}")
         t = t.permute(0, 3, 1, 2).float().div_(255.0)
     if size is not None and t.shape[-1] != size:
-        # The network's native patch differs (e.g. MitosNet's 79 px vs the paper's 63 px): centre-crop
-        # larger patches, reflect-pad smaller ones, so each vector still describes the centred figure.
+        # Patches should be read at the network's own size (feature_run does); a patch of another size is
+        # centre-cropped when larger and reflect-padded when smaller, so it still describes the centred figure.
         d = size - t.shape[-1]
         if d > 0:
             lo = d // 2
@@ -100,10 +161,17 @@ def _to_input(patches, size: int | None):
     return t
 
 
-def penultimate_features(
-    model, patches, *, out_dim: int = DEEP_DIM, seed: int = 0, batch_size: int = 256, device=None
-) -> np.ndarray:
-    """Penultimate-layer features of a network for a batch of mitosis patches.
+def mitosis_descriptors(model, patches, *, batch_size: int = 256, device=None) -> np.ndarray:
+    """Deep descriptors of mitosis patches: the activations :func:`descriptor_of` picks.
+
+    For MitosNet (the default mitosis network) this is the paper's 4,096 attributes per mitosis: the
+    third convolution's post-ReLU feature volume on the 79 px patch, 16 x 16 x 16 = 4,096 values
+    (79 -conv4-> 76 -pool-> 38 -conv3-> 36 -pool-> 18 -conv3-> 16). The paper cut 63 x 63 patches
+    for its own network; MitosNet's input is 79 px (its receptive field, see
+    :mod:`tupac.models.mitosnet`), and a 63 px input would give 12 x 12 at that layer (2,304 values)
+    and no 1 x 1 output, so the descriptor uses the patch the network was trained on. Other
+    architectures give their spatially pooled penultimate activations at their own width (see
+    :class:`Descriptor`); nothing is projected to 4,096.
 
     Parameters
     ----------
@@ -112,34 +180,37 @@ def penultimate_features(
         that it normalizes its own input, with patches brought to ``card.patch_size``; any other module
         is called directly.
     patches : ndarray or tensor
-        ``(N, H, W, 3)`` uint8 RGB (63 x 63 in the paper's setting) or ``(N, 3, H, W)`` float in [0, 1].
-    out_dim : int
-        Width of the returned vectors; a penultimate layer of another width is randomly projected.
-    seed : int
-        Seed of the projection.
+        ``(N, H, W, 3)`` uint8 RGB (best at the card's patch size and mpp) or ``(N, 3, H, W)`` float in [0, 1].
     batch_size : int
-        Patches per forward pass.
+        Patches per forward pass (the descriptors are gathered batch by batch, on the CPU).
     device : str or torch.device, optional
         Where to run (default: the model's device).
 
     Returns
     -------
-    ndarray of float32, shape (N, out_dim)
+    ndarray of float32, shape (N, D)
+        D = 4,096 for MitosNet with its default options; the pooled penultimate width otherwise.
     """
     import torch
 
-    layer = _classifier_layer(model)
+    desc = descriptor_of(model)
     card = getattr(model, "card", None)
-    size = getattr(card, "patch_size", None)
-    x = _to_input(patches, size)
+    x = _to_input(patches, getattr(card, "patch_size", None))
     device = device or next(model.parameters()).device
     captured: list = []
 
-    def hook(_module, inputs):
-        a = inputs[0]
-        captured.append((a.mean(dim=(2, 3)) if a.ndim == 4 else a.flatten(1)).detach().float().cpu())
+    if desc.kind == "mitosnet_conv3":
+        def hook(_module, _inputs, output):
+            # clone: the ReLU is in place and must not alias a buffer a later layer could reuse.
+            captured.append(output.detach().float().flatten(1).cpu().clone())
 
-    handle = layer.register_forward_pre_hook(hook)
+        handle = desc.layer.register_forward_hook(hook)
+    else:
+        def hook(_module, inputs):
+            a = inputs[0]
+            captured.append((a.mean(dim=(2, 3)) if a.ndim == 4 else a.flatten(1)).detach().float().cpu())
+
+        handle = desc.layer.register_forward_pre_hook(hook)
     was_training = model.training
     model.eval()
     try:
@@ -151,11 +222,17 @@ def penultimate_features(
         handle.remove()
         model.train(was_training)
     if not captured:
-        return np.zeros((0, out_dim), dtype=np.float32)
-    feats = torch.cat(captured).numpy().astype(np.float32)
-    if feats.shape[1] == out_dim:
-        return feats
-    return feats @ random_projection(feats.shape[1], out_dim, seed)
+        return np.zeros((0, descriptor_width(model)), dtype=np.float32)
+    return torch.cat(captured).numpy().astype(np.float32, copy=False)
+
+
+def descriptor_width(model) -> int:
+    """Width D of :func:`mitosis_descriptors` for ``model`` (one forward pass of a blank patch when needed)."""
+    desc = descriptor_of(model)
+    if desc.kind == "penultimate_pooled":
+        return int(getattr(desc.layer, "in_channels", None) or desc.layer.in_features)
+    size = int(model.card.patch_size)
+    return int(mitosis_descriptors(model, np.zeros((1, size, size, 3), np.uint8)).shape[1])
 
 
 @dataclass(frozen=True)
@@ -287,12 +364,15 @@ def fit_deep_histogram(
     batch_size: int = 4096,
     max_iter: int = 100,
 ) -> DeepHistogram:
-    """Fit the scaler and k-means on the training slides' mitosis vectors.
+    """Fit the per-dimension standardization and k-means on the training slides' mitosis descriptors.
 
     Parameters
     ----------
     train_vectors : mapping of slide id -> ndarray (n_i, d)
-        Deep feature vectors of each TRAINING slide (never new slides: no leakage).
+        Deep descriptors (:func:`mitosis_descriptors`) of the mitoses in each TRAINING slide's fringe
+        patches (never new slides: no leakage). Each dimension is standardized with the mean and
+        population std of these vectors (a constant dimension, e.g. a unit that never fires, keeps
+        scale 1), saved as ``mean`` and ``scale`` with the centres.
     n_clusters : int
         Number of k-means clusters (histogram bins), 200 in the paper.
     seed : int

@@ -4,9 +4,13 @@
    network; :func:`feature_volumes` keeps its penultimate convolutional feature volume (the input of
    its classifier layer, ``(C, h, w)`` per patch; MitosNet: 200 channels).
 2. :class:`GradeNet`, the second network, standardizes the channels (mean/std of the training
-   volumes), reduces them with a 1x1 convolution + ReLU, pools over the positions and patches of the
-   slide (global average), maps the pooled vector to a 1,024-unit layer (ReLU) and that to three
-   grade logits. It is trained (full batch, Adam, seeded) on the training slides' grades only.
+   volumes), maps them with a 1x1 convolution + ReLU to 1,024 channels, averages those over the
+   positions and patches of the slide (global average pool): that pooled 1,024-unit layer is the
+   feature layer, and a linear head maps it to three grade logits. It is trained (full batch, Adam
+   with weight decay, dropout on the feature layer, seeded) on the training slides' grades only.
+   Every unit is its own filter pooled over the slide, so the layer is genuinely 1,024 wide; the
+   earlier design (``GeneralConfig(width=64)``: a 64-channel conv, pooled, then Linear(64, 1024) +
+   ReLU) made the 1,024 units a function of 64 pooled numbers, and stays available as an option.
 3. Per slide the 1,024 pooled units and the 3 softmax probabilities are its general features.
 
 Leakage: the network sees grades, so :func:`cross_fit` gives each training slide features from a
@@ -57,7 +61,10 @@ GENERAL_DIM = 1024
 GRADES = (1, 2, 3)
 WEIGHTS_FILE = "general.safetensors"
 META_FILE = "general.json"
-FORMAT_VERSION = 1
+# 2: ``width`` 0 (no bottleneck: the 1x1 conv is the dim-wide layer) is possible; version 1 files always had
+# width > 0 and still load as that bottleneck design.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -67,34 +74,57 @@ class GeneralConfig:
     Attributes
     ----------
     width : int
-        Channels after the 1x1 convolution.
+        0 (default): no bottleneck, the 1x1 convolution has ``dim`` channels and its pooled output is
+        the feature layer. A positive value gives the earlier design: a ``width``-channel 1x1
+        convolution, pooled, then Linear(width, dim) + ReLU (the dim units then carry only ``width``
+        pooled numbers).
     dim : int
         Units of the pooled feature layer (1,024 in the paper).
     epochs : int
         Full-batch training epochs (slides are few, so each epoch is one step).
     lr, weight_decay : float
-        Adam settings.
+        Adam settings (``weight_decay``: L2 penalty on every weight, against overfitting a small cohort).
+    dropout : float
+        Dropout probability on the feature layer during training (masks from a generator seeded with
+        ``seed``, so training stays deterministic and does not touch torch's global random state).
     seed : int
-        Seed of the initialization (training is deterministic on CPU given it).
+        Seed of the initialization and the dropout masks (training is deterministic on CPU given it).
+
+    Notes
+    -----
+    Measured on a synthetic cohort (60 slides, 200-channel volumes of 4 patches x 6 x 6, the grade in
+    5 channels at 20 % of positions), out-of-fold accuracy and log loss of the grade probabilities,
+    5 folds, seeds 0 / 1:
+
+    - ``width=64, dropout=0, weight_decay=1e-4`` (the earlier design): 0.63 / 0.67, 1.12 / 0.80;
+    - ``width=0, dropout=0, weight_decay=1e-4``: 0.63 / 0.65, 0.69 / 0.68;
+    - defaults (``width=0, dropout=0.5, weight_decay=1e-3``): 0.78 / 0.80, 0.56 / 0.55.
+
+    The 1,024-filter conv costs about 3x the bottleneck's training time there (151 s vs 54 s for
+    the 12 fits, one thread); it grows with positions x channels x 1,024 per slide and epoch.
     """
 
-    width: int = 64
+    width: int = 0
     dim: int = GENERAL_DIM
     epochs: int = 60
     lr: float = 3e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-3
+    dropout: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.width, self.dim, self.epochs) < 1 or not self.lr > 0 or self.weight_decay < 0:
-            raise FeatureError(f"invalid GeneralConfig {self!r}: sizes and epochs >= 1, lr > 0, weight_decay >= 0")
+        if (min(self.dim, self.epochs) < 1 or self.width < 0 or not self.lr > 0 or self.weight_decay < 0
+                or not 0 <= self.dropout < 1):
+            raise FeatureError(f"invalid GeneralConfig {self!r}: dim and epochs >= 1, width >= 0, lr > 0, "
+                               "weight_decay >= 0, 0 <= dropout < 1")
 
 
 def general_dictionary(dim: int = GENERAL_DIM) -> tuple[Feature, ...]:
     """Dictionary entries of ``general_0000`` .. ``general_{dim-1}`` and ``general_prob_grade1..3``."""
     units = tuple(
         Feature(f"general_{i:04d}", "general", "1",
-                f"Unit {i} of the {dim}-unit pooled layer of the grade network on frozen-network feature volumes "
+                f"Unit {i} of the grade network's {dim}-unit feature layer: one learned 1x1 filter (+ ReLU) over the "
+                "standardized frozen-network feature volumes, averaged over the slide's patches and positions "
                 "(out-of-fold for training slides, network fitted on all training slides for new ones).")
         for i in range(dim)
     )
@@ -160,20 +190,48 @@ def _net_class():
     from torch import nn
 
     class GradeNet(nn.Module):
-        """Channel standardization, 1x1 conv + ReLU, global average pool, dim-unit layer + ReLU, 3-way head."""
+        """Channel standardization, 1x1 conv + ReLU, global average pool (the feature layer), 3-way head.
+
+        Parameters
+        ----------
+        in_channels : int
+            Channels C of the frozen network's volumes.
+        width : int
+            0: ``fc`` is a 1x1 conv with ``dim`` channels, pooled: the feature layer. > 0: the earlier
+            bottleneck, ``reduce`` a ``width``-channel 1x1 conv, pooled, then ``fc`` = Linear(width, dim) + ReLU.
+        dim : int
+            Width of the feature layer.
+        """
 
         def __init__(self, in_channels: int, width: int, dim: int) -> None:
             super().__init__()
+            self.width, self.dim = int(width), int(dim)
             self.register_buffer("mean", torch.zeros(in_channels))
             self.register_buffer("std", torch.ones(in_channels))
-            self.reduce = nn.Conv2d(in_channels, width, 1)
-            self.fc = nn.Linear(width, dim)
+            # ``fc`` always makes the dim-wide feature layer: a 1x1 conv applied at every position (pooled
+            # afterwards) without bottleneck, or Linear(width, dim) after the ``reduce`` conv and the pool.
+            if width:
+                self.reduce = nn.Conv2d(in_channels, width, 1)
+                self.fc = nn.Linear(width, dim)
+            else:
+                self.reduce = None
+                self.fc = nn.Conv2d(in_channels, dim, 1)
             self.head = nn.Linear(dim, len(GRADES))
 
+        @property
+        def conv(self):
+            """The 1x1 convolution applied at every position before the pool."""
+            return self.reduce if self.reduce is not None else self.fc
+
+        @property
+        def in_channels(self) -> int:
+            return int(self.conv.in_channels)
+
         def embed(self, volumes: Sequence) -> torch.Tensor:
+            """``(S, dim)`` feature layer of S slides, each ``(n_i, C, h, w)``."""
             # Every slide's patches in one convolution (slides: (n_i, C, h, w), h and w may differ between
             # slides only if their patches do, so group by spatial size), then a per-slide mean.
-            sums = torch.zeros(len(volumes), self.reduce.out_channels)
+            sums = torch.zeros(len(volumes), self.conv.out_channels)
             counts = torch.tensor([float(v.shape[0]) for v in volumes])
             by_size: dict = {}
             for i, v in enumerate(volumes):
@@ -181,10 +239,11 @@ def _net_class():
             for idx in by_size.values():
                 z = torch.cat([volumes[i] for i in idx])
                 z = (z - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-                per_patch = torch.relu(self.reduce(z)).mean(dim=(2, 3))
+                per_patch = torch.relu(self.conv(z)).mean(dim=(2, 3))
                 owner = torch.repeat_interleave(torch.tensor(idx), torch.tensor([volumes[i].shape[0] for i in idx]))
                 sums = sums.index_add(0, owner, per_patch)
-            return torch.relu(self.fc(sums / counts[:, None]))
+            pooled = sums / counts[:, None]
+            return torch.relu(self.fc(pooled)) if self.reduce is not None else pooled
 
         def forward(self, volumes: Sequence) -> torch.Tensor:
             return self.head(self.embed(volumes))
@@ -192,9 +251,20 @@ def _net_class():
     return GradeNet
 
 
+def _dropout(emb, p: float, generator):
+    """Inverted dropout of the feature layer ``(S, dim)`` with masks from ``generator`` (not torch's global RNG)."""
+    import torch
+
+    if p <= 0:
+        return emb
+    keep = (torch.rand(emb.shape, generator=generator) >= p).to(emb.dtype)
+    return emb * keep / (1.0 - p)
+
+
 class _one_thread:
-    """Run torch on one thread inside the block: the grade network's tensors are tiny, and on a busy
-    machine OpenMP threads spinning over them cost several times the work itself."""
+    """Run torch on one thread inside the block: the grade network's tensors are small (a 1x1 conv of a few
+    hundred positions per slide), on a busy machine OpenMP threads spinning over them cost several times the
+    work itself, and one thread keeps the sums in one order, so features do not depend on the thread count."""
 
     def __enter__(self):
         import torch
@@ -264,6 +334,7 @@ def fit_grade_net(
     flat = torch.cat([v.permute(1, 0, 2, 3).reshape(v.shape[1], -1) for v in x], dim=1)
     torch.manual_seed(config.seed)
     net = _net_class()(x[0].shape[1], config.width, config.dim)
+    masks = torch.Generator().manual_seed(config.seed)
     net.mean.copy_(flat.mean(dim=1))
     net.std.copy_(flat.std(dim=1, unbiased=False).clamp_min(1e-6))
     target = torch.from_numpy(y - 1)
@@ -272,7 +343,8 @@ def fit_grade_net(
     with _one_thread():
         for epoch in range(1, config.epochs + 1):
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(net(x), target)
+            logits = net.head(_dropout(net.embed(x), config.dropout, masks))
+            loss = torch.nn.functional.cross_entropy(logits, target)
             loss.backward()
             opt.step()
             if tracker is not None:
@@ -282,7 +354,8 @@ def fit_grade_net(
 
 def _epoch_metrics(net, train_loss: float, held) -> dict[str, float]:
     """``train_loss`` and, for held-out slides, their loss and accuracy (no grad: the fit is untouched;
-    GradeNet has no dropout or batch norm, so its train/eval modes compute the same)."""
+    GradeNet's modules have no dropout or batch norm, the training dropout is applied by the loop with its
+    own generator, so this forward pass draws no random numbers)."""
     import torch
 
     out = {"train_loss": train_loss}
@@ -432,8 +505,7 @@ def save_grade_net(net, directory: str | Path, meta: dict) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(d / WEIGHTS_FILE))
-    shape = {"in_channels": int(net.reduce.in_channels), "width": int(net.reduce.out_channels),
-             "dim": int(net.fc.out_features)}
+    shape = {"in_channels": net.in_channels, "width": int(net.width), "dim": int(net.dim)}
     doc = dict(meta, format_version=FORMAT_VERSION, **shape)
     (d / META_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
     return d
@@ -454,8 +526,9 @@ def load_grade_net(directory: str | Path):
         net = _net_class()(int(meta["in_channels"]), int(meta["width"]), int(meta["dim"]))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise FeatureFileError(mpath, f"not a grade-network description: {e}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise FeatureFileError(mpath, f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise FeatureFileError(mpath, f"format_version {meta.get('format_version')!r}, expected one of "
+                                      f"{READABLE_VERSIONS}")
     try:
         net.load_state_dict(load_file(str(wpath)))
     except (SafetensorError, OSError, RuntimeError) as e:
