@@ -95,8 +95,12 @@ def fit_params(gcfg, *, in_channels: int, frozen_model: str, frozen_arch: str, f
                volumes_sha256: str) -> dict[str, Any]:
     """Params shared by every run of one cross-fit (architecture, frozen network, patches, training, data)."""
     return {
-        "architecture": "GradeNet (channel standardization, 1x1 conv + ReLU, global average pool, "
-                        "dim-unit layer + ReLU, 3-way head)",
+        # The config's width says which design ran: 0 = 1x1 conv straight to `dim` channels, pooled
+        # (the feature layer); > 0 = the earlier bottleneck of `width` channels, pooled, then Linear to `dim`.
+        "architecture": ("GradeNet (channel standardization, 1x1 conv to dim channels + ReLU, global average pool "
+                         "= the feature layer, dropout, 3-way head)" if not getattr(gcfg, "width", 0) else
+                         "GradeNet (channel standardization, 1x1 conv to width channels + ReLU, global average "
+                         "pool, dim-unit layer + ReLU, 3-way head)"),
         "in_channels": in_channels,
         **asdict(gcfg),
         "optimizer": "Adam, full batch",
