@@ -188,23 +188,31 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def train(train_root: Path, models: Path, cfg) -> dict:
-    """Tumor and mitosis networks on the training cohort; reused when their config is unchanged."""
+def train(train_root: Path, root: Path, models: Path, cfg) -> dict:
+    """Tumor and mitosis networks on the training cohort, each kept by its own config.
+
+    A network is trained once per config, in ``ROOT/nets/<task>_<config hash>/<task>`` (with its
+    own tracking store beside it), and ``models/<task>`` links to it: variants that change only
+    one network's training, or none, reuse the other network as it is.
+    """
     from tupac.tracking.training import tracked_training
 
     seconds = {}
     for task, task_cfg in (("tumor", cfg.tumor_config()), ("mitosis", cfg.mitosis_config())):
-        stamp = models / f"{task}.bench.json"
         key = json.dumps(task_cfg.to_dict(), sort_keys=True, default=str)
-        if stamp.is_file() and json.loads(stamp.read_text())["key"] == key and (models / task / "card.json").is_file():
-            seconds[task] = json.loads(stamp.read_text())["seconds"]
-            continue
-        if (models / task).exists():
-            shutil.rmtree(models / task)
-        t0 = time.perf_counter()
-        tracked_training(task, train_root, models / task, task_cfg, say=lambda m: print(f"[train {task}] {m}", flush=True))
-        seconds[task] = round(time.perf_counter() - t0, 1)
-        stamp.write_text(json.dumps({"key": key, "seconds": seconds[task]}))
+        net = root / "nets" / f"{task}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        stamp = net / "bench.json"
+        if not (stamp.is_file() and (net / task / "card.json").is_file()):
+            shutil.rmtree(net, ignore_errors=True)
+            net.mkdir(parents=True)
+            t0 = time.perf_counter()
+            tracked_training(task, train_root, net / task, task_cfg, say=lambda m: print(f"[train {task}] {m}", flush=True))
+            stamp.write_text(json.dumps({"key": key, "seconds": round(time.perf_counter() - t0, 1)}))
+        seconds[task] = {"seconds": json.loads(stamp.read_text())["seconds"], "net": str(net)}
+        link = models / task
+        if link.is_symlink() or link.exists():
+            link.unlink() if link.is_symlink() else shutil.rmtree(link)
+        link.symlink_to(net / task, target_is_directory=True)
     return seconds
 
 
@@ -438,10 +446,7 @@ def main() -> None:
     train_root, test_root = make_data(root, args)
     t_data = time.perf_counter() - t0
     cfg = variant_config(args.variant, args.seed)
-    # Variants that train the same way share their networks: models are kept by training config.
-    train_key = hashlib.sha256(json.dumps([cfg.tumor_config().to_dict(), cfg.mitosis_config().to_dict()],
-                                          sort_keys=True, default=str).encode()).hexdigest()[:12]
-    models, out = root / f"models_{train_key}", root / f"run_{args.variant}"
+    models, out = root / f"models_{args.variant}", root / f"run_{args.variant}"
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
     if args.from_variant and not out.exists():
@@ -451,7 +456,7 @@ def main() -> None:
                         ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db"))
     models.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
-    train_s = train(train_root, models, cfg)
+    train_s = train(train_root, root, models, cfg)
     test = run_test(test_root, out, models, cfg)
     entry = {
         "variant": args.variant,
