@@ -47,7 +47,7 @@ INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
     "decode_device": Flag("--decode-device"),
     "actor_concurrency": Flag("--actor-concurrency", min=1, max=2),
 }, not_exposed={name: CONFIG_FILE_ONLY for name in (
-    "tissue_mpp", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
+    "tissue_mpp", "tissue_max_hole_um2", "tissue_dilation_um", "tissue_min_object_um2", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
 
 
 def infer_cmd(

@@ -114,6 +114,12 @@ class JobConfig:
         None, help="Windows (~1k x 1k px) per actor call (default: 8 on GPU, 1 on CPU).")
     max_attempts: int = option(3, help="Runs after which a failing slide is given up.")
     tissue_mpp: float = option(8.0, help="Tissue mask resolution (um/px).")
+    # Issue 17's options of the tissue mask (tupac.preprocess.tissue.tissue_mask; figures in
+    # benchmarks/results/tissue_mask.json): the defaults are the mask's own.
+    tissue_max_hole_um2: float = option(20_000.0, help="Fill glass holes enclosed by tissue up to this area (um^2; "
+                                                       "0 fills none, inf all).")
+    tissue_dilation_um: float = option(0.0, help="Grow the tissue mask by this radius (um): more windows, no missed edge.")
+    tissue_min_object_um2: float = option(20_000.0, help="Drop tissue pieces smaller than this area (um^2).")
     tumor_chunk: int = option(64, help="Tumor heatmap cells per window edge (and Zarr chunk edge).")
     mitosis_chunk: int = option(64, help="Mitosis heatmap cells per window edge (and Zarr chunk edge).")
     backend: str = option("auto", help="Slide reader: auto, openslide or cucim.")
@@ -145,6 +151,11 @@ class JobConfig:
         "auto", help="Window decoding: cpu, cuda (cuCIM's GPU decoder, JPEG slides it decodes right; else CPU) "
                      "or auto (cpu for now); actors.json says which and why.")
 
+    def tissue_options(self) -> dict[str, float]:
+        """Keyword arguments of :func:`tupac.preprocess.tissue.tissue_mask` set by this config."""
+        return {"max_hole_um2": float(self.tissue_max_hole_um2), "dilation_um": float(self.tissue_dilation_um),
+                "min_object_um2": float(self.tissue_min_object_um2)}
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
         object.__setattr__(self, "out", Path(self.out))
@@ -161,6 +172,8 @@ class JobConfig:
             (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
             (self.actor_concurrency in (1, 2), f"actor_concurrency must be 1 or 2, got {self.actor_concurrency}"),
             (self.tissue_mpp > 0, f"tissue_mpp={self.tissue_mpp!r}, expected > 0 um/px"),
+            (min(self.tissue_max_hole_um2, self.tissue_dilation_um, self.tissue_min_object_um2) >= 0,
+             "tissue_max_hole_um2, tissue_dilation_um and tissue_min_object_um2 must be >= 0"),
             (self.backend in BACKENDS, f"backend={self.backend!r}, expected one of {', '.join(BACKENDS)}"),
             (self.decode_device in DECODE_DEVICES,
              f"decode_device={self.decode_device!r}, expected one of {', '.join(DECODE_DEVICES)}"),
@@ -278,7 +291,7 @@ class _Driver:
         self.ledger.mark_running(sid)
         chunks = {"tumor": self.cfg.tumor_chunk, "mitosis": self.cfg.mitosis_chunk}
         self._submit("prepare", s, sid, str(entry.path), entry.mpp, s.store, self.cards_ref, chunks,
-                     self.cfg.tissue_mpp, self.cfg.backend)
+                     self.cfg.tissue_mpp, self.cfg.backend, self.cfg.tissue_options())
 
     def _submit(self, step: str, s: _Slide, *args) -> None:
         ref = self._task.remote(self._steps[step], str(s.entry.path), *args)
