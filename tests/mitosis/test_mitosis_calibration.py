@@ -122,3 +122,9 @@ def test_cards_with_and_without_calibration_load(tmp_path):
     det = MitosisDetector(tmp_path / "new")
     assert det.calibration == cal
     assert det.calibrated([det.threshold])[0] == pytest.approx(0.5, abs=1e-6)
+    # The Ray job's detection path (tupac.infer.slide_task.detect_windows) reads the threshold
+    # through CardInfo: the calibrated rule's choice, on the raw scale of the heatmap.
+    from tupac.heatmaps.prepare import CardInfo
+
+    assert CardInfo.from_dir("mitosis", tmp_path / "new").threshold == pytest.approx(cal.invert(0.5))
+    assert CardInfo.from_dir("mitosis", tmp_path / "old").threshold == pytest.approx(0.74)
