@@ -34,16 +34,18 @@ import cohort_pipeline as cp  # noqa: E402
 RESULT = ROOT / "benchmarks" / "results" / "cohort_pipeline_mitosis_seeds.json"
 
 
-def run_seed(root: Path, seed: int) -> dict:
-    """Pipeline on a copy of ``ROOT/run`` with ``mitosis.seed = seed``; issue 7/8 figures read back."""
+def run_seed(root: Path, seed: int, rule: str = "best_f1") -> dict:
+    """Pipeline on a copy of ``ROOT/run`` with ``mitosis.seed = seed`` (and ``mitosis.threshold_rule
+    = rule``, issue 17; folder ``run_mseed<S>_<rule>`` for a rule other than best_f1); issue 7/8
+    figures read back."""
     from tupac.pipeline import run_pipeline
 
-    data, out = root / "data", root / f"run_mseed{seed}"
+    data, out = root / "data", root / (f"run_mseed{seed}" if rule == "best_f1" else f"run_mseed{seed}_{rule}")
     if not out.exists():
         # The tracking store is left behind: the copy starts its own (the stages' keys live in RUN/pipeline).
         shutil.copytree(root / "run", out, ignore=shutil.ignore_patterns("mlartifacts", "mlflow.db"))
     base = cp.bench_config(0)
-    cfg = dataclasses.replace(base, mitosis={**base.mitosis, "seed": seed})
+    cfg = dataclasses.replace(base, mitosis={**base.mitosis, "seed": seed, "threshold_rule": rule})
     summary = run_pipeline(data, out, cfg, None, lambda m: print(f"[seed {seed}] {m}", flush=True))
     return {"mitosis_seed": seed, "run": str(out), "ran": summary["ran"], **read_back(out, data)}
 
@@ -55,6 +57,9 @@ def read_back(out: Path, data: Path) -> dict:
     q = cp.quality(out)
     return {
         "threshold": card["detection_threshold"],
+        "threshold_rule": card["extra"].get("threshold_rule", "best_f1"),
+        "calibrated_threshold": card["extra"].get("calibrated_threshold"),
+        "calibration": card["extra"].get("calibration"),
         "validation": {k: stage[k] for k in ("best_epoch", "val_tp", "val_fp", "val_fn", "val_f1")},
         "n_in_tumor_spearman": agree["n_in_tumor_spearman"],
         "n_in_tumor_detected_total": agree["n_in_tumor_detected_total"],
@@ -68,10 +73,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/cohort_pipeline"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threshold-rule", default="best_f1",
+                    help="mitosis.threshold_rule of the reruns (issue 17); seed 0 is reread from ROOT/run unless "
+                         "it is listed in --seeds")
     ap.add_argument("--result", type=Path, default=RESULT)
     a = ap.parse_args()
-    rows = [{"mitosis_seed": 0, "run": str(a.root / "run"), **read_back(a.root / "run", a.root / "data")}]
-    rows += [run_seed(a.root, s) for s in a.seeds]
+    rows = [] if 0 in a.seeds else [{"mitosis_seed": 0, "run": str(a.root / "run"), **read_back(a.root / "run", a.root / "data")}]
+    rows += [run_seed(a.root, s, a.threshold_rule) for s in a.seeds]
     rhos = [r["n_in_tumor_spearman"] for r in rows]
     result = {
         "command": "nice -n 10 .venv/bin/python benchmarks/mitosis_seeds.py " + " ".join(sys.argv[1:]),

@@ -379,3 +379,31 @@ def test_retrained_models_recompute_and_keep_the_old_outputs(local_ray, models, 
     assert (kept[0].parent / f"{sid}.mitoses.csv").is_file()
     new = read_commit(run / "slides" / f"{sid}.zarr")
     assert new.models != json.loads(old_commit)["models"]
+
+
+def test_changed_output_options_recompute_and_same_options_skip(local_ray, models, cohort, tmp_path):
+    """A rerun with another tissue dilation must not adopt the slides done with the old mask: they are
+    recomputed and the old outputs superseded; the same options again skip them."""
+    from tupac.data.manifest import load_cohort
+    from tupac.heatmaps import read_commit
+    from tupac.heatmaps.store import HeatmapStore
+    from tupac.infer.job import run_job
+
+    entries = load_cohort(data=cohort)[:1]
+    sid = entries[0].slide_id
+    run = tmp_path / "run"
+    first = run_job(entries, _cfg(models, run), progress=_quiet)
+    assert first["ok"] and read_commit(run / "slides" / f"{sid}.zarr").extra["job_params"] == {
+        "tumor_chunk": 16, "mitosis_chunk": 32}
+    tissue_before = HeatmapStore.open(run / "slides" / f"{sid}.zarr", mode="r").read("tissue")
+
+    dilated = _cfg(models, run, tissue_dilation_um=64.0)
+    second = run_job(entries, dilated, progress=_quiet)
+    assert second["ok"] and second["done"] == [sid] and second["skipped"] == [] and len(second["superseded"]) == 1
+    rec = read_commit(run / "slides" / f"{sid}.zarr")
+    assert rec.extra["job_params"]["tissue_dilation_um"] == 64.0
+    tissue_after = HeatmapStore.open(run / "slides" / f"{sid}.zarr", mode="r").read("tissue")
+    assert tissue_after.sum() > tissue_before.sum()  # the new mask, not the adopted old one
+
+    third = run_job(entries, dilated, progress=_quiet)
+    assert third["skipped"] == [sid] and not third["superseded"]

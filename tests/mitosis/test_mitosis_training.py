@@ -96,6 +96,15 @@ def test_model_folder_card_and_training_record(trained):
         assert {"val_f1", "val_precision", "val_recall", "val_fp", "val_threshold", "best_epoch"} <= set(s)
     assert not set(rec["train_images"]) & set(rec["val_images"])
     assert rec["chosen_stage"] in (1, 2) and card.extra["stage"] == rec["chosen_stage"]
+    # Issue 17: the calibration fitted on the validation detections, and every rule's threshold.
+    from tupac.mitosis.calibration import PlattCalibration
+
+    assert card.extra["threshold_rule"] == "best_f1"
+    cal = PlattCalibration.from_dict(card.extra["calibration"])
+    assert card.extra["calibrated_threshold"] == pytest.approx(float(cal.apply(card.detection_threshold)), abs=1e-6)
+    for s in (s1, s2):
+        assert {"val_threshold_best_f1", "val_threshold_calibrated_half", "val_threshold_f1_plateau"} <= set(s)
+        assert s["val_threshold"] == s["val_threshold_best_f1"]
 
 
 def test_mlflow_run_has_epoch_metrics_and_registered_model(trained):

@@ -49,7 +49,7 @@ INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
     "ood_max_z": Flag("--ood-max-z", min=0.01),
     "ood_margin": Flag("--ood-margin", min=0.0),
 }, not_exposed={name: CONFIG_FILE_ONLY for name in (
-    "tissue_mpp", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
+    "tissue_mpp", "tissue_max_hole_um2", "tissue_dilation_um", "tissue_min_object_um2", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
 
 
 def infer_cmd(

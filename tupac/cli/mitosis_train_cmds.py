@@ -26,7 +26,7 @@ TRAIN_MITOSIS_OPTIONS = ConfigOptions("tupac.mitosis.training:MitosisTrainConfig
 }, not_exposed={name: IN_CONFIG_FILE for name in (
     "model_kwargs", "stain_method", "val_fraction", "max_images", "negatives_per_image", "background_per_image",
     "positive_copies", "positive_jitter_px", "match_radius_px", "hard_min_prob", "hard_max_per_image", "sigma_px",
-    "nms_radius_px", "epoch_selection")})
+    "nms_radius_px", "epoch_selection", "threshold_rule")})
 
 
 def _mitosis_config(values: dict, config: Optional[Path]):

@@ -31,14 +31,14 @@ def _write_overlay(reader, tissue, path: Path) -> float:
     return mpp
 
 
-def _tissue(slide: Path, out: Path, overlay: Optional[Path], mpp: Optional[float], mask_mpp: float, dilate_um: float):
+def _tissue(slide: Path, out: Path, overlay: Optional[Path], mpp: Optional[float], mask_mpp: float, options: dict):
     # Deferred: the stage's modules load only when the command runs; `tupac --help` stays fast.
     from tupac.preprocess.mask_png import write_mask_png
     from tupac.preprocess.tissue import slide_tissue_mask
     from tupac.slide import open_slide
 
     with open_slide(slide, mpp=mpp) as reader:
-        tissue = slide_tissue_mask(reader, mpp=mask_mpp, dilation_um=dilate_um)
+        tissue = slide_tissue_mask(reader, mpp=mask_mpp, **options)
         write_mask_png(out, tissue)
         overlay_mpp = _write_overlay(reader, tissue, overlay) if overlay is not None else None
     return tissue, overlay_mpp
@@ -54,12 +54,20 @@ def tissue(
     ),
     mask_mpp: float = typer.Option(8.0, "--mask-mpp", min=0.0, help="Resolution of the mask in um/px."),
     dilate_um: float = typer.Option(0.0, "--dilate-um", min=0.0, help="Grow the mask by this radius (um)."),
+    max_hole_um2: float = typer.Option(
+        20_000.0, "--max-hole-um2", min=0.0,
+        help="Fill glass holes enclosed by tissue up to this area (um²): fat cells in, lumina and tears out; 0 fills none.",
+    ),
+    min_object_um2: float = typer.Option(
+        20_000.0, "--min-object-um2", min=0.0, help="Drop tissue pieces smaller than this area (um²): dust, debris."
+    ),
 ) -> None:
     """Compute the tissue mask of SLIDE (Otsu on HSV, morphology) and write it as a PNG.
 
     The PNG is at the mask's own scale; its ``mpp`` text metadata gives that scale in um/px.
     """
-    tissue_mask, overlay_mpp = run_guarded(_tissue, slide, out, overlay, mpp, mask_mpp, dilate_um)
+    options = {"dilation_um": dilate_um, "max_hole_um2": max_hole_um2, "min_object_um2": min_object_um2}
+    tissue_mask, overlay_mpp = run_guarded(_tissue, slide, out, overlay, mpp, mask_mpp, options)
     h, w = tissue_mask.shape
     console.print(
         f"{out}: {w}x{h} px at {tissue_mask.mpp:g} um/px, tissue {tissue_mask.fraction:.1%} "

@@ -30,6 +30,7 @@ Why this shape (see also :mod:`tupac.infer.actors`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -87,6 +88,11 @@ def default_batch_size(gpu: bool = True) -> int:
     return DEFAULT_BATCH if gpu else CPU_BATCH
 
 
+OUTPUT_OPTIONS = ("tissue_mpp", "tissue_max_hole_um2", "tissue_dilation_um", "tissue_min_object_um2", "tumor_chunk",
+                  "mitosis_chunk", "gpu_tf32", "decode_device", "ood_max_z", "ood_margin")
+"""JobConfig options that change a slide's outputs (masks, heatmap values or layout, the OOD verdict)."""
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Options of one cohort run (``tupac infer``'s options; ``tupac run``'s ``infer:`` section).
@@ -114,6 +120,12 @@ class JobConfig:
         None, help="Windows (~1k x 1k px) per actor call (default: 8 on GPU, 1 on CPU).")
     max_attempts: int = option(3, help="Runs after which a failing slide is given up.")
     tissue_mpp: float = option(8.0, help="Tissue mask resolution (um/px).")
+    # Issue 17's options of the tissue mask (tupac.preprocess.tissue.tissue_mask; figures in
+    # benchmarks/results/tissue_mask.json): the defaults are the mask's own.
+    tissue_max_hole_um2: float = option(20_000.0, help="Fill glass holes enclosed by tissue up to this area (um^2; "
+                                                       "0 fills none, inf all).")
+    tissue_dilation_um: float = option(0.0, help="Grow the tissue mask by this radius (um): more windows, no missed edge.")
+    tissue_min_object_um2: float = option(20_000.0, help="Drop tissue pieces smaller than this area (um^2).")
     tumor_chunk: int = option(64, help="Tumor heatmap cells per window edge (and Zarr chunk edge).")
     mitosis_chunk: int = option(64, help="Mitosis heatmap cells per window edge (and Zarr chunk edge).")
     backend: str = option("auto", help="Slide reader: auto, openslide or cucim.")
@@ -152,6 +164,22 @@ class JobConfig:
     ood_margin: float = option(0.25, help="Out-of-distribution check: a flagged statistic must also lie outside the "
                                           "training range [q01, q99] widened by this fraction of its width on each side.")
 
+    def output_params(self) -> dict[str, Any]:
+        """The options that change what a slide's outputs hold, where they differ from their defaults.
+
+        They are kept in each commit record (``extra["job_params"]``) and folded into the work
+        fingerprint the ledger plans with, so a rerun with, say, another tissue dilation recomputes
+        (and supersedes) the slides instead of skipping them as done. An option at its default adds
+        nothing: runs made before the option existed keep their fingerprints.
+        """
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in OUTPUT_OPTIONS}
+        return {k: getattr(self, k) for k in OUTPUT_OPTIONS if getattr(self, k) != defaults[k]}
+
+    def tissue_options(self) -> dict[str, float]:
+        """Keyword arguments of :func:`tupac.preprocess.tissue.tissue_mask` set by this config."""
+        return {"max_hole_um2": float(self.tissue_max_hole_um2), "dilation_um": float(self.tissue_dilation_um),
+                "min_object_um2": float(self.tissue_min_object_um2)}
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
         object.__setattr__(self, "out", Path(self.out))
@@ -170,6 +198,8 @@ class JobConfig:
             (self.inflight_per_actor >= 1, "inflight_per_actor must be >= 1"),
             (self.actor_concurrency in (1, 2), f"actor_concurrency must be 1 or 2, got {self.actor_concurrency}"),
             (self.tissue_mpp > 0, f"tissue_mpp={self.tissue_mpp!r}, expected > 0 um/px"),
+            (min(self.tissue_max_hole_um2, self.tissue_dilation_um, self.tissue_min_object_um2) >= 0,
+             "tissue_max_hole_um2, tissue_dilation_um and tissue_min_object_um2 must be >= 0"),
             (self.backend in BACKENDS, f"backend={self.backend!r}, expected one of {', '.join(BACKENDS)}"),
             (self.decode_device in DECODE_DEVICES,
              f"decode_device={self.decode_device!r}, expected one of {', '.join(DECODE_DEVICES)}"),
@@ -287,7 +317,7 @@ class _Driver:
         self.ledger.mark_running(sid)
         chunks = {"tumor": self.cfg.tumor_chunk, "mitosis": self.cfg.mitosis_chunk}
         self._submit("prepare", s, sid, str(entry.path), entry.mpp, s.store, self.cards_ref, chunks,
-                     self.cfg.tissue_mpp, self.cfg.backend)
+                     self.cfg.tissue_mpp, self.cfg.backend, self.cfg.tissue_options())
 
     def _submit(self, step: str, s: _Slide, *args) -> None:
         ref = self._task.remote(self._steps[step], str(s.entry.path), *args)
@@ -334,6 +364,7 @@ class _Driver:
         s.stage = "finalize"
         mitosis_windows = s.extra.pop("_mitosis_windows", None) if "mitosis" in self.cards else None
         extra = {**s.extra, "windows": s.windows, "backend": s.plan.backend, "tissue_fraction": s.plan.tissue_fraction,
+                 "job_params": self.cfg.output_params(),
                  "tumor_threshold": self.cards["tumor"].threshold,
                  # Committed like any slide (its empty heatmaps are its true result), but said so: the
                  # features stage gives it a flagged row of missing values instead of stopping.
@@ -640,7 +671,9 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
         raise ModelFileError(cfg.models / "tumor", skipped["tumor"].split(" (")[0] + "; the job needs at least the tumor model")
     cards = {t: CardInfo.from_dir(t, d) for t, d in found.items()}
     models = {f"{t}:{c.card.name}": c.weights_sha256 for t, c in cards.items()}
-    mfp = models_fingerprint(models)
+    params = cfg.output_params()
+    # The ledger plans with the models and the output options together (JobConfig.output_params).
+    mfp = models_fingerprint({**models, **{f"job:{k}": json.dumps(v) for k, v in params.items()}})
     cfg.out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(cfg.out)
     try:
@@ -656,7 +689,8 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
                 rec = read_commit(path)
             except Exception:
                 return False
-            if rec.input.key != fps[sid] or rec.models_fp != mfp:
+            if rec.input.key != fps[sid] or rec.models_fp != models_fingerprint(models) \
+                    or rec.extra.get("job_params", {}) != params:
                 return False
             # Never adopt a store whose chunks are not the ones its record vouches for.
             problem = verify_committed(path)

@@ -86,11 +86,14 @@ def prepare_slide(
     chunks: Mapping[str, int],
     tissue_mpp: float = 8.0,
     backend: str = "auto",
+    tissue_options: Mapping[str, float] | None = None,
 ) -> SlidePlan:
     """Tissue, stain statistics and the (empty) store of one slide; see the module docstring.
 
     The Ray task around :func:`tupac.heatmaps.prepare.plan_slide` (the preparation ``tupac
     tumor-map`` shares): it opens the slide and refuses one whose level 0 is coarser than a model reads.
+    ``tissue_options`` are keyword arguments of :func:`tupac.preprocess.tissue.tissue_mask`
+    (``InferConfig.tissue_options()``: hole filling, dilation, small-object removal); none = its defaults.
 
     Raises
     ------
@@ -101,7 +104,7 @@ def prepare_slide(
     maybe_inject_fault(slide_id, "prepare")
     with open_slide(path, backend=backend, mpp=mpp_override) as reader:
         t_tissue = time.perf_counter()
-        tissue = slide_tissue_mask(reader, tissue_mpp)  # decodes the thumbnail: corrupt files fail here
+        tissue = slide_tissue_mask(reader, tissue_mpp, **dict(tissue_options or {}))  # decodes the thumbnail: corrupt files fail here
         tissue_s = time.perf_counter() - t_tissue
         for task, info in cards.items():
             # A 40x model on a 20x slide would need upsampling: say so now, not mid-slide.

@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, _as_xy
 
-__all__ = ["DETECTION_COLUMNS", "choose_threshold", "detect_from_heatmap", "nms"]
+__all__ = ["DETECTION_COLUMNS", "choose_threshold", "detect_from_heatmap", "nms", "ranked_detections"]
 
 DETECTION_COLUMNS = ("x", "y", "prob")
 
@@ -202,6 +202,50 @@ def _augment(d: int, adj: list[list[int]], truth_match: np.ndarray) -> bool:
     return False
 
 
+def ranked_detections(
+    detections_per_image: Sequence[pd.DataFrame],
+    truths_per_image: Sequence,
+    radius: float = TUPAC_RADIUS_PX,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """All validation detections pooled and sorted by decreasing ``prob``, each flagged when it
+    adds a true positive (the pooled TP of ``prob >= p[k]`` is ``cumsum(flags)[k]`` at the last
+    index of each run of equal probabilities).
+
+    Parameters
+    ----------
+    detections_per_image, truths_per_image, radius
+        As in :func:`choose_threshold`.
+
+    Returns
+    -------
+    probs : ndarray of float64, shape (n,)
+        Detection probabilities, descending.
+    flags : ndarray of bool, shape (n,)
+        Whether each detection grows the one-to-one matching (a true positive).
+    n_truth : int
+        Ground-truth mitoses over all images.
+    """
+    if len(detections_per_image) != len(truths_per_image):
+        raise ValueError(
+            f"got {len(detections_per_image)} detection frames but {len(truths_per_image)} truth sets"
+        )
+    probs, flags = [], []
+    n_truth = 0
+    for det, truth in zip(detections_per_image, truths_per_image):
+        truth_xy = _as_xy(truth, "truth")
+        n_truth += len(truth_xy)
+        p = det["prob"].to_numpy(dtype=np.float64)
+        order = np.argsort(-p, kind="stable")
+        xy = _as_xy(det, "detections")[order]
+        probs.append(p[order])
+        flags.append(_augmenting_flags(xy, truth_xy, radius))
+    p = np.concatenate(probs) if probs else np.zeros(0)
+    f = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+    # Stable global sort keeps each image's within-image order, so the flags stay valid.
+    order = np.argsort(-p, kind="stable")
+    return p[order], f[order], n_truth
+
+
 def choose_threshold(
     detections_per_image: Sequence[pd.DataFrame],
     truths_per_image: Sequence,
@@ -231,27 +275,9 @@ def choose_threshold(
     f1 : float
         Pooled F1 at that threshold (NaN when there is neither a detection nor a truth).
     """
-    if len(detections_per_image) != len(truths_per_image):
-        raise ValueError(
-            f"got {len(detections_per_image)} detection frames but {len(truths_per_image)} truth sets"
-        )
-    probs, flags = [], []
-    n_truth = 0
-    for det, truth in zip(detections_per_image, truths_per_image):
-        truth_xy = _as_xy(truth, "truth")
-        n_truth += len(truth_xy)
-        p = det["prob"].to_numpy(dtype=np.float64)
-        order = np.argsort(-p, kind="stable")
-        xy = _as_xy(det, "detections")[order]
-        probs.append(p[order])
-        flags.append(_augmenting_flags(xy, truth_xy, radius))
-    p = np.concatenate(probs) if probs else np.zeros(0)
-    f = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+    p, f, n_truth = ranked_detections(detections_per_image, truths_per_image, radius)
     if p.size == 0:
         return float("inf"), (0.0 if n_truth else float("nan"))
-    # Stable global sort keeps each image's within-image order, so the flags stay valid.
-    order = np.argsort(-p, kind="stable")
-    p, f = p[order], f[order]
     tp = np.cumsum(f)
     n_kept = np.arange(1, p.size + 1)
     # Only the last index of each run of equal probabilities is a reachable threshold.

@@ -30,6 +30,7 @@ from PIL import Image
 from tupac.errors import DatasetLayoutError
 from tupac.heatmaps.engine import ImageWindows, WindowPredictor, compute_heatmap, image_geometry
 from tupac.heatmaps.windows import iter_windows
+from tupac.mitosis.calibration import PlattCalibration
 from tupac.mitosis.detect import detect_from_heatmap
 from tupac.preprocess.stain import fit_image, get_method
 
@@ -231,6 +232,11 @@ class MitosisDetector:
         self.device = device
         extra = self.trained.card.extra
         self.threshold = float(self.trained.threshold if threshold is None else threshold)
+        # Issue 17: the card's threshold is on the raw scale (a calibrated rule is stored inverted),
+        # so detection never needs the calibration; it maps a detection's prob to the chance that
+        # it is a mitosis (None for cards written before calibration existed).
+        cal = extra.get("calibration")
+        self.calibration = PlattCalibration.from_dict(cal) if cal else None
         self.sigma_px = float(extra.get("sigma_px", DEFAULT_SIGMA_PX))
         self.nms_radius_px = float(extra.get("nms_radius_px", DEFAULT_NMS_RADIUS_PX))
 
@@ -238,6 +244,11 @@ class MitosisDetector:
     def mpp(self) -> float:
         """Resolution the images must be at (um/px)."""
         return float(self.trained.card.mpp)
+
+    def calibrated(self, prob) -> np.ndarray:
+        """Detection probabilities on the card's calibrated scale (unchanged without calibration)."""
+        p = np.asarray(prob, np.float64)
+        return self.calibration.apply(p) if self.calibration is not None else p
 
     def __call__(self, rgb: np.ndarray) -> pd.DataFrame:
         return detect_mitoses(

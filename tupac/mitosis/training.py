@@ -36,7 +36,15 @@ import pandas as pd
 from tupac.config_check import SCHEMA, option
 from tupac.data import Tupac16Dataset
 from tupac.errors import ConfigError, DatasetLayoutError
-from tupac.mitosis.detect import choose_threshold, detect_from_heatmap
+from tupac.mitosis.calibration import (
+    THRESHOLD_RULES,
+    PlattCalibration,
+    calibrated_half_threshold,
+    f1_curve,
+    fit_platt,
+    plateau_threshold,
+)
+from tupac.mitosis.detect import detect_from_heatmap
 from tupac.mitosis.inference import mitosis_heatmap, read_image, standardize_image
 from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negatives, jittered, label_candidates
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
@@ -87,6 +95,13 @@ class MitosisTrainConfig:
     # sliding-window baselines.
     epoch_selection: str = option("f1", help="What chooses the epoch: f1 (the validation images' detection F1 "
                                              "after every epoch) or patch (the training loop's train.monitor).")
+    # Issue 17: the best-F1 threshold jumped with the seed (0.998 / 0.646 / 0.740); the other rules
+    # choose on Platt-calibrated probabilities (tupac.mitosis.calibration). The default stays today's
+    # until a benchmark decides (benchmarks/mitosis_threshold.py).
+    threshold_rule: str = option("best_f1", help="How the validation images choose the detection threshold: "
+                                                 "best_f1 (highest best-F1 threshold with a margin), calibrated_half "
+                                                 "(calibrated probability 0.5) or f1_plateau (calibrated midpoint of "
+                                                 "the thresholds within 0.01 of the best F1).")
     seed: int = option(0, help="Seed of the split, the sampling and the networks.")
     train: dict[str, Any] = option(
         default_factory=lambda: {"epochs": 12, "batch_size": 64, "lr": 2e-3, "monitor": "auroc"},
@@ -101,6 +116,8 @@ class MitosisTrainConfig:
             raise ConfigError(f"stain_method={self.stain_method!r}, expected wsics, macenko or reinhard")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction}, expected in [0, 1)")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ConfigError(f"threshold_rule={self.threshold_rule!r}, expected one of {', '.join(THRESHOLD_RULES)}")
         if self.epoch_selection not in ("f1", "patch"):
             raise ConfigError(f"epoch_selection={self.epoch_selection!r}, expected 'f1' or 'patch'")
         if not 0.0 < self.hard_min_prob < 1.0:
@@ -217,23 +234,69 @@ def image_patches(ctx: ImageContext, rgb: np.ndarray, patch: int, config: Mitosi
     return extract_patches(rgb, centers, patch), labels
 
 
-def _evaluate(model, images: list[np.ndarray], truths: list[pd.DataFrame], config: MitosisTrainConfig,
-              floor: float = 0.05) -> dict[str, float]:
-    """Validation detection metrics: the F1-best threshold and the counts at it."""
+def validation_detections(model, images: list[np.ndarray], config: MitosisTrainConfig,
+                          floor: float = 0.05) -> list[pd.DataFrame]:
+    """Detections of every validation image down to probability ``floor`` (the candidates of every
+    threshold rule), one ``x, y, prob`` frame per image."""
     dets = []
     for rgb in images:
         hm = mitosis_heatmap(model, rgb)
         dets.append(detect_from_heatmap(hm.prob, hm.stride_px, hm.offset_px, floor, config.sigma_px, config.nms_radius_px))
-    thr, f1 = choose_threshold(dets, truths, config.match_radius_px)
-    if not np.isfinite(thr):  # nothing above the floor: no detections at any threshold
-        thr = 1.0
-    else:
-        thr = _widest_margin(dets, truths, thr, f1, config.match_radius_px, floor)
+    return dets
+
+
+def rule_thresholds(dets: list[pd.DataFrame], truths: list[pd.DataFrame], radius: float,
+                    floor: float = 0.05) -> tuple[dict[str, float], PlattCalibration, float]:
+    """The raw-scale threshold of every rule of :data:`THRESHOLD_RULES` on the same validation
+    detections, the Platt calibration fitted on them, and the best pooled F1.
+
+    Returns
+    -------
+    thresholds : dict of str to float
+        Rule name to threshold on ``prob`` in [0, 1] (1.0 when there is no detection).
+    calibration : PlattCalibration
+    max_f1 : float
+        Best pooled validation F1 over all thresholds (0 without detections).
+    """
+    thr, f1, probs, flags = f1_curve(dets, truths, radius)
+    cal = fit_platt(probs, flags)
+    if thr.size == 0:  # nothing above the floor: no detections at any threshold
+        return {rule: 1.0 for rule in THRESHOLD_RULES}, cal, 0.0
+    best = int(np.argmax(f1))  # thresholds descend: the highest best-F1 threshold
+    out = {
+        "best_f1": _widest_margin(dets, truths, float(thr[best]), float(f1[best]), radius, floor),
+        "calibrated_half": calibrated_half_threshold(cal),
+        "f1_plateau": plateau_threshold(thr, f1, cal),
+    }
+    return {k: min(max(float(v), 0.0), 1.0) for k, v in out.items()}, cal, float(f1[best])
+
+
+def _evaluate(model, images: list[np.ndarray], truths: list[pd.DataFrame], config: MitosisTrainConfig,
+              floor: float = 0.05) -> dict[str, float]:
+    """Validation detection metrics: the threshold of ``config.threshold_rule``, the counts at it,
+    the best F1 at any threshold (which ranks epochs), every rule's threshold and the calibration."""
+    dets = validation_detections(model, images, config, floor)
+    thresholds, cal, max_f1 = rule_thresholds(dets, truths, config.match_radius_px, floor)
+    thr = thresholds[config.threshold_rule]
     kept = [d[d["prob"] >= thr] for d in dets]
     pooled, _ = score_images(((str(i), k, t) for i, (k, t) in enumerate(zip(kept, truths))), config.match_radius_px)
     return {"threshold": float(thr), "f1": float(pooled.f1) if pooled.tp + pooled.fp + pooled.fn else 0.0,
             "precision": float(pooled.precision), "recall": float(pooled.recall),
-            "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn}
+            "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn, "max_f1": max_f1,
+            **{f"threshold_{k}": v for k, v in thresholds.items()},
+            "calibrated_threshold": float(cal.apply(thr)),
+            "cal_a": cal.a, "cal_b": cal.b, "cal_n": cal.n, "cal_n_pos": cal.n_pos}
+
+
+def calibration_extra(summary: dict[str, Any], rule: str) -> dict[str, Any]:
+    """The card's ``extra`` entries of issue 17 from a stage summary (``val_`` keys): the
+    calibration, the rule, and the threshold on the calibrated scale. Empty without validation."""
+    if "val_cal_a" not in summary:
+        return {}
+    cal = PlattCalibration(float(summary["val_cal_a"]), float(summary["val_cal_b"]),
+                           int(summary["val_cal_n"]), int(summary["val_cal_n_pos"]))
+    return {"calibration": cal.to_dict(), "threshold_rule": rule,
+            "calibrated_threshold": float(summary["val_calibrated_threshold"])}
 
 
 def _pooled_f1(dets, truths, thr: float, radius: float) -> float:
@@ -272,7 +335,9 @@ class _BestF1:
         self.history.append({"epoch": state.epoch, **m})
         if self.tracker is not None:
             self.tracker.log_metrics({f"val_image_{k}": v for k, v in m.items()}, step=state.epoch)
-        key = _epoch_key(m["f1"], state)
+        # The best F1 at any threshold ranks the epochs: it depends on the ranking of the detections
+        # only, not on the threshold rule (with best_f1 it equals the F1 at the chosen threshold).
+        key = _epoch_key(m["max_f1"], state)
         if self.best is None or key > self.best[0]:
             self.best = (key, state.epoch, copy.deepcopy(state.model.state_dict()))
         state.model.train()
@@ -320,7 +385,8 @@ def _save_stage(model, stage: int, summary: dict, config: MitosisTrainConfig, ou
     card = model.card.with_metadata(
         stain_reference=f"../../{STAIN_REFERENCE_FILE}",
         detection_threshold=min(max(float(summary.get("val_threshold", 0.5)), 0.0), 1.0),
-        extra={**model.card.extra, "sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px, "stage": stage},
+        extra={**model.card.extra, "sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px, "stage": stage,
+               **calibration_extra(summary, config.threshold_rule)},
     )
     return save_model(model, card, out / f"stage{stage}" / "selected")
 
@@ -514,7 +580,8 @@ def _save_mitosis(outcome: StageOutcome, root, out: Path, config: MitosisTrainCo
     train_keys, val_keys = split
     card = card_fields(train_keys, root, stain_method, config.seed, detection_threshold=min(max(threshold, 0.0), 1.0),
                        extra={"sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px,
-                              "match_radius_px": config.match_radius_px, "stage": outcome.chosen, "stages": outcome.stages})
+                              "match_radius_px": config.match_radius_px, "stage": outcome.chosen, "stages": outcome.stages,
+                              **calibration_extra(outcome.summary, config.threshold_rule)})
     record = {"config": config.to_dict(), "train_images": train_keys, "val_images": val_keys, "stages": outcome.stages,
               "chosen_stage": outcome.chosen, "threshold": threshold, "seconds": round(seconds, 1)}
     metrics = [stage_metrics(outcome.stages, "stage{stage}.final_{key}"), {"seconds": seconds, "detection_threshold": threshold}]
