@@ -77,7 +77,17 @@ TARGETS = {
 """Issue 17's targets on the unseen style (ratios and errors are upper bounds, the rest lower bounds)."""
 
 VARIANTS: dict[str, dict[str, dict]] = {
+    # The benchmark config as it was before issue 17's changes (run on the commit that added the styles).
     "baseline": {},
+    # The paper's features in substance (MitosNet's 4,096-wide conv3 descriptors clustered on the fringe
+    # patches' mitoses, a 1,024-wide general-feature layer) and the feature-group ablation in the fit.
+    "paper_features": {"fit": {"ablation": True}},
+    # Each of the following changes one thing against paper_features.
+    "tissue_dilated": {"fit": {"ablation": True}, "infer": {"tissue_dilation_um": 8.0}},
+    "threshold_calibrated": {"fit": {"ablation": True}, "mitosis": {"threshold_rule": "calibrated_half"}},
+    "mitosis_two_stage": {"fit": {"ablation": True}, "mitosis": {"two_stage": True}},
+    "stain_jitter_measured": {"fit": {"ablation": True}, "tumor": {"train": {"augment": {"stain_sigma": 0.10}}},
+                              "mitosis": {"train": {"augment": {"stain_sigma": 0.10}}}},
 }
 """Config overrides per variant, by pipeline section (merged into ``cohort_pipeline.bench_config``)."""
 

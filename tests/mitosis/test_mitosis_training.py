@@ -105,6 +105,10 @@ def test_model_folder_card_and_training_record(trained):
     for s in (s1, s2):
         assert {"val_threshold_best_f1", "val_threshold_calibrated_half", "val_threshold_f1_plateau"} <= set(s)
         assert s["val_threshold"] == s["val_threshold_best_f1"]
+    # The out-of-distribution reference of the training fields (one item per training image).
+    ref = card.extra["ood_reference"]
+    assert ref["n"] == len(rec["train_images"]) and {"h_od_p50", "sharpness"} <= set(ref["stats"])
+    assert ref["stats"]["h_od_p50"]["q01"] <= ref["stats"]["h_od_p50"]["median"] <= ref["stats"]["h_od_p50"]["q99"]
 
 
 def test_mlflow_run_has_epoch_metrics_and_registered_model(trained):

@@ -50,6 +50,7 @@ from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negat
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
 from tupac.models import create_model, list_models, save_model
 from tupac.preprocess import stain
+from tupac.preprocess.ood_stats import REFERENCE_KEY, reference_from_inputs
 from tupac.train import PatchDataset, train
 from tupac.train.config import TrainConfig
 from tupac.train.tracking import flatten_params
@@ -566,22 +567,27 @@ def train_mitosis(
     outcome = run_stages(task, train_ds, config.two_stage, setup={"prepare_seconds": round(prep_seconds, 1)})
     threshold = float(outcome.summary.get("val_threshold", 0.5))
     seconds = time.perf_counter() - t_start
+    # The training fields' raw stain and texture statistics: the reference the job's
+    # out-of-distribution check compares each slide with (tupac.features.ood).
+    ood_ref = reference_from_inputs([by_key[k].path for k in train_keys], mpp=0.0, images=True)
     _save_mitosis(outcome, root, out, config, stain_reference.method, (train_keys, val_keys), threshold, seconds,
-                  tracker, ref_path)
+                  tracker, ref_path, ood_ref)
     say(f"done in {seconds:.0f} s: stage {outcome.chosen} chosen, threshold {threshold:.3f}, "
         f"validation F1 {outcome.summary.get('val_f1', float('nan')):.3f}; model in {out}")
     return MitosisTrainResult(out, outcome.chosen, threshold, outcome.stages, train_keys, val_keys, seconds)
 
 
 def _save_mitosis(outcome: StageOutcome, root, out: Path, config: MitosisTrainConfig, stain_method: str,
-                  split: tuple[list[str], list[str]], threshold: float, seconds: float, tracker, ref_path: Path) -> None:
+                  split: tuple[list[str], list[str]], threshold: float, seconds: float, tracker, ref_path: Path,
+                  ood_reference: dict | None = None) -> None:
     """The chosen model with its card (detection threshold; detector settings and stages in ``extra``),
     ``training.json``, the tracked summary."""
     train_keys, val_keys = split
     card = card_fields(train_keys, root, stain_method, config.seed, detection_threshold=min(max(threshold, 0.0), 1.0),
                        extra={"sigma_px": config.sigma_px, "nms_radius_px": config.nms_radius_px,
                               "match_radius_px": config.match_radius_px, "stage": outcome.chosen, "stages": outcome.stages,
-                              **calibration_extra(outcome.summary, config.threshold_rule)})
+                              **calibration_extra(outcome.summary, config.threshold_rule),
+                              **({REFERENCE_KEY: ood_reference} if ood_reference else {})})
     record = {"config": config.to_dict(), "train_images": train_keys, "val_images": val_keys, "stages": outcome.stages,
               "chosen_stage": outcome.chosen, "threshold": threshold, "seconds": round(seconds, 1)}
     metrics = [stage_metrics(outcome.stages, "stage{stage}.final_{key}"), {"seconds": seconds, "detection_threshold": threshold}]

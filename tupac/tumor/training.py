@@ -464,7 +464,7 @@ def training_ood_reference(contexts: list[SlideContext], mpp: float) -> dict[str
     The same few tissue tiles per slide at the model's resolution (``mpp``, µm/px) as the
     inference job measures (:func:`tupac.features.ood.slide_stats`), so the two compare like with like.
     """
-    from tupac.features.ood import reference_from_stats, slide_stats
+    from tupac.preprocess.ood_stats import reference_from_stats, slide_stats
 
     per_slide = []
     for ctx in contexts:
@@ -480,7 +480,7 @@ def _save_tumor(outcome: StageOutcome, root, out: Path, config: TumorTrainConfig
     ``extra``), ``training.json``, the tracked summary."""
     extra = {"threshold": outcome.summary["threshold"], "stage": outcome.chosen, "stages": outcome.stages}
     if ood_reference is not None:
-        from tupac.features.ood import REFERENCE_KEY
+        from tupac.preprocess.ood_stats import REFERENCE_KEY
 
         extra[REFERENCE_KEY] = ood_reference
     card = card_fields(train_ids, root, config.stain_method, config.seed, extra=extra)
