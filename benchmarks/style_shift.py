@@ -382,15 +382,29 @@ def area_error_by_center(per_slide: dict, data: Path) -> dict:
             for c, e in sorted(by.items())}
 
 
-def ood_flags(out: Path) -> dict | None:
-    """Slides the run's out-of-distribution check flagged (None where the table has no such column)."""
+def ood_flags(out: Path, data: Path) -> dict | None:
+    """Slides the run's out-of-distribution check flagged (``features/qc.csv``), by center, with
+    the statistics named in the reasons; None where the run has no such file."""
     import pandas as pd
 
-    t = pd.read_parquet(out / "features.parquet")
-    col = next((c for c in t.columns if c.endswith("ood") and t[c].dtype == bool), None)
-    if col is None:
+    qc = out / "features" / "qc.csv"
+    if not qc.is_file():
         return None
-    return {"column": col, "flagged": int(t[col].sum()), "of": len(t)}
+    t = pd.read_csv(qc).set_index("slide_id")
+    truth = json.loads((data / "truth" / "cohort.json").read_text())["slides"]
+    flagged = t.index[t["qc_ood"].fillna(0) > 0]
+    by_center: dict[str, list[int]] = {}
+    for sid in t.index:
+        by_center.setdefault(truth[sid]["center"], [0, 0])
+        by_center[truth[sid]["center"]][1] += 1
+        by_center[truth[sid]["center"]][0] += int(sid in flagged)
+    reasons = [r for v in t.loc[flagged, "qc_ood_reasons"].fillna("") for r in str(v).split("; ") if r]
+    stats = {}
+    for r in reasons:
+        key = r.split(" above ")[0].split(" below ")[0]
+        stats[key] = stats.get(key, 0) + 1
+    return {"flagged": len(flagged), "of": len(t), "by_center": {c: {"flagged": f, "of": n} for c, (f, n) in by_center.items()},
+            "statistics_named": stats, "example_reason": reasons[0] if reasons else None}
 
 
 def read_back(out: Path, data: Path, models: Path) -> dict:
@@ -407,7 +421,7 @@ def read_back(out: Path, data: Path, models: Path) -> dict:
         "mitosis_fields": held_out_fields(data, models),
         "fit": cp.quality(out),
         "stain_agreement_in_tumor": stain_agreement(data, models),
-        "ood": ood_flags(out),
+        "ood": ood_flags(out, data),
     }
     m, q = res["mitosis_slides"], res["fit"]
     res["targets"] = {
