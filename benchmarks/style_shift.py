@@ -88,6 +88,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "mitosis_two_stage": {"fit": {"ablation": True}, "mitosis": {"two_stage": True}},
     "stain_jitter_measured": {"fit": {"ablation": True}, "tumor": {"train": {"augment": {"stain_sigma": 0.10}}},
                               "mitosis": {"train": {"augment": {"stain_sigma": 0.10}}}},
+    # Focus blur in training: the styles blur by sigma 0.4-2.2 level-0 px; the mitosis network reads
+    # level 0 (0.25 um/px), the tumor network 4x coarser, so its largest sigma is a quarter.
+    "blur_augment": {"fit": {"ablation": True}, "tumor": {"train": {"augment": {"blur_sigma": 0.6}}},
+                     "mitosis": {"train": {"augment": {"blur_sigma": 2.4}}}},
 }
 """Config overrides per variant, by pipeline section (merged into ``cohort_pipeline.bench_config``)."""
 

@@ -1,4 +1,5 @@
-"""Batch augmentation on tensors: flips, 90-degree rotations, stain jitter in HED optical density.
+"""Batch augmentation on tensors: flips, 90-degree rotations, stain jitter in HED optical density,
+focus blur.
 
 Everything runs vectorized on the device the batch lives on, drawing from an explicit
 ``torch.Generator`` so that a seed fixes the result.
@@ -7,11 +8,18 @@ Stain jitter (Tellez et al. 2018 style): RGB -> optical density ``OD = -log((I +
 Lambert; the +1 keeps black finite) -> stain concentrations ``C = OD @ inv(M)`` with the Ruifrok-
 Johnston H, E, DAB matrix ``M`` (as in scikit-image) -> ``C' = C * alpha + beta`` per image and stain
 -> back to RGB. With ``alpha = 1, beta = 0`` it is the identity up to float rounding.
+
+Focus blur: scanners differ in focus, and a slide is rarely sharp everywhere (issue 17's styles
+blur by sigma 0.4-2.2 level-0 px). A chosen share of the images gets a Gaussian blur of a random
+sigma; every image's separable kernel is its own, applied in one grouped convolution per axis.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from tupac.train.config import AugmentConfig
 
@@ -60,10 +68,36 @@ def flip_rotate(x: torch.Tensor, generator: torch.Generator, flips: bool = True,
     return x
 
 
+def gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N, 2 * radius + 1) normalized 1-D Gaussian kernels; a sigma of 0 gives the identity kernel."""
+    t = torch.arange(-radius, radius + 1, device=sigmas.device, dtype=sigmas.dtype)
+    safe = sigmas.clamp_min(1e-6)[:, None]
+    k = torch.exp(-0.5 * (t[None, :] / safe) ** 2)
+    k = torch.where(sigmas[:, None] > 1e-3, k, (t[None, :] == 0).to(k.dtype))
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def focus_blur(x: torch.Tensor, max_sigma: float, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Blur a random ``share`` of the images of (N, C, H, W) ``x`` by a Gaussian of sigma uniform
+    in (0, ``max_sigma``] pixels (the others are left as they are); borders are reflected."""
+    n, c, h, w = x.shape
+    blurred = torch.rand(n, generator=generator, device=x.device) < share
+    sigmas = torch.rand(n, generator=generator, device=x.device) * max_sigma * blurred
+    radius = max(1, min(math.ceil(3 * max_sigma), (min(h, w) - 1) // 2))
+    k = gaussian_kernels(sigmas.to(x.dtype), radius).repeat_interleave(c, dim=0)  # (N*C, K)
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Apply ``cfg`` to a float batch (N, 3, S, S) in [0, 1]; returns a new tensor."""
     if cfg.flips or cfg.rot90:
         x = flip_rotate(x, generator, cfg.flips, cfg.rot90)
     if cfg.stain_sigma > 0 or cfg.stain_bias > 0:
         x = stain_jitter(x, cfg.stain_sigma, cfg.stain_bias, generator)
+    # Last and only when asked: a config without blur draws exactly the random numbers it drew before.
+    if cfg.blur_sigma > 0 and cfg.blur_share > 0:
+        x = focus_blur(x, cfg.blur_sigma, cfg.blur_share, generator)
     return x

@@ -35,7 +35,18 @@ class AugmentConfig:
     stain_bias: float = option(0.02, help="Additive jitter of each stain concentration (optical density units), "
                                           "uniform in [-bias, bias].")
 
+    # Off by default (issue 17's style-shift benchmark measures it: benchmarks/style_shift.py,
+    # variant blur_augment): the styles blur by sigma 0.4-2.2 level-0 px, which sharp training data
+    # never shows the networks.
+    blur_sigma: float = option(0.0, help="Largest sigma (pixels of the network's input) of a random Gaussian focus "
+                                         "blur; 0 disables it.")
+    blur_share: float = option(0.5, help="Share of the images blurred when blur_sigma > 0 (the rest stay sharp).")
+
     def __post_init__(self) -> None:
+        if not 0 <= self.blur_sigma <= 8:
+            raise ConfigError(f"augment.blur_sigma={self.blur_sigma}, expected in [0, 8] pixels")
+        if not 0 <= self.blur_share <= 1:
+            raise ConfigError(f"augment.blur_share={self.blur_share}, expected in [0, 1]")
         if not 0 <= self.stain_sigma < 1:
             raise ConfigError(f"augment.stain_sigma={self.stain_sigma}, expected in [0, 1)")
         if not 0 <= self.stain_bias < 1:
