@@ -35,6 +35,7 @@ from tupac.data.labels import read_labels
 from tupac.data.manifest import load_cohort
 from tupac.errors import ConfigError
 from tupac.feature_run import run_features
+from tupac.features import ALGORITHM_VERSION as FEATURES_ALGORITHM_VERSION
 from tupac.features.config import FeatureRunConfig
 from tupac.heatmaps.commit import is_committed, move_aside
 from tupac.heatmaps.store import store_path
@@ -390,7 +391,7 @@ class Pipeline:
             run_features(self.out, labels=labels if self.given_labels or labels.is_file() else None, slides=self.data,
                          models=self.models, config=cfg)
 
-        key = [k_infer, dataclasses.asdict(cfg)]
+        key = [k_infer, dataclasses.asdict(cfg), {"features_algorithm": FEATURES_ALGORITHM_VERSION}]
         if self.given_labels:
             # Only then: the key of a run on the dataset's own labels stays what it was before --labels.
             key.append(_files_fingerprint([labels]))

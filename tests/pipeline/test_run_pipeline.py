@@ -122,3 +122,16 @@ def test_second_run_does_no_work_and_a_deleted_slide_is_redone_alone(pipeline_ru
     assert after == others  # no other slide was recomputed
     last = json.loads((run / "pipeline" / "last.json").read_text())
     assert "train_tumor" not in last["ran"] and "train_mitosis" not in last["ran"] and "infer" in last["ran"]
+
+
+def test_features_made_by_an_older_algorithm_are_recomputed(pipeline_run, monkeypatch):
+    """A run whose feature table an older features algorithm made: the next `tupac run` recomputes the
+    table (and what depends on it), not the networks or the heatmaps."""
+    import tupac.pipeline
+
+    data, run, args = pipeline_run
+    monkeypatch.setattr(tupac.pipeline, "FEATURES_ALGORITHM_VERSION", tupac.pipeline.FEATURES_ALGORITHM_VERSION + 1)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    last = json.loads((run / "pipeline" / "last.json").read_text())
+    assert last["ran"][0] == "features" and "train_tumor" not in last["ran"] and "infer" not in last["ran"]

@@ -34,7 +34,14 @@ from __future__ import annotations
 from tupac.features.catalog import GROUPS, feature_dictionary, feature_list
 from tupac.features.dictionary import Feature, check_finite
 
+ALGORITHM_VERSION = 2
+"""Raised whenever a change makes the same heatmaps, slides and config give other features (2: issue
+17's MitosNet conv3 descriptors clustered on the fringe patches' mitoses, and the 1,024-wide general
+layer). ``tupac run``'s features stage keys on it, so a run made by older code recomputes its table
+instead of keeping features the current code would not give."""
+
 __all__ = [
+    "ALGORITHM_VERSION",
     "Feature",
     "GROUPS",
     "feature_dictionary",
