@@ -405,7 +405,7 @@ def ood_flags(out: Path, data: Path) -> dict | None:
     reasons = [r for v in t.loc[flagged, "qc_ood_reasons"].fillna("") for r in str(v).split("; ") if r]
     stats = {}
     for r in reasons:
-        key = r.split(" above ")[0].split(" below ")[0]
+        key = r.split(" above ")[0].split(" below ")[0].rsplit(" ", 1)[0]  # the statistic, without its value
         stats[key] = stats.get(key, 0) + 1
     return {"flagged": len(flagged), "of": len(t), "by_center": {c: {"flagged": f, "of": n} for c, (f, n) in by_center.items()},
             "statistics_named": stats, "example_reason": reasons[0] if reasons else None}
