@@ -92,6 +92,12 @@ VARIANTS: dict[str, dict[str, dict]] = {
     # level 0 (0.25 um/px), the tumor network 4x coarser, so its largest sigma is a quarter.
     "blur_augment": {"fit": {"ablation": True}, "tumor": {"train": {"augment": {"blur_sigma": 0.6}}},
                      "mitosis": {"train": {"augment": {"blur_sigma": 2.4}}}},
+    # JPEG re-encoding in training: the mitosis fields are lossless TIFFs, the slides JPEG-tiled (Q60-92).
+    "jpeg_augment": {"fit": {"ablation": True}, "tumor": {"train": {"augment": {"jpeg_min_quality": 50}}},
+                     "mitosis": {"train": {"augment": {"jpeg_min_quality": 50}}}},
+    "blur_jpeg_augment": {"fit": {"ablation": True},
+                          "tumor": {"train": {"augment": {"blur_sigma": 0.6, "jpeg_min_quality": 50}}},
+                          "mitosis": {"train": {"augment": {"blur_sigma": 2.4, "jpeg_min_quality": 50}}}},
 }
 """Config overrides per variant, by pipeline section (merged into ``cohort_pipeline.bench_config``)."""
 

@@ -57,3 +57,25 @@ def test_full_share_blurs_every_image_and_bad_options_are_refused():
     for bad in ({"blur_sigma": -1}, {"blur_sigma": 9}, {"blur_share": 1.5}):
         with pytest.raises(ConfigError, match="blur"):
             AugmentConfig(**bad)
+
+
+def _blockiness(x: torch.Tensor) -> float:
+    """Mean jump across 8-px block borders minus the mean jump elsewhere (JPEG's signature)."""
+    d = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))
+    border = torch.arange(d.numel()) % 8 == 7
+    return float(d[border].mean() - d[~border].mean())
+
+
+def test_jpeg_augmentation_compresses_the_chosen_share_seeded():
+    from tupac.train.augment import jpeg_compress
+
+    # Smooth images (blurred noise): block artifacts then stand out.
+    x = focus_blur(_batch(n=32, s=64), 3.0, 1.0, torch.Generator().manual_seed(0))
+    y = jpeg_compress(x, 10, 0.5, torch.Generator().manual_seed(4))
+    assert torch.equal(y, jpeg_compress(x, 10, 0.5, torch.Generator().manual_seed(4)))
+    changed = np.array([not torch.equal(a, b) for a, b in zip(x, y)])
+    assert 0.2 < changed.mean() < 0.8
+    assert _blockiness(y[torch.from_numpy(changed)]) > _blockiness(x[torch.from_numpy(changed)]) + 1e-3
+    assert AugmentConfig().jpeg_min_quality == 0
+    with pytest.raises(ConfigError, match="jpeg_min_quality"):
+        AugmentConfig(jpeg_min_quality=99)

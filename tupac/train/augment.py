@@ -1,5 +1,5 @@
 """Batch augmentation on tensors: flips, 90-degree rotations, stain jitter in HED optical density,
-focus blur.
+focus blur, JPEG compression.
 
 Everything runs vectorized on the device the batch lives on, drawing from an explicit
 ``torch.Generator`` so that a seed fixes the result.
@@ -12,6 +12,11 @@ Johnston H, E, DAB matrix ``M`` (as in scikit-image) -> ``C' = C * alpha + beta`
 Focus blur: scanners differ in focus, and a slide is rarely sharp everywhere (issue 17's styles
 blur by sigma 0.4-2.2 level-0 px). A chosen share of the images gets a Gaussian blur of a random
 sigma; every image's separable kernel is its own, applied in one grouped convolution per axis.
+
+JPEG compression: slides are JPEG-tiled (quality 60-92 in the styles, often 70-80 in scanners) while
+the mitosis fields a detector trains on are lossless TIFFs, so the network never sees block
+artifacts it meets on every slide. A chosen share of the images is encoded and decoded at a random
+quality (libjpeg through Pillow, on the CPU, one image at a time: patches are small).
 """
 
 from __future__ import annotations
@@ -91,6 +96,29 @@ def focus_blur(x: torch.Tensor, max_sigma: float, share: float, generator: torch
     return y.reshape(n, c, h, w)
 
 
+def jpeg_compress(x: torch.Tensor, min_quality: int, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Encode and decode a random ``share`` of the images of (N, 3, H, W) ``x`` in [0, 1] as JPEG at a
+    quality uniform in [``min_quality``, 95]; the others are returned unchanged (the rounding to
+    8 bits a JPEG implies is applied only to the compressed ones)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    n = x.shape[0]
+    dev = generator.device  # draws on the generator's device (the batch's), as the other steps do
+    hit = (torch.rand(n, generator=generator, device=dev) < share).tolist()
+    quality = torch.randint(min_quality, 96, (n,), generator=generator, device=dev).tolist()
+    out = x.clone()
+    for i in (i for i in range(n) if hit[i]):
+        u8 = (x[i].detach().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(u8).save(buf, format="JPEG", quality=int(quality[i]))
+        back = np.asarray(Image.open(buf).convert("RGB"))
+        out[i] = torch.from_numpy(back.copy()).permute(2, 0, 1).to(x.device, x.dtype) / 255.0
+    return out
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Apply ``cfg`` to a float batch (N, 3, S, S) in [0, 1]; returns a new tensor."""
     if cfg.flips or cfg.rot90:
@@ -100,4 +128,6 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     # Last and only when asked: a config without blur draws exactly the random numbers it drew before.
     if cfg.blur_sigma > 0 and cfg.blur_share > 0:
         x = focus_blur(x, cfg.blur_sigma, cfg.blur_share, generator)
+    if cfg.jpeg_min_quality > 0 and cfg.jpeg_share > 0:
+        x = jpeg_compress(x, cfg.jpeg_min_quality, cfg.jpeg_share, generator)
     return x

@@ -41,12 +41,21 @@ class AugmentConfig:
     blur_sigma: float = option(0.0, help="Largest sigma (pixels of the network's input) of a random Gaussian focus "
                                          "blur; 0 disables it.")
     blur_share: float = option(0.5, help="Share of the images blurred when blur_sigma > 0 (the rest stay sharp).")
+    # Off by default, measured like the blur (variant jpeg_augment): training fields are lossless,
+    # slides JPEG-tiled.
+    jpeg_min_quality: int = option(0, help="Lowest quality (1-95) of a random JPEG re-encoding of the images; 0 "
+                                           "disables it.")
+    jpeg_share: float = option(0.5, help="Share of the images JPEG re-encoded when jpeg_min_quality > 0.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.blur_sigma <= 8:
             raise ConfigError(f"augment.blur_sigma={self.blur_sigma}, expected in [0, 8] pixels")
         if not 0 <= self.blur_share <= 1:
             raise ConfigError(f"augment.blur_share={self.blur_share}, expected in [0, 1]")
+        if not (self.jpeg_min_quality == 0 or 1 <= self.jpeg_min_quality <= 95):
+            raise ConfigError(f"augment.jpeg_min_quality={self.jpeg_min_quality}, expected 0 (off) or 1-95")
+        if not 0 <= self.jpeg_share <= 1:
+            raise ConfigError(f"augment.jpeg_share={self.jpeg_share}, expected in [0, 1]")
         if not 0 <= self.stain_sigma < 1:
             raise ConfigError(f"augment.stain_sigma={self.stain_sigma}, expected in [0, 1)")
         if not 0 <= self.stain_bias < 1:
