@@ -38,6 +38,7 @@ from tupac.feature_run import run_features
 from tupac.features import ALGORITHM_VERSION as FEATURES_ALGORITHM_VERSION
 from tupac.features.config import FeatureRunConfig
 from tupac.heatmaps.commit import is_committed, move_aside
+from tupac.heatmaps.prepare import CardInfo
 from tupac.heatmaps.store import store_path
 from tupac.infer.job import JobConfig, run_job
 from tupac.mitosis.training import MitosisTrainConfig
@@ -350,7 +351,9 @@ class Pipeline:
         if self.given_models:
             if not (model_dir / "card.json").is_file():
                 raise ConfigError(f"{model_dir}: --models was given but has no trained {task} model (card.json)")
-            return weights_hash(model_dir)
+            # The weights and what of the card decides the outputs (a new threshold on the same
+            # weights is new inference work: CardInfo.output_params).
+            return _digest([weights_hash(model_dir), CardInfo.from_dir(task, model_dir).output_params()])
         cfg = self.config.tumor_config() if task == "tumor" else self.config.mitosis_config()
 
         key_parts = [data_fp, cfg.to_dict()]

@@ -407,3 +407,26 @@ def test_changed_output_options_recompute_and_same_options_skip(local_ray, model
 
     third = run_job(entries, dilated, progress=_quiet)
     assert third["skipped"] == [sid] and not third["superseded"]
+
+
+def test_a_new_threshold_on_the_same_weights_recomputes(local_ray, models, cohort, tmp_path):
+    """Another threshold rule can leave the weights as they were and change only the card: the slides
+    detected at the old threshold are not adopted as done."""
+    from tupac.data.manifest import load_cohort
+    from tupac.heatmaps import read_commit
+    from tupac.infer.job import run_job
+
+    entries = load_cohort(data=cohort)[:1]
+    sid = entries[0].slide_id
+    run = tmp_path / "run"
+    assert run_job(entries, _cfg(models, run), progress=_quiet)["ok"]
+    old = read_commit(run / "slides" / f"{sid}.zarr").extra["model_params"]["mitosis"]["threshold"]
+
+    moved = tmp_path / "models"
+    shutil.copytree(models, moved)
+    card = json.loads((moved / "mitosis" / "card.json").read_text())
+    card["detection_threshold"] = round(old / 2, 6)
+    (moved / "mitosis" / "card.json").write_text(json.dumps(card))
+    again = run_job(entries, _cfg(moved, run), progress=_quiet)
+    assert again["done"] == [sid] and again["skipped"] == [] and len(again["superseded"]) == 1
+    assert read_commit(run / "slides" / f"{sid}.zarr").extra["model_params"]["mitosis"]["threshold"] == round(old / 2, 6)

@@ -60,6 +60,15 @@ class CardInfo:
             method = stain.StainReference.load(Path(model_dir) / card.stain_reference).method
         return cls(task, card, method if card.stain_reference else None, card.decision_threshold, weights_hash(model_dir))
 
+    def output_params(self) -> dict[str, Any]:
+        """What of the card, besides the weights, decides the outputs: the threshold (tumor regions,
+        hence where the mitosis stage looks; mitosis detections) and the detector's smoothing and
+        suppression. A card whose threshold changed (another threshold rule on the same weights)
+        must not leave the outputs of the old one standing as done."""
+        extra = self.card.extra or {}
+        return {"threshold": float(self.threshold), "sigma_px": extra.get("sigma_px"),
+                "nms_radius_px": extra.get("nms_radius_px")}
+
     @classmethod
     def from_trained(cls, task: str, trained) -> "CardInfo":
         """From a loaded :class:`tupac.models.trained.TrainedModel`."""

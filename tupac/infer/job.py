@@ -365,6 +365,7 @@ class _Driver:
         mitosis_windows = s.extra.pop("_mitosis_windows", None) if "mitosis" in self.cards else None
         extra = {**s.extra, "windows": s.windows, "backend": s.plan.backend, "tissue_fraction": s.plan.tissue_fraction,
                  "job_params": self.cfg.output_params(),
+                 "model_params": {t: c.output_params() for t, c in self.cards.items()},
                  "tumor_threshold": self.cards["tumor"].threshold,
                  # Committed like any slide (its empty heatmaps are its true result), but said so: the
                  # features stage gives it a flagged row of missing values instead of stopping.
@@ -672,8 +673,11 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
     cards = {t: CardInfo.from_dir(t, d) for t, d in found.items()}
     models = {f"{t}:{c.card.name}": c.weights_sha256 for t, c in cards.items()}
     params = cfg.output_params()
-    # The ledger plans with the models and the output options together (JobConfig.output_params).
-    mfp = models_fingerprint({**models, **{f"job:{k}": json.dumps(v) for k, v in params.items()}})
+    model_params = {t: c.output_params() for t, c in cards.items()}
+    # The ledger plans with the models, their cards' output parameters (CardInfo.output_params) and
+    # the output options (JobConfig.output_params) together: a change in any of them is new work.
+    mfp = models_fingerprint({**models, **{f"job:{k}": json.dumps(v) for k, v in params.items()},
+                              **{f"card:{t}": json.dumps(v, sort_keys=True) for t, v in model_params.items()}})
     cfg.out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(cfg.out)
     try:
@@ -690,7 +694,7 @@ def _run_job_locked(entries: Sequence[Any], cfg: JobConfig, progress, say) -> di
             except Exception:
                 return False
             if rec.input.key != fps[sid] or rec.models_fp != models_fingerprint(models) \
-                    or rec.extra.get("job_params", {}) != params:
+                    or rec.extra.get("job_params", {}) != params or rec.extra.get("model_params") != model_params:
                 return False
             # Never adopt a store whose chunks are not the ones its record vouches for.
             problem = verify_committed(path)
