@@ -7,6 +7,7 @@ Every run's heatmaps and detections are compared bitwise with a clean local run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,9 +55,20 @@ def clean(models, cohort, tmp_path_factory) -> dict:
     return output_digests(run)
 
 
+def _connect(run: Path) -> contextlib.closing:
+    """A connection closed on leaving the block (sqlite3's own context manager only commits).
+
+    Read-write, as the job opens the ledger: after a writer is killed, the first connection rebuilds
+    the WAL index from the log, which a read-only one may not be allowed to do; and no connection of
+    this process may stay open past its read (it would keep the next reader on the old index)."""
+    return contextlib.closing(sqlite3.connect(run / "ledger.sqlite", timeout=5))
+
+
 def _states(run: Path) -> dict[str, tuple[str, int]]:
+    if not (run / "ledger.sqlite").is_file():
+        return {}  # never create it before the job does
     try:
-        with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=5) as c:
+        with _connect(run) as c:
             return {r[0]: (r[1], r[2]) for r in c.execute("SELECT slide_id, state, attempts FROM slides")}
     except sqlite3.Error:
         return {}
@@ -64,7 +76,7 @@ def _states(run: Path) -> dict[str, tuple[str, int]]:
 
 def _rows(run: Path) -> list[tuple]:
     """Every ledger row (for a failure message): what happened to each slide, when and where."""
-    with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=5) as c:
+    with _connect(run) as c:
         return c.execute("SELECT slide_id, state, attempts, started, finished, pid, error FROM slides").fetchall()
 
 
