@@ -447,6 +447,26 @@ def read_back(out: Path, data: Path, models: Path) -> dict:
     return res
 
 
+def markdown_table(results: dict) -> str:
+    """The README's table: one row per variant, each target's figure with a check mark when met."""
+    def mark(entry: dict, name: str, fmt: str) -> str:
+        value, met = entry["targets"][name]
+        return f"{value:{fmt}} {'✓' if met else '✗'}"
+
+    head = ("| variant | tumor AUROC / Dice | median abs. tumor area error | mitosis precision | recall | FP/mm² "
+            "max/min across centers | count Spearman | fields F1 | grade kappa | RNA Spearman | OOD flagged |")
+    rows = [head, "|" + "---|" * 11]
+    for name, e in results.items():
+        t, f, q, o = e["tumor"], e["mitosis_fields"], e["fit"], e.get("ood")
+        rows.append(
+            f"| {name} | {t['pixel_auroc']:.3f} / {t['dice']:.3f} | {mark(e, 'median_abs_tumor_area_error', '.3f')} | "
+            f"{mark(e, 'mitosis_precision', '.3f')} | {mark(e, 'mitosis_recall', '.3f')} | "
+            f"{mark(e, 'fp_per_mm2_ratio_across_centers', '.2f')} | {mark(e, 'count_spearman', '.3f')} | "
+            f"{f['f1']:.3f} | {mark(e, 'grade_kappa', '.3f')} | {q['rna_spearman']:.3f} | "
+            f"{'-' if not o else str(o['flagged']) + ' / ' + str(o['of'])} |")
+    return "\n".join(rows)
+
+
 def _git_head() -> str | None:
     import subprocess
 
@@ -472,7 +492,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="Delete the variant's run folder first (models are kept).")
     ap.add_argument("--from-variant", help="Start from a copy of this variant's run folder (unchanged stages are skipped).")
+    ap.add_argument("--table", action="store_true", help="Print the README table of the results file and exit.")
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(RESULT.read_text())))
+        return
 
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
