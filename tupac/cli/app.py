@@ -62,6 +62,8 @@ RUN_FOLDER_OPTIONS: dict[str, RunFolder] = {
     "report": RunFolder("--run"),
     "export-qupath": RunFolder("--run"),
     "mlflow-ui": RunFolder("--run"),
+    # A run over the training cohort, read for its statistics: its logs/ is where a crash belongs.
+    "ood-reference": RunFolder("--run"),
 }
 
 
