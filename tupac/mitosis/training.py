@@ -50,7 +50,7 @@ from tupac.mitosis.sampling import candidate_nuclei, extract_patches, hard_negat
 from tupac.mitosis.scoring import TUPAC_RADIUS_PX, score_images
 from tupac.models import create_model, list_models, save_model
 from tupac.preprocess import stain
-from tupac.preprocess.ood_stats import REFERENCE_KEY, reference_from_inputs
+from tupac.preprocess.ood_stats import REFERENCE_KEY, image_stats, reference_from_stats
 from tupac.train import PatchDataset, train
 from tupac.train.config import TrainConfig
 from tupac.train.tracking import flatten_params
@@ -569,7 +569,7 @@ def train_mitosis(
     seconds = time.perf_counter() - t_start
     # The training fields' raw stain and texture statistics: the reference the job's
     # out-of-distribution check compares each slide with (tupac.features.ood).
-    ood_ref = reference_from_inputs([by_key[k].path for k in train_keys], mpp=0.0, images=True)
+    ood_ref = reference_from_stats(image_stats([read_image(by_key[k].path)]) for k in train_keys)
     _save_mitosis(outcome, root, out, config, stain_reference.method, (train_keys, val_keys), threshold, seconds,
                   tracker, ref_path, ood_ref)
     say(f"done in {seconds:.0f} s: stage {outcome.chosen} chosen, threshold {threshold:.3f}, "

@@ -64,6 +64,7 @@ from tupac.errors import ConfigError, DatasetLayoutError
 from tupac.heatmaps.engine import heatmap_to_array
 from tupac.models import create_model, list_models, model_device, to_device_input
 from tupac.preprocess import stain
+from tupac.preprocess.ood_stats import REFERENCE_KEY, reference_from_stats, slide_stats
 from tupac.preprocess.tissue import slide_tissue_mask
 from tupac.slide import open_slide
 from tupac.train import PatchDataset, binary_metrics, train
@@ -462,10 +463,8 @@ def training_ood_reference(contexts: list[SlideContext], mpp: float) -> dict[str
     out-of-distribution check at inference (:mod:`tupac.features.ood`; kept in ``card.extra``).
 
     The same few tissue tiles per slide at the model's resolution (``mpp``, µm/px) as the
-    inference job measures (:func:`tupac.features.ood.slide_stats`), so the two compare like with like.
+    inference job measures (:func:`tupac.preprocess.ood_stats.slide_stats`), so the two compare like with like.
     """
-    from tupac.preprocess.ood_stats import reference_from_stats, slide_stats
-
     per_slide = []
     for ctx in contexts:
         with open_slide(ctx.path, mpp=ctx.slide_mpp) as reader:
@@ -480,8 +479,6 @@ def _save_tumor(outcome: StageOutcome, root, out: Path, config: TumorTrainConfig
     ``extra``), ``training.json``, the tracked summary."""
     extra = {"threshold": outcome.summary["threshold"], "stage": outcome.chosen, "stages": outcome.stages}
     if ood_reference is not None:
-        from tupac.preprocess.ood_stats import REFERENCE_KEY
-
         extra[REFERENCE_KEY] = ood_reference
     card = card_fields(train_ids, root, config.stain_method, config.seed, extra=extra)
     record = {"config": config.to_dict(), "train_slides": train_ids, "val_slides": val_ids, "stages": outcome.stages,
