@@ -58,11 +58,11 @@ from tupac.heatmaps.ledger import Ledger
 from tupac.heatmaps.prepare import CardInfo
 from tupac.heatmaps.store import detections_path, store_path, verify_committed
 from tupac.infer.actors import ModelActor, WindowBatch, model_dirs, use_stain_lut
+from tupac.infer.cluster import connect_ray
 from tupac.infer.progress import CohortProgress
 from tupac.infer.slide_task import call_safely, detection_params, finalize_slide, prepare_slide, tumor_regions
 from tupac.runlock import run_lock
 from tupac.slide.factory import BACKENDS
-from tupac.slide.quiet import route_cufile_log
 
 __all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
 
@@ -553,46 +553,10 @@ class _Driver:
 
 
 def _init_ray(cfg: JobConfig):
-    """Connect to the given Ray (or start a local one); returns (started_here, dashboard_url).
-
-    The workers' cuCIM writes cuFile's log to ``RUN/logs/cufile.log``, never to their current
-    folder: a local Ray inherits this process's environment, a cluster's workers get the variable
-    through ``runtime_env`` (left out when the user set it: it might be the job's own runtime_env,
-    which Ray refuses to see redefined).
-    """
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return False, _dashboard_url()
-    cufile_env = route_cufile_log(cfg.out / "logs")
-    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
-    if cfg.address or os.environ.get("RAY_ADDRESS"):
-        if cufile_env:
-            kwargs["runtime_env"] = {"env_vars": cufile_env}
-        ctx = ray.init(address=cfg.address, **kwargs)
-    else:
-        if cfg.local_cpus is not None:
-            kwargs["num_cpus"] = cfg.local_cpus
-        if cfg.object_store_mb is not None:
-            kwargs["object_store_memory"] = int(cfg.object_store_mb) * 1024**2
-        if cfg.include_dashboard is not None:
-            kwargs["include_dashboard"] = cfg.include_dashboard
-        if cfg.local_temp_dir:
-            kwargs["_temp_dir"] = str(cfg.local_temp_dir)
-        ctx = ray.init(**kwargs)
-    url = getattr(ctx, "dashboard_url", None) or _dashboard_url()
-    return True, url
-
-
-def _dashboard_url() -> str | None:
-    try:
-        from ray._private.worker import get_dashboard_url
-
-        return get_dashboard_url() or None
-    except Exception:
-        return None
+    """Connect to the given Ray (or start a local one); returns (started_here, dashboard_url)."""
+    return connect_ray(cfg.address, log_dir=cfg.out / "logs", local_cpus=cfg.local_cpus,
+                       object_store_mb=cfg.object_store_mb, include_dashboard=cfg.include_dashboard,
+                       temp_dir=cfg.local_temp_dir)
 
 
 def _actor_plan(cfg: JobConfig) -> tuple[int, float, int]:
