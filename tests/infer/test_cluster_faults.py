@@ -19,22 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from ray_nodes import NO_AUTH, RAY, free_port, ray_cli, short_temp, stop_cluster
 from test_job_support import PY, ROOT, infer_cli, local_args, make_cohort, make_models, output_digests
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(PY).with_name("ray"))
-# Loopback-only test clusters: no token authentication (Ray >= 2.5x enables it on `ray start --head`,
-# and a worker node or driver started from another shell would need the token propagated).
-NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
-# A job's entrypoint (`python jobs/...`) runs with the head's PATH: put this environment's python first,
-# as a cluster image does.
-VENV_PATH = {"PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +121,7 @@ def test_model_actor_killed_mid_slide(models, cohort, clean, tmp_path):
 
 def test_driver_killed_mid_cohort_then_resumed(models, cohort, clean, tmp_path):
     run = tmp_path / "run"
-    temp = _short_temp()  # the killed driver's local Ray is stopped by this folder afterwards
+    temp = short_temp()  # the killed driver's local Ray is stopped by this folder afterwards
     proc = _spawn(local_args(models, run, data=cohort) + ["--local-temp-dir", str(temp)])
     try:
         _wait(lambda: sum(st == "DONE" for st, _ in _states(run).values()) >= 1, 600, "a first slide DONE", proc)
@@ -142,7 +130,7 @@ def test_driver_killed_mid_cohort_then_resumed(models, cohort, clean, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        _stop_cluster(temp)
+        stop_cluster(temp)
     before = _states(run)
     before_rows = _rows(run)
     done_before = {sid for sid, (st, _) in before.items() if st == "DONE"}
@@ -166,62 +154,24 @@ def test_driver_killed_mid_cohort_then_resumed(models, cohort, clean, tmp_path):
 
 
 # -- multi-node ------------------------------------------------------------------------------
-def _stop_cluster(temp: Path) -> None:
-    """Stop the Ray processes of *this* cluster only (their command lines name its temp dir);
-    ``ray stop`` would also stop other people's Ray on a shared machine."""
-    import shutil
-
-    def ours() -> list[int]:
-        pids = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if str(temp) in cmd and int(d.name) != os.getpid():
-                    pids.append(int(d.name))
-        return pids
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        time.sleep(2)
-    shutil.rmtree(temp, ignore_errors=True)
-
-
-def _short_temp() -> Path:
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="tr", dir="/tmp"))  # Ray's socket paths must stay short
-
-
-def _ray(*args, env=None, timeout=180):
-    return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **NO_AUTH, **VENV_PATH, **(env or {})})
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Head (1 CPU, no GPU) + 2 worker nodes (1 CPU, 1 GPU each) on this machine."""
-    port = _free_port()
-    temp = _short_temp()
+    port = free_port()
+    temp = short_temp()
     env = {"RAY_object_store_memory": str(200 * 1024**2)}
-    head = _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+    head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
                 f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats", env=env)
     assert head.returncode == 0, head.stderr[-2000:]
     address = f"127.0.0.1:{port}"
     try:
         for _ in range(2):
-            w = _ray("start", f"--address={address}", "--num-cpus=1", "--num-gpus=1",
+            w = ray_cli("start", f"--address={address}", "--num-cpus=1", "--num-gpus=1",
                      "--object-store-memory=200000000", "--disable-usage-stats", env=env)
             assert w.returncode == 0, w.stderr[-2000:]
         yield address
     finally:
-        _stop_cluster(temp)
+        stop_cluster(temp)
 
 
 def _cluster_args(models, run, cohort, address):
@@ -266,10 +216,10 @@ def test_multi_node_gpu_pinning_and_a_worker_node_killed(models, cohort, clean, 
 
 
 def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
-    port, dash = _free_port(), _free_port()
-    temp = _short_temp()
-    head = _ray("start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
-                f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp}",
+    port, dash = free_port(), free_port()
+    temp = short_temp()
+    head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+                f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}",
                 "--object-store-memory=200000000",
                 "--disable-usage-stats")
     assert head.returncode == 0, head.stderr[-2000:]
@@ -293,7 +243,7 @@ def test_ray_job_submit_against_a_local_head(models, cohort, clean, tmp_path):
         assert _done(run)["counts"]["DONE"] == 3
         assert output_digests(run) == clean
     finally:
-        _stop_cluster(temp)
+        stop_cluster(temp)
 
 
 @pytest.mark.parametrize("delay_s", [0.0, 2.0, 5.0])

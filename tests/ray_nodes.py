@@ -1,0 +1,69 @@
+"""Real Ray clusters on this machine for tests: ``ray start`` heads and worker nodes, each cluster in its
+own short temp folder, stopped by killing only its own processes.
+
+Loopback-only test clusters run without token authentication (Ray >= 2.5x enables it on
+``ray start --head``, and a worker node or driver started from another shell would need the token
+propagated): pass :data:`NO_AUTH` in the environment of every process that talks to one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PY = sys.executable
+RAY = str(Path(PY).with_name("ray"))
+NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
+# A job's entrypoint (`python jobs/...`) and a fake autoscaler's nodes run with the head's PATH: put this
+# environment's python and ray first, as a cluster image does.
+VENV_PATH = {"PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_temp() -> Path:
+    """A new temp folder under /tmp: Ray's socket paths (temp/session_*/sockets/...) must stay short."""
+    return Path(tempfile.mkdtemp(prefix="tr", dir="/tmp"))
+
+
+def ray_cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``ray ARGS`` with this environment's ray, without authentication."""
+    return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **NO_AUTH, **VENV_PATH, **(env or {})})
+
+
+def stop_cluster(temp: Path) -> None:
+    """Stop the Ray processes of *this* cluster only (their command lines name its temp dir);
+    ``ray stop`` would also stop other people's Ray on a shared machine."""
+    import shutil
+
+    def ours() -> list[int]:
+        pids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if str(temp) in cmd and int(d.name) != os.getpid():
+                    pids.append(int(d.name))
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(2)
+    shutil.rmtree(temp, ignore_errors=True)
