@@ -572,3 +572,22 @@ tupac rum --data d && ray up c.yaml --yes
         "`tupac rum` is not a command",
     ]), problems
     assert ("ray", "up") in seen and ("ray", "exec") in seen
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_make_image_builds_the_tag_the_cluster_files_name(variant: str, tmp_path: Path, cluster: dict) -> None:
+    """`make image VARIANT=...` runs `docker build` (a stand-in here) with the variant and the tag
+    that ray_cluster.yaml and the KubeRay files use."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    fake = tmp_path / "docker"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+    fake.chmod(0o755)
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), "image", f"VARIANT={variant}"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr
+    image = cluster["docker"]["image"] + ("-cpu" if variant == "cpu" else "")
+    assert (tmp_path / "calls").read_text().split() == [
+        "build", "-f", "infra/Dockerfile", "--build-arg", f"VARIANT={variant}", "-t", image, "."]
