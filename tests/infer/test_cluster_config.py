@@ -591,3 +591,38 @@ def test_make_image_builds_the_tag_the_cluster_files_name(variant: str, tmp_path
     image = cluster["docker"]["image"] + ("-cpu" if variant == "cpu" else "")
     assert (tmp_path / "calls").read_text().split() == [
         "build", "-f", "infra/Dockerfile", "--build-arg", f"VARIANT={variant}", "-t", image, "."]
+
+
+# Runs in a child process that cannot import cuCIM or CuPy and whose package metadata does not list
+# them: the CPU image's situation.
+_NO_CUCIM = r"""
+import importlib.abc, importlib.metadata as md, sys
+BLOCKED = ("cucim", "cupy", "cupyx", "cupy_backends")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+_version = md.version
+def version(dist):
+    if dist.lower().startswith(("cucim", "cupy")):
+        raise md.PackageNotFoundError(dist)
+    return _version(dist)
+md.version = version
+import tupac.cli, tupac.pipeline, tupac.infer.actors  # the run command, the stages, the GPU actors
+from tupac.slide import open_slide
+with open_slide(sys.argv[1]) as reader:
+    region = reader.read_region((0, 0), 0, (64, 48))
+    print(reader.backend, region.shape, region.dtype)
+assert not any(m.split(".")[0] in BLOCKED for m in sys.modules), "cuCIM was imported"
+"""
+
+
+def test_cpu_variant_runs_without_cucim() -> None:
+    """The CPU image leaves cuCIM out (infra/requirements.py): tupac's pipeline, jobs and actors
+    import without it and slides open with OpenSlide."""
+    slide = ROOT / "tests" / "fixtures" / "real" / "cmu-1-small-region.svs"
+    out = subprocess.run([sys.executable, "-c", _NO_CUCIM, str(slide)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-2] == "openslide (48, 64, 3) uint8", out.stdout
