@@ -457,8 +457,7 @@ class _Driver:
             self.ever_ready = True
             if first and self.plan.waits:  # on a cluster that grows, say where each actor came up
                 up = sum(b.state == "ready" for b in self.actors)
-                self.say(f"model actor {i} ready on node {str(value.get('node_id', '?'))[:12]} "
-                         f"({up} of {len(self.actors)} ready)")
+                self.say(f"model actor {i} ready on node {value.get('node_id', '?')} ({up} of {len(self.actors)} ready)")
             self._write_actors()
         else:
             # Still restarting (or its node is gone): ask again; Ray restarts it when it can.
