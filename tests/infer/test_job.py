@@ -442,7 +442,7 @@ def _plan(resources, n_slides=3, autoscaler=False, **kw):
 def test_plan_on_a_fixed_cluster_follows_what_is_up():
     # The local default: 2 CPUs -> one CPU actor with 2 torch threads (what the digests of the other tests rely on).
     p = _plan({"CPU": 2.0})
-    assert (p.n, p.gpus, p.cpus, p.threads, p.waits, p.notes) == (1, 0.0, 1.0, 2, False, ())
+    assert (p.n, p.gpus, p.cpus, p.threads, p.waits, p.elastic, p.notes) == (1, 0.0, 1.0, 2, False, False, ())
     assert _plan({"CPU": 8.0}, n_slides=50).n == 4  # CPUs / 2, whatever the cohort
     p = _plan({"CPU": 3.0, "GPU": 2.0}, n_slides=50)  # the multi-node test's cluster: one actor per GPU
     assert (p.n, p.gpus, p.threads, p.waits) == (2, 1.0, 1, False)
@@ -454,7 +454,7 @@ def test_plan_on_an_empty_cluster_asks_for_gpu_actors_from_the_options_and_the_c
     head = {"memory": 1e10, "object_store_memory": 1e8}
     for autoscaler in (True, False):
         p = _plan(head, n_slides=3, autoscaler=autoscaler)
-        assert (p.n, p.gpus, p.cpus, p.waits) == (3, 1.0, 1.0, True)
+        assert (p.n, p.gpus, p.cpus, p.waits, p.elastic) == (3, 1.0, 1.0, True, True)
         assert any("--num-gpus-per-actor 0" in note for note in p.notes)
     assert _plan(head, n_slides=100, autoscaler=True).n == 8  # --max-actors' default caps the ask
     assert _plan(head, n_slides=100, autoscaler=True, max_actors=2).n == 2
@@ -469,7 +469,7 @@ def test_plan_on_an_empty_cluster_asks_for_gpu_actors_from_the_options_and_the_c
 def test_plan_on_an_autoscaling_cluster_asks_for_more_than_is_up():
     # One GPU worker up of an autoscaling group: the cohort, not the one node, sizes the ask.
     p = _plan({"CPU": 2.0, "GPU": 1.0}, n_slides=5, autoscaler=True)
-    assert (p.n, p.gpus, p.waits) == (5, 1.0, False)
+    assert (p.n, p.gpus, p.waits, p.elastic) == (5, 1.0, False, True)
     assert any("--actors" in note for note in p.notes)
     assert _plan({"CPU": 64.0, "GPU": 16.0}, n_slides=5, autoscaler=True).n == 16  # never fewer than fit
     # A CPU head and no GPU up: CPU actors, and the user is told how to ask for GPU nodes.

@@ -23,6 +23,13 @@ Why this shape (see also :mod:`tupac.infer.actors`):
   driver re-queues its batches on the live actors, up to ``batch_retries`` times per batch, after
   which the slide fails ("the actor died N times on this batch": a crashing decoder). The ledger
   lives in the driver only (SQLite WAL wants one machine).
+- Clusters that grow (issue 19): an autoscaler starts only the nodes that pending work asks for, so
+  on an autoscaling or empty cluster (a ``CPU: 0`` head, GPU workers at ``min_workers: 0``) the
+  actors are sized from the options and the cohort (:func:`plan_actors`), and their resource
+  requests are the demand the autoscaler scales up for. While no actor is ready the driver says every
+  :data:`WAIT_NOTE_S` what it asked for, what is up and what the autoscaler does, and fails the
+  waiting slides after the placement timeout (``actor_timeout_s``). Actors placed later, on nodes
+  that join, take work as soon as they answer their ping; a node that leaves is an actor death.
 - Resume: the ledger's plan skips DONE slides whose input and model fingerprints match; a store
   that is already committed with the same fingerprints (driver killed between commit and ledger
   update) is adopted without recomputation.
@@ -311,7 +318,11 @@ class _Driver:
     def actor_options(self) -> dict[str, Any]:
         """Ray options of every model actor: the plan's resources, which are also what an autoscaler
         sees as the pending actors' demand and starts nodes for; restarted without limit (a node that
-        leaves takes its actor along, which Ray then places on a node that is up or joins)."""
+        leaves takes its actor along, which Ray then places on a node that is up or joins).
+
+        The demand is the actors' own, not ``ray.autoscaler.sdk.request_resources``: a request outlives
+        the driver (a killed job would keep its GPU nodes up until someone clears it), while a pending
+        actor's demand ends with the job."""
         return {"num_gpus": self.plan.gpus, "num_cpus": self.plan.cpus, "max_restarts": -1, "max_task_retries": 0,
                 "max_concurrency": self.cfg.actor_concurrency}
 
@@ -455,7 +466,7 @@ class _Driver:
             first = a.info is None
             a.state, a.info, a.inflight, a.exclusive = "ready", value, 0, False
             self.ever_ready = True
-            if first and self.plan.waits:  # on a cluster that grows, say where each actor came up
+            if first and self.plan.elastic:  # on a cluster that grows, say where each actor came up
                 up = sum(b.state == "ready" for b in self.actors)
                 self.say(f"model actor {i} ready on node {value.get('node_id', '?')} ({up} of {len(self.actors)} ready)")
             self._write_actors()
@@ -631,6 +642,9 @@ class ActorPlan:
         Torch threads of each actor (fixed per run, so a recomputed batch gives the same bytes).
     waits : bool
         No node up can hold one actor yet: the job waits for the autoscaler (or for nodes to join).
+    elastic : bool
+        Sized from the job, not from what is up (an autoscaler runs, or nothing was up): actors come up
+        as nodes join, and the driver says so for each.
     notes : tuple of str
         Assumptions the plan made, one line each, for the user (how to override them).
     """
@@ -640,6 +654,7 @@ class ActorPlan:
     cpus: float
     threads: int
     waits: bool = False
+    elastic: bool = False
     notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
@@ -718,7 +733,8 @@ def plan_actors(cfg: JobConfig, resources: dict[str, float], n_slides: int, auto
             "need at least 1 CPU left (lower --actors or --cpus-per-actor)"
         )
     threads = cfg.threads_per_actor or (max(1, int(cfg.cpus_per_actor)) if per > 0 else max(1, int(cpus // n)))
-    return ActorPlan(n, per, float(cfg.cpus_per_actor), threads, waits=empty or gpus < per, notes=tuple(notes))
+    return ActorPlan(n, per, float(cfg.cpus_per_actor), threads, waits=empty or gpus < per,
+                     elastic=autoscaler or empty, notes=tuple(notes))
 
 
 AUTOSCALING_STATUS_KEY = "__autoscaling_status"
