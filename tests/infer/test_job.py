@@ -430,3 +430,72 @@ def test_a_new_threshold_on_the_same_weights_recomputes(local_ray, models, cohor
     again = run_job(entries, _cfg(moved, run), progress=_quiet)
     assert again["done"] == [sid] and again["skipped"] == [] and len(again["superseded"]) == 1
     assert read_commit(run / "slides" / f"{sid}.zarr").extra["model_params"]["mitosis"]["threshold"] == round(old / 2, 6)
+
+
+# -- the actor plan (pure: resources in, plan out) ----------------------------------------------
+def _plan(resources, n_slides=3, autoscaler=False, **kw):
+    from tupac.infer.job import JobConfig, plan_actors
+
+    return plan_actors(JobConfig(models=Path("m"), out=Path("r"), **kw), resources, n_slides, autoscaler)
+
+
+def test_plan_on_a_fixed_cluster_follows_what_is_up():
+    # The local default: 2 CPUs -> one CPU actor with 2 torch threads (what the digests of the other tests rely on).
+    p = _plan({"CPU": 2.0})
+    assert (p.n, p.gpus, p.cpus, p.threads, p.waits, p.elastic, p.notes) == (1, 0.0, 1.0, 2, False, False, ())
+    assert _plan({"CPU": 8.0}, n_slides=50).n == 4  # CPUs / 2, whatever the cohort
+    p = _plan({"CPU": 3.0, "GPU": 2.0}, n_slides=50)  # the multi-node test's cluster: one actor per GPU
+    assert (p.n, p.gpus, p.threads, p.waits) == (2, 1.0, 1, False)
+    assert _plan({"CPU": 9.0, "GPU": 2.0}, num_gpus_per_actor=0.5).n == 4
+
+
+def test_plan_on_an_empty_cluster_asks_for_gpu_actors_from_the_options_and_the_cohort():
+    # A CPU-0 head with GPU workers at min_workers: 0: nothing is up that can hold an actor.
+    head = {"memory": 1e10, "object_store_memory": 1e8}
+    for autoscaler in (True, False):
+        p = _plan(head, n_slides=3, autoscaler=autoscaler)
+        assert (p.n, p.gpus, p.cpus, p.waits, p.elastic) == (3, 1.0, 1.0, True, True)
+        assert any("--num-gpus-per-actor 0" in note for note in p.notes)
+    assert _plan(head, n_slides=100, autoscaler=True).n == 8  # --max-actors' default caps the ask
+    assert _plan(head, n_slides=100, autoscaler=True, max_actors=2).n == 2
+    # Before issue 19 these raised "reserve all 1 CPUs of the cluster".
+    p = _plan(head, n_slides=3, num_gpus_per_actor=1.0, actors=4)
+    assert (p.n, p.gpus, p.waits, p.notes) == (4, 1.0, True, ())
+    p = _plan(head, n_slides=1, actors=4, autoscaler=True)
+    assert (p.n, p.gpus, p.waits) == (4, 1.0, True)
+    assert p.describe() == "4 model actor(s) (1 GPU, 1 CPU each)"
+
+
+def test_plan_on_an_autoscaling_cluster_asks_for_more_than_is_up():
+    # One GPU worker up of an autoscaling group: the cohort, not the one node, sizes the ask.
+    p = _plan({"CPU": 2.0, "GPU": 1.0}, n_slides=5, autoscaler=True)
+    assert (p.n, p.gpus, p.waits, p.elastic) == (5, 1.0, False, True)
+    assert any("--actors" in note for note in p.notes)
+    assert _plan({"CPU": 64.0, "GPU": 16.0}, n_slides=5, autoscaler=True).n == 16  # never fewer than fit
+    # A CPU head and no GPU up: CPU actors, and the user is told how to ask for GPU nodes.
+    p = _plan({"CPU": 4.0}, n_slides=5, autoscaler=True)
+    assert (p.n, p.gpus, p.threads) == (5, 0.0, 1)
+    assert any("--num-gpus-per-actor 1" in note for note in p.notes)
+
+
+def test_plan_still_refuses_what_can_never_run():
+    from tupac.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"2 actor\(s\) x 1 CPU reserve all 2 CPUs"):
+        _plan({"CPU": 2.0}, actors=2)
+    with pytest.raises(ConfigError, match="decode_device='cuda' needs GPU actors"):
+        _plan({"CPU": 2.0}, decode_device="cuda")
+    with pytest.raises(ConfigError, match="max_actors must be >= 1"):
+        _plan({"CPU": 2.0}, max_actors=0)
+    _plan({"CPU": 2.0}, actors=2, autoscaler=True)  # an autoscaler brings the tasks' CPUs with new nodes
+
+
+def test_model_actors_are_restarted_without_limit_and_ask_for_the_planned_resources():
+    """A node that leaves takes its actors along; Ray must restart them wherever nodes are (or join)."""
+    from tupac.infer.job import ActorPlan, JobConfig, _Driver
+
+    driver = _Driver.__new__(_Driver)  # the options alone: no Ray needed
+    driver.cfg = JobConfig(models=Path("m"), out=Path("r"), actor_concurrency=1)
+    driver.plan = ActorPlan(2, 0.5, 1.5, 1)
+    assert driver.actor_options() == {"num_gpus": 0.5, "num_cpus": 1.5, "max_restarts": -1, "max_task_retries": 0,
+                                      "max_concurrency": 1}

@@ -32,6 +32,8 @@ INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
     "address": Flag("--address"),
     "num_gpus_per_actor": Flag("--num-gpus-per-actor", min=0.0),
     "actors": Flag("--actors", min=1),
+    "max_actors": Flag("--max-actors", min=1),
+    "actor_timeout_s": Flag("--placement-timeout", min=1.0),
     "batch_size": Flag("--batch-size", min=1),
     "max_attempts": Flag("--max-attempts", min=1),
     "cpus_per_actor": Flag("--cpus-per-actor", min=0.01),
@@ -49,7 +51,7 @@ INFER_OPTIONS = ConfigOptions("tupac.infer.job:JobConfig", {
     "ood_max_z": Flag("--ood-max-z", min=0.01),
     "ood_margin": Flag("--ood-margin", min=0.0),
 }, not_exposed={name: CONFIG_FILE_ONLY for name in (
-    "tissue_mpp", "tissue_max_hole_um2", "tissue_dilation_um", "tissue_min_object_um2", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries", "actor_timeout_s")})
+    "tissue_mpp", "tissue_max_hole_um2", "tissue_dilation_um", "tissue_min_object_um2", "inflight_per_actor", "max_active_slides", "batch_retries", "task_retries")})
 
 
 def infer_cmd(

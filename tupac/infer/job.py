@@ -23,6 +23,13 @@ Why this shape (see also :mod:`tupac.infer.actors`):
   driver re-queues its batches on the live actors, up to ``batch_retries`` times per batch, after
   which the slide fails ("the actor died N times on this batch": a crashing decoder). The ledger
   lives in the driver only (SQLite WAL wants one machine).
+- Clusters that grow (issue 19): an autoscaler starts only the nodes that pending work asks for, so
+  on an autoscaling or empty cluster (a ``CPU: 0`` head, GPU workers at ``min_workers: 0``) the
+  actors are sized from the options and the cohort (:func:`plan_actors`), and their resource
+  requests are the demand the autoscaler scales up for. While no actor is ready the driver says every
+  :data:`WAIT_NOTE_S` what it asked for, what is up and what the autoscaler does, and fails the
+  waiting slides after the placement timeout (``actor_timeout_s``). Actors placed later, on nodes
+  that join, take work as soon as they answer their ping; a node that leaves is an actor death.
 - Resume: the ledger's plan skips DONE slides whose input and model fingerprints match; a store
   that is already committed with the same fingerprints (driver killed between commit and ledger
   update) is adopted without recomputation.
@@ -35,6 +42,7 @@ import functools
 import heapq
 import itertools
 import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -64,9 +72,11 @@ from tupac.infer.slide_task import call_safely, detection_params, finalize_slide
 from tupac.runlock import run_lock
 from tupac.slide.factory import BACKENDS
 
-__all__ = ["JobConfig", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
+__all__ = ["JobConfig", "ActorPlan", "plan_actors", "run_job", "default_batch_size", "SUMMARY_FILE", "ACTORS_FILE"]
 
 SUMMARY_FILE = "summary.json"
+WAIT_NOTE_S = 20.0
+"""Seconds between the lines that say what the job waits for while no model actor is ready."""
 ACTORS_FILE = "actors.json"
 DEFAULT_BATCH = 8
 """Windows per actor call on a GPU. A 10x tumor window is ~1.1k x 1.1k px (64 x 64 output cells), so
@@ -105,8 +115,15 @@ class JobConfig:
     out: Path = option(help="Run folder: slides/<id>.zarr, <id>.mitoses.csv, ledger, summary.json.")
     address: str | None = option(None, help="Ray address (default: $RAY_ADDRESS, else a local Ray).")
     num_gpus_per_actor: float | None = option(
-        None, help="GPUs per model actor, fractional allowed (default: 1 if the cluster has GPUs, else 0).")
-    actors: int | None = option(None, help="Model actors (default: one per GPU share; on CPU, CPUs/2).")
+        None, help="GPUs per model actor, fractional allowed (default: 1 if the cluster has GPUs up, or has no "
+                   "node up yet that could hold an actor (an autoscaling cluster at zero workers); else 0).")
+    actors: int | None = option(None, help="Model actors (default: one per GPU share up, on CPU CPUs/2; on an "
+                                           "autoscaling or empty cluster at least min(slides to compute, --max-actors)).")
+    # The cap on what an empty or autoscaling cluster is asked for by default: each GPU actor is one GPU
+    # node (or GPU) the autoscaler starts, paid for while the job runs, so the default stays modest;
+    # actors beyond what the cluster's node types can hold simply wait, unplaced.
+    max_actors: int = option(8, help="Actors asked of an autoscaling or empty cluster when --actors is not given "
+                                     "(at most one per slide to compute).")
     cpus_per_actor: float = option(1.0, help="CPUs Ray reserves per actor (a GPU actor also decodes each batch on that many "
                                              "threads).")
     # The reservation and the threads differ on purpose: the default plan reserves one CPU per actor
@@ -141,7 +158,11 @@ class JobConfig:
     include_dashboard: bool | None = option(None, help="Dashboard of a local Ray (default: Ray's).")
     local_temp_dir: str | None = option(
         None, help="Temp folder of a local Ray (keep it short: socket paths are limited to ~100 chars).")
-    actor_timeout_s: float = option(600.0, help="Give up when no model actor is alive for this long (s).")
+    # The field keeps its name (run configs set it); the command line calls it --placement-timeout. 20 min
+    # covers a cold GPU node on a cloud (VM boot, then a CUDA image pull: typically 3-10 min).
+    actor_timeout_s: float = option(
+        1200.0, help="Placement timeout (s): when no model actor has been ready for this long while slides wait "
+                     "(nodes not started by the autoscaler, or lost and not replaced), the waiting slides fail.")
     # Off by default, so that a GPU run's heatmaps match a CPU run's: on an H200
     # (benchmarks/gpu_check.py), TF32 moved a trained MitosNet's probabilities by up to 2e-3 against
     # the CPU (1.4e-6 without it), enough to flip a detection at a card threshold near 1 (the
@@ -187,6 +208,7 @@ class JobConfig:
             (self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}"),
             (self.actors is None or self.actors >= 1, f"actors must be >= 1, got {self.actors}"),
+            (self.max_actors >= 1, f"max_actors must be >= 1, got {self.max_actors}"),
             (self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0,
              f"num_gpus_per_actor must be >= 0, got {self.num_gpus_per_actor}"),
             (self.cpus_per_actor > 0, f"cpus_per_actor must be > 0, got {self.cpus_per_actor}"),
@@ -264,7 +286,7 @@ class _Driver:
     """The event loop of one run (see the module docstring)."""
 
     def __init__(self, config: JobConfig, cards: dict, model_dirs: dict, ledger, progress,
-                 say: Callable[[str], None], batch_size: int) -> None:
+                 say: Callable[[str], None], batch_size: int, plan: ActorPlan) -> None:
         import ray
 
         self.ray = ray
@@ -287,17 +309,30 @@ class _Driver:
         self.actor_cls = ray.remote(ModelActor)
         self.actors: list[_Actor] = []
         self.outcomes: dict[str, str] = {}
-        self.no_actor_since: float | None = None
+        self.plan = plan
+        self.no_actor_since: float | None = None  # since when work waits with no actor ready (monotonic s)
+        self.next_note = 0.0  # when to print the next waiting line (monotonic s)
+        self.ever_ready = False
 
     # -- actors -------------------------------------------------------------------------
-    def start_actors(self, n: int, num_gpus: float, threads: int) -> None:
+    def actor_options(self) -> dict[str, Any]:
+        """Ray options of every model actor: the plan's resources, which are also what an autoscaler
+        sees as the pending actors' demand and starts nodes for; restarted without limit (a node that
+        leaves takes its actor along, which Ray then places on a node that is up or joins).
+
+        The demand is the actors' own, not ``ray.autoscaler.sdk.request_resources``: a request outlives
+        the driver (a killed job would keep its GPU nodes up until someone clears it), while a pending
+        actor's demand ends with the job."""
+        return {"num_gpus": self.plan.gpus, "num_cpus": self.plan.cpus, "max_restarts": -1, "max_task_retries": 0,
+                "max_concurrency": self.cfg.actor_concurrency}
+
+    def start_actors(self) -> None:
         dirs = {t: str(c_dir) for t, c_dir in self.model_dirs.items()}
-        for _ in range(n):
-            h = self.actor_cls.options(
-                num_gpus=num_gpus, num_cpus=self.cfg.cpus_per_actor, max_restarts=-1, max_task_retries=0,
-                max_concurrency=self.cfg.actor_concurrency,
-            ).remote(dirs, threads, self.cfg.gpu_tf32, self.cfg.decode_device, self.cfg.backend,
-                     max(1, int(self.cfg.cpus_per_actor)) if num_gpus > 0 else 1)
+        num_gpus, threads = self.plan.gpus, self.plan.threads
+        for _ in range(self.plan.n):
+            h = self.actor_cls.options(**self.actor_options()).remote(
+                dirs, threads, self.cfg.gpu_tf32, self.cfg.decode_device, self.cfg.backend,
+                max(1, int(self.cfg.cpus_per_actor)) if num_gpus > 0 else 1)
             a = _Actor(h)
             self.actors.append(a)
             self._ping(len(self.actors) - 1)
@@ -428,7 +463,12 @@ class _Driver:
         if err is None:
             if str(value.get("decode_reason", "")).startswith("FALLBACK") and a.info is None:
                 self.say(f"[yellow]model actor {i}: {value['decode_reason']}[/]")
+            first = a.info is None
             a.state, a.info, a.inflight, a.exclusive = "ready", value, 0, False
+            self.ever_ready = True
+            if first and self.plan.elastic:  # on a cluster that grows, say where each actor came up
+                up = sum(b.state == "ready" for b in self.actors)
+                self.say(f"model actor {i} ready on node {value.get('node_id', '?')} ({up} of {len(self.actors)} ready)")
             self._write_actors()
         else:
             # Still restarting (or its node is gone): ask again; Ray restarts it when it can.
@@ -528,14 +568,32 @@ class _Driver:
                 self.progress.tiles(0)
 
     def _check_actors(self, pending) -> None:
-        if any(a.state == "ready" for a in self.actors) or not self.queue:
+        """Say what the job waits for while no model actor is ready, and fail the waiting slides after
+        ``actor_timeout_s`` (the placement timeout).
+
+        Work waits on the actors when batches are queued, or, before any actor was ever ready, when slides
+        are open: on an empty cluster the slides' own tasks wait for the same nodes as the actors.
+        """
+        if any(a.state == "ready" for a in self.actors):
+            self.no_actor_since = None
+            return
+        if not (self.queue or (not self.ever_ready and self.slides)):
             self.no_actor_since = None
             return
         now = time.monotonic()
-        self.no_actor_since = self.no_actor_since or now
+        if self.no_actor_since is None:
+            self.no_actor_since = now
+            # A plan that knows it waits for nodes says so at once; otherwise actors loading their models
+            # (seconds) or restarting after a crash are normal, and only a long wait is worth a line.
+            self.next_note = now if self.plan.waits else now + WAIT_NOTE_S
+        if now >= self.next_note:
+            self.next_note = now + WAIT_NOTE_S
+            self.say(f"waiting for {self.plan.describe()}: 0 ready after {now - self.no_actor_since:.0f} s; "
+                     f"{self._cluster_line()} (--placement-timeout {self.cfg.actor_timeout_s:g} s)")
         if now - self.no_actor_since > self.cfg.actor_timeout_s:
-            reason = (f"no model actor could run for {self.cfg.actor_timeout_s:g} s (resources: "
-                      f"{self.ray.cluster_resources()}); check --num-gpus-per-actor and the cluster")
+            reason = (f"no model actor was ready for {self.cfg.actor_timeout_s:g} s (asked for {self.plan.describe()}; "
+                      f"{self._cluster_line()}): add nodes that can hold them, lower --num-gpus-per-actor or "
+                      "--cpus-per-actor, or raise --placement-timeout")
             for sid in list(self.slides):
                 self.fail(sid, f"{self.slides[sid].entry.path}: {reason}")
             while pending:
@@ -543,6 +601,15 @@ class _Driver:
                 self.ledger.mark_running(entry.slide_id)
                 self.ledger.mark_failed(entry.slide_id, f"{entry.path}: {reason}")
                 self.outcomes[entry.slide_id] = reason
+
+    def _cluster_line(self) -> str:
+        """``"cluster up: 0 GPU, 0 CPU; autoscaler: launching 2 x gpu_worker"`` (best-effort)."""
+        try:
+            res = self.ray.cluster_resources()
+        except Exception:  # noqa: BLE001 - a status line must never stop the job
+            res = {}
+        return (f"cluster up: {float(res.get('GPU', 0)):g} GPU, {float(res.get('CPU', 0)):g} CPU; "
+                f"autoscaler: {_autoscaler_line(_autoscaler_status(self.ray))}")
 
     def shutdown(self) -> None:
         for a in self.actors:
@@ -559,25 +626,173 @@ def _init_ray(cfg: JobConfig):
                        temp_dir=cfg.local_temp_dir)
 
 
-def _actor_plan(cfg: JobConfig) -> tuple[int, float, int]:
-    """How many model actors, GPUs per actor and torch threads per actor (see :class:`JobConfig`)."""
-    import ray
+@dataclass(frozen=True)
+class ActorPlan:
+    """The model actors one run asks Ray for (:func:`plan_actors`).
 
-    res = ray.cluster_resources()
-    gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
-    per = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    Attributes
+    ----------
+    n : int
+        Actors started (some may wait for nodes: see ``waits``).
+    gpus : float
+        GPUs each actor asks for (0: a CPU actor).
+    cpus : float
+        CPUs each actor asks for (``JobConfig.cpus_per_actor``).
+    threads : int
+        Torch threads of each actor (fixed per run, so a recomputed batch gives the same bytes).
+    waits : bool
+        No node up can hold one actor yet: the job waits for the autoscaler (or for nodes to join).
+    elastic : bool
+        Sized from the job, not from what is up (an autoscaler runs, or nothing was up): actors come up
+        as nodes join, and the driver says so for each.
+    notes : tuple of str
+        Assumptions the plan made, one line each, for the user (how to override them).
+    """
+
+    n: int
+    gpus: float
+    cpus: float
+    threads: int
+    waits: bool = False
+    elastic: bool = False
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``"2 model actor(s) (1 GPU, 1 CPU each)"``."""
+        return f"{self.n} model actor(s) ({self.gpus:g} GPU, {self.cpus:g} CPU each)"
+
+
+def plan_actors(cfg: JobConfig, resources: dict[str, float], n_slides: int, autoscaler: bool = False) -> ActorPlan:
+    """How many model actors, with which resources, from the options, the cohort and the cluster.
+
+    On a fixed cluster the defaults follow what is up (one actor per GPU share; on CPUs, one per two
+    CPUs), as on a local machine. A cluster that can grow is sized from the job instead: an autoscaler
+    only starts the nodes that pending actors ask for, so sizing from what happens to be up would never
+    ask for more (and at zero workers there is nothing up). There, unless ``--actors`` says, the job asks
+    for min(slides to compute, ``--max-actors``) actors, or more when more GPU shares are already up;
+    actors beyond what the node types can hold wait unplaced. When nothing up can hold an actor (no CPU
+    up, e.g. a ``CPU: 0`` head whose GPU workers are at ``min_workers: 0``), the actors are GPU actors
+    unless ``--num-gpus-per-actor`` says otherwise.
+
+    Parameters
+    ----------
+    cfg : JobConfig
+    resources : dict of str to float
+        ``ray.cluster_resources()``: what is up now (``CPU``, ``GPU`` in units, absent when none).
+    n_slides : int
+        Slides this run computes.
+    autoscaler : bool
+        The cluster has an autoscaler (it may start nodes that are not up yet).
+
+    Returns
+    -------
+    ActorPlan
+
+    Raises
+    ------
+    ConfigError
+        ``decode_device='cuda'`` with CPU actors; or, on a fixed cluster with CPUs up, actors that
+        reserve every CPU (the per-slide tasks need at least one).
+    """
+    gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    empty = cpus < cfg.cpus_per_actor  # no node up could hold even a CPU actor
+    notes = []
+    if cfg.num_gpus_per_actor is not None:
+        per = float(cfg.num_gpus_per_actor)
+    elif gpus >= 1:
+        per = 1.0
+    elif empty:
+        per = 1.0
+        notes.append("no node that could hold a model actor is up yet: asking for GPU actors, 1 GPU each "
+                     "(--num-gpus-per-actor 0 for CPU actors)")
+    else:
+        per = 0.0
+        if autoscaler:
+            notes.append("no GPU is up: the model actors run on CPUs (--num-gpus-per-actor 1 asks the autoscaler "
+                         "for GPU nodes)")
     if cfg.decode_device == "cuda" and per == 0:
         raise ConfigError(f"decode_device='cuda' needs GPU actors, but they get none (the cluster has {gpus:g} GPUs, "
                           f"num_gpus_per_actor={cfg.num_gpus_per_actor}); use --decode-device auto or cpu")
-    n = cfg.actors if cfg.actors is not None else (
-        max(1, int(gpus // per)) if per > 0 else max(1, int(cpus // (2 * cfg.cpus_per_actor))))
-    if cpus - n * cfg.cpus_per_actor < 1:
+    # What is up holds this many; 0 when nothing up fits one actor.
+    fits = int(gpus // per) if per > 0 else int(cpus // (2 * cfg.cpus_per_actor))
+    wanted = max(1, min(n_slides, cfg.max_actors))
+    if cfg.actors is not None:
+        n = cfg.actors
+    elif autoscaler or empty:
+        n = max(fits, wanted)
+        if fits < n:
+            notes.append(f"asking for {n} actor(s) (min of {n_slides} slide(s) and --max-actors {cfg.max_actors}); "
+                         "--actors sets the number")
+    else:
+        n = max(1, fits)
+    # The per-slide tasks' CPU: checked where the cluster is what it is; an autoscaler adds nodes
+    # (their CPUs) with the actors, and with no CPU up there is nothing to check yet.
+    if not autoscaler and cpus > 0 and cpus - n * cfg.cpus_per_actor < 1:
         raise ConfigError(
             f"{n} actor(s) x {cfg.cpus_per_actor:g} CPU reserve all {cpus:g} CPUs of the cluster; the per-slide tasks "
             "need at least 1 CPU left (lower --actors or --cpus-per-actor)"
         )
     threads = cfg.threads_per_actor or (max(1, int(cfg.cpus_per_actor)) if per > 0 else max(1, int(cpus // n)))
-    return n, per, threads
+    return ActorPlan(n, per, float(cfg.cpus_per_actor), threads, waits=empty or gpus < per,
+                     elastic=autoscaler or empty, notes=tuple(notes))
+
+
+AUTOSCALING_STATUS_KEY = "__autoscaling_status"
+"""Where Ray's autoscaler (v1, the monitor on the head) keeps its status, as JSON in the internal KV:
+``autoscaler_report`` holds ``active_nodes``, ``pending_launches`` (node type -> count), ``pending_nodes``
+and ``failed_nodes``. A cluster without an autoscaling config (``ray start``, ``ray.init``) has a
+read-only monitor that writes the same report with one anonymous type per node, ``node_<node id>``."""
+
+_READONLY_TYPE = re.compile(r"node_[0-9a-f]+")
+
+
+def _autoscaler_status(ray) -> dict | None:
+    """The autoscaler's report (see :data:`AUTOSCALING_STATUS_KEY`), or None: no autoscaler (a read-only
+    monitor's report), no report yet, or not readable.
+
+    Best-effort: a Ray-internal key (Ray client connections and autoscaler v2 may not have it), used only
+    to size the plan and to say what the autoscaler is doing while the job waits.
+    """
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(AUTOSCALING_STATUS_KEY)
+        report = json.loads(raw).get("autoscaler_report") if raw else None
+    except Exception:  # noqa: BLE001 - a status line must never stop the job
+        return None
+    if not isinstance(report, dict):
+        return None
+    # An autoscaling cluster's head has a configured type (ray.head.default, KubeRay's headgroup, ...).
+    types = [*(report.get("active_nodes") or {}), *(report.get("pending_launches") or {})]
+    return report if any(not _READONLY_TYPE.fullmatch(str(t)) for t in types) else None
+
+
+def _autoscaler_line(report: dict | None) -> str:
+    """``"launching 2 x gpu_worker; up 1 x ray.head.default"`` from an autoscaler report."""
+    if report is None:
+        return "none seen (nodes must be started by hand or the cluster's autoscaler)"
+    parts = []
+    for verb, counts in (("launching", report.get("pending_launches") or {}),
+                         ("starting", _count(n[1] for n in report.get("pending_nodes") or [] if len(n) > 1)),
+                         ("failed", _count(n[1] for n in report.get("failed_nodes") or [] if len(n) > 1)),
+                         ("up", report.get("active_nodes") or {})):
+        if counts:
+            parts.append(f"{verb} " + ", ".join(f"{v} x {k}" for k, v in sorted(counts.items())))
+    return "; ".join(parts) or "idle"
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in items:
+        out[str(k)] = out.get(str(k), 0) + 1
+    return out
+
+
+def _actor_plan(cfg: JobConfig, n_slides: int) -> ActorPlan:
+    """:func:`plan_actors` on the connected Ray's resources and autoscaler."""
+    import ray
+
+    return plan_actors(cfg, ray.cluster_resources(), n_slides, autoscaler=_autoscaler_status(ray) is not None)
 
 
 def supersede_stale_outputs(run_dir: Path, slide_id: str) -> Path | None:
@@ -738,12 +953,14 @@ def _run_on_ray(cfg, cards, found, ledger, todo, progress, say) -> dict:
     try:
         if url:
             say(f"Ray dashboard: {url if url.startswith('http') else 'http://' + url}")
-        n, per, threads = _actor_plan(cfg)
-        batch = cfg.batch_size or default_batch_size(gpu=per > 0)
-        say(f"{n} model actor(s), {per:g} GPU, {cfg.cpus_per_actor:g} CPU and {threads} torch thread(s) each, "
+        plan = _actor_plan(cfg, len(todo))
+        batch = cfg.batch_size or default_batch_size(gpu=plan.gpus > 0)
+        for note in plan.notes:
+            say(f"[yellow]note:[/] {note}")
+        say(f"{plan.n} model actor(s), {plan.gpus:g} GPU, {plan.cpus:g} CPU and {plan.threads} torch thread(s) each, "
             f"batches of {batch} windows")
-        driver = _Driver(cfg, cards, found, ledger, progress, say, batch)
-        driver.start_actors(n, per, threads)
+        driver = _Driver(cfg, cards, found, ledger, progress, say, batch, plan)
+        driver.start_actors()
         with progress:
             driver.run(todo)
         return {
