@@ -466,8 +466,10 @@ def _general_fit_task(models: Path, cfg: FeatureRunConfig, out: Path, training: 
     t0 = time.process_time()
     with _torch_threads(threads):
         general = _trained(Path(models) / ("mitosis" if cfg.general_model == "mitosis" else "tumor"))
-        rows, net, fit, note = _general_fit(list(train_volumes), training, grades, out, general, cfg, track)
-    return {"rows": rows, "notes": [note], "cpu_s": time.process_time() - t0}, fit, net
+        rows, net, fit, note = _general_fit([_writable(v) for v in train_volumes], training, grades, out, general,
+                                            cfg, track)
+    info = {"rows": rows, "notes": [note], "cpu_s": time.process_time() - t0, "tracked": fit is not None}
+    return info, fit, net
 
 
 def _general_load_task(models: Path, cfg: FeatureRunConfig, out: Path, ids: list[str]
@@ -483,13 +485,19 @@ def _general_load_task(models: Path, cfg: FeatureRunConfig, out: Path, ids: list
     rows = {s: oof.loc[s].to_numpy(np.float64) for s in ids if s in oof.index}
     note = (f"general: reused the grade network of {len(meta.get('train_ids', []))} training slides "
             f"(their out-of-fold rows for {len(rows)} of them)")
-    return {"rows": rows, "notes": [note], "cpu_s": time.process_time() - t0}, None, net
+    return {"rows": rows, "notes": [note], "cpu_s": time.process_time() - t0, "tracked": False}, None, net
 
 
 def _general_rows_task(net: Any, volumes: np.ndarray) -> np.ndarray:
     """One slide's general-feature row ``(1027,)`` float64 from its volumes ``(P, C, h, w)`` (a slide's row
     depends on that slide and the network alone, so slides may be computed anywhere, in any order)."""
-    return general_features(net, [volumes])[0]
+    return general_features(net, [_writable(volumes)])[0]
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, copied only when read-only: an array from Ray's object store is a read-only view of shared memory,
+    and torch warns on every ``from_numpy`` of one (nothing here writes to it; the copy keeps torch quiet)."""
+    return np.require(a, requirements="W")
 
 
 def _track_task(run: Path, fit: _GeneralFit, tracking_uri: str | None) -> tuple[Path, str]:
@@ -846,6 +854,8 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
                                                  keep=2, name="features-general-load")
         notes += info["notes"]
         cpu_s["(general fit)"] = info["cpu_s"]
+        if not info["tracked"]:
+            general_fit = None  # on Ray a handle is never None: the task says whether it made a fit to log
         rows = dict(info["rows"])
         fresh = [s for s in results if s not in rows]
         rows.update(zip(fresh, ex.map(_general_rows_task, [(net, volumes[s]) for s in fresh],
