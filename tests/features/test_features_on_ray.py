@@ -154,3 +154,29 @@ def test_the_feature_networks_give_the_same_bits_on_any_thread_count():
     for n in (2, 3):
         np.testing.assert_array_equal(got[n][0], got[1][0])
         np.testing.assert_array_equal(got[n][1], got[1][1])
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+def test_every_tupac_error_survives_pickling_with_its_message_and_attributes():
+    """A task's error crosses to the driver pickled: those built from (path, problem) must come back as
+    themselves (not Ray's UnserializableException), naming the same file."""
+    import inspect
+    import pickle
+    from pathlib import Path
+
+    import tupac.errors as errors
+
+    classes = {c for c in _all_subclasses(errors.TupacError) if c.__module__ == "tupac.errors"} | {errors.TupacError}
+    with_path = 0
+    for cls in sorted(classes, key=lambda c: c.__name__):
+        params = inspect.signature(cls.__init__).parameters
+        err = cls(Path("/data/slide 1.svs"), "truncated") if "path" in params else cls("a message")
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and str(back) == str(err) and back.__dict__ == err.__dict__, cls
+        with_path += "path" in params
+    assert with_path >= 6  # SlideError, ModelFileError, HeatmapStoreError, LedgerError, FeatureFileError, ...
