@@ -180,3 +180,22 @@ def test_every_tupac_error_survives_pickling_with_its_message_and_attributes():
         assert type(back) is cls and str(back) == str(err) and back.__dict__ == err.__dict__, cls
         with_path += "path" in params
     assert with_path >= 6  # SlideError, ModelFileError, HeatmapStoreError, LedgerError, FeatureFileError, ...
+
+
+def test_features_command_runs_the_stage_on_ray_with_the_same_table(phantom, ray_ex, tmp_path):
+    """``tupac features --ray`` joins the Ray this process holds (here the fixture's) and gives the table of
+    the in-process stage."""
+    from typer.testing import CliRunner
+
+    from tupac.cli import app
+
+    root, meta, models = phantom
+    ids = ["TUPAC-TR-002", "TUPAC-TR-004", "TUPAC-TR-007"]
+    here, there = tmp_path / "here" / "run", tmp_path / "there" / "run"
+    for run in (here, there):
+        truth_run(root / "data", run, ids)
+    local = run_features(here, models=models, config=CFG)
+    res = CliRunner().invoke(app, ["features", "--run", str(there), "--models", str(models), "--ray",
+                                   "--patches", "3", "--min-prob", "0.5", "--min-region-mm2", "0.002"])
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(pd.read_parquet(there / "features.parquet"), local.table, check_exact=True)
