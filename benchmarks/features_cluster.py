@@ -50,17 +50,29 @@ SETTINGS = ("inprocess", "ray_1node", "ray_1node_dask_on_ray", "ray_2nodes")
 
 
 def _ray_pids(temp: Path) -> list[int]:
-    """Processes of the Ray whose temp folder is ``temp`` (its command lines name it), this one excluded."""
-    out = []
+    """Processes of the Ray whose temp folder is ``temp``: those whose command line names it (GCS, raylets,
+    agents) and all their descendants (the workers, which rename themselves ``ray::...``); this one excluded."""
+    parent, named = {}, set()
     for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
+        if d.name.isdigit():
             try:
                 cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
+            parent[int(d.name)] = ppid
             if str(temp) in cmd:
-                out.append(int(d.name))
-    return out
+                named.add(int(d.name))
+    ours = set(named)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    ours.discard(os.getpid())
+    return sorted(ours)
 
 
 def _cpu_of(pids: list[int]) -> dict[int, float]:
@@ -233,26 +245,30 @@ def main() -> None:
         if proc.returncode or line is None:
             print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
             rows.append({"setting": setting, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:500]})
-            continue
-        row = json.loads(line[len("RESULT "):])
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if not reference.is_file():
-            shutil.copy2(run / "features.parquet", reference)
-    n = rows[0].get("slides") if rows else None
+        else:
+            rows.append(json.loads(line[len("RESULT "):]))
+            print(json.dumps(rows[-1]), flush=True)
+            if not reference.is_file():
+                shutil.copy2(run / "features.parquet", reference)
+        _write(a, rows, n_src)  # after every setting: a long run interrupted keeps what it measured
+
+
+def _write(a: argparse.Namespace, rows: list[dict], n_src: int) -> None:
+    n = next((r["slides"] for r in rows if "slides" in r), None)
     doc = {
         "command": " ".join(["nice -n 10", sys.executable, *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "note": "2 cores shared with other jobs: see each row's load_avg_end"},
         "cohort": {"src": str(a.src), "slides_in_src": n_src, "slides": n, "data": str(a.data),
                    "note": ("the 60-slide phantom cohort of benchmarks/cohort_pipeline.py" if n == 60 else
-                            f"a {n}-slide cohort (the 60-slide run was not ready)")},
+                            f"a {n}-slide cohort (not the 60-slide one)")},
         "reference_table": "the first setting's features.parquet; same_table compares every later one to it exactly",
         "rows": rows,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    print(f"wrote {a.out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,15 @@ A slide without tissue (a blank slide, committed by the job with empty heatmaps)
 the cohort: it gets a row of missing values with ``no_tissue = 1``, the fits leave it out, and the
 notes name it.
 
+Where it runs (``executor=``, :mod:`tupac.infer.cluster`): in this process by default; with a
+``RayExecutor``, each slide's features are a Ray task (1 CPU) that opens its own slide, store and
+models (networks loaded once per worker process) and returns its row, while its deep descriptors
+and general-feature volumes stay in Ray's object store (:mod:`tupac.infer.feature_tasks`) for the
+tasks that need them: the deep-histogram fit, the grade network's fit, the per-slide histogram and
+general rows, and the MLflow logging. The driver reads the commit records and writes the tables; it
+holds no pixels. The numbers are the same bits either way (tests/features/test_features_on_ray.py);
+benchmarks/features_cluster.py measures both.
+
 No leakage: the fits that see several slides (deep-histogram scaler and k-means; the grade network)
 are fitted on the labelled training slides only, and saved; a run without labels reuses them. New
 slides get features from those fits alone, so adding or removing other new slides changes nothing.
@@ -741,7 +750,13 @@ def run_features(
         patches, deep and general features.
     config : FeatureRunConfig
     scheduler : optional
-        Dask scheduler of the per-slide heatmap graphs (``ray.util.dask.ray_dask_get`` for Dask-on-Ray).
+        Dask scheduler of the per-slide heatmap graphs; default Dask's threaded scheduler, in the
+        process that computes the slide (with a ``RayExecutor``: inside the slide's task).
+        ``ray.util.dask.ray_dask_get`` (Dask-on-Ray) makes every chunk of those graphs a nested Ray task:
+        the same numbers, but 2.5x the stage's wall time on an 8-slide phantom run with 2 CPUs
+        (benchmarks/features_cluster.py), since a slide's chunks are small (a heatmap tile each) and each
+        nested task waits for a CPU held by the slide tasks; the slide is the unit of parallelism, so the
+        default keeps its reductions local.
     progress : callable(slide_id, stage), optional
         Called with ``(slide_id, "done")`` after each slide, then ``("", stage)`` for the cohort fits.
     track : bool
