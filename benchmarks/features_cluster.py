@@ -115,7 +115,8 @@ def _one(setting: str, run: Path, data: Path, models: Path, track: bool) -> dict
     cfg = PipelineConfig.from_yaml(run / "config.yaml").features_config()
     labels = data / "training_ground_truth.csv"
     import_s = time.perf_counter() - t_imp
-    row: dict = {"setting": setting, "import_s": round(import_s, 2), "track": track}
+    row: dict = {"setting": setting, "started": time.strftime("%H:%M:%SZ", time.gmtime()),
+                 "import_s": round(import_s, 2), "track": track}
     marks: list[tuple[str, float]] = []
 
     def tick(sid: str, stage: str) -> None:
@@ -223,6 +224,9 @@ def main() -> None:
     ap.add_argument("--track", action=argparse.BooleanOptionalAction, default=True,
                     help="log the grade network's fit to MLflow, as `tupac run` does")
     ap.add_argument("--out", type=Path, default=RESULT)
+    ap.add_argument("--append", action="store_true",
+                    help="add the rows to OUT's (a setting rerun later, e.g. on a quieter machine) and compare its "
+                         "table with the first run's reference table in WORK")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--run", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -233,7 +237,10 @@ def main() -> None:
 
     n_src = len(list((a.src / "slides").glob("*.zarr")))
     rows, reference = [], a.work / "reference.parquet"
-    reference.unlink(missing_ok=True)
+    if a.append and a.out.is_file():
+        rows = json.loads(a.out.read_text())["rows"]
+    else:
+        reference.unlink(missing_ok=True)
     for setting in a.settings:
         run = _copy_run(a.src, a.work / setting / "run", a.slides)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "FC_REFERENCE": str(reference)}
