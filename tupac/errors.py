@@ -14,6 +14,19 @@ from pathlib import Path
 class TupacError(Exception):
     """Base class of every error raised on purpose by tupac."""
 
+    def __reduce__(self):
+        # Pickling (a Ray task's error crossing to the driver) must not call __init__: the subclasses' take
+        # (path, problem), not the one message in ``args``, so the default reduction fails to rebuild them and
+        # Ray would hand the driver an UnserializableException instead of the error naming the file.
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> TupacError:
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class SlideError(TupacError):
     """A problem with one slide file; ``path`` names it."""

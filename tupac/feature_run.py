@@ -33,6 +33,15 @@ A slide without tissue (a blank slide, committed by the job with empty heatmaps)
 the cohort: it gets a row of missing values with ``no_tissue = 1``, the fits leave it out, and the
 notes name it.
 
+Where it runs (``executor=``, :mod:`tupac.infer.cluster`): in this process by default; with a
+``RayExecutor``, each slide's features are a Ray task (1 CPU) that opens its own slide, store and
+models (networks loaded once per worker process) and returns its row, while its deep descriptors
+and general-feature volumes stay in Ray's object store (:mod:`tupac.infer.feature_tasks`) for the
+tasks that need them: the deep-histogram fit, the grade network's fit, the per-slide histogram and
+general rows, and the MLflow logging. The driver reads the commit records and writes the tables; it
+holds no pixels. The numbers are the same bits either way (tests/features/test_features_on_ray.py);
+benchmarks/features_cluster.py measures both.
+
 No leakage: the fits that see several slides (deep-histogram scaler and k-means; the grade network)
 are fitted on the labelled training slides only, and saved; a run without labels reuses them. New
 slides get features from those fits alone, so adding or removing other new slides changes nothing.
@@ -40,8 +49,10 @@ slides get features from those fits alone, so adding or removing other new slide
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +92,8 @@ from tupac.features.general import (
 from tupac.geometry import MPP_40X
 from tupac.heatmaps.commit import read_commit
 from tupac.heatmaps.store import HeatmapStore, detections_path
+from tupac.infer.cluster import LocalExecutor
+from tupac.infer.feature_tasks import call_keep, map_keep
 from tupac.preprocess.stain import SlideStainStats, fit_slide, transform
 from tupac.runlock import run_lock
 from tupac.slide import open_slide
@@ -112,6 +125,9 @@ class RunFeatures:
     n_tasks: dict[str, int]
     notes: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of each slide's task (by slide ID) and of the fits (``"(deep_hist fit)"``, ``"(general fit)"``),
+    measured in the process that ran them (its Dask threads included)."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -196,16 +212,50 @@ class _Networks:
     general: Any = None  # TrainedModel of the general features' frozen network
 
 
-def _load_networks(models: Path | None, cfg: FeatureRunConfig, want_general: bool) -> _Networks:
-    # Deferred: this pulls torch, which importing this module should not.
-    from tupac.models.trained import load_trained
+# Trained networks loaded by this process, by (resolved folder, weights SHA-256): a Ray worker that runs many
+# slides' tasks loads each network once, and a folder whose weights changed is loaded afresh.
+_TRAINED: dict[tuple[str, str], Any] = {}
+_TRAINED_MAX = 4  # a long-lived worker that sees several runs' models keeps only the latest few
 
+
+def _trained(model_dir: Path):
+    """The :class:`~tupac.models.trained.TrainedModel` of ``model_dir``, loaded at most once per process and weights."""
+    # Deferred: this pulls torch, which importing this module should not.
+    from tupac.models.trained import load_trained, weights_hash
+
+    key = (str(Path(model_dir).resolve()), weights_hash(model_dir))
+    if key not in _TRAINED:
+        while len(_TRAINED) >= _TRAINED_MAX:
+            _TRAINED.pop(next(iter(_TRAINED)))
+        _TRAINED[key] = load_trained(model_dir)
+    return _TRAINED[key]
+
+
+def _load_networks(models: Path | None, cfg: FeatureRunConfig, want_general: bool) -> _Networks:
     if models is None:
         return _Networks()
-    nets = _Networks(mitosis=load_trained(Path(models) / "mitosis"))
+    nets = _Networks(mitosis=_trained(Path(models) / "mitosis"))
     if want_general:
-        nets.general = nets.mitosis if cfg.general_model == "mitosis" else load_trained(Path(models) / "tumor")
+        nets.general = nets.mitosis if cfg.general_model == "mitosis" else _trained(Path(models) / "tumor")
     return nets
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch on ``n`` threads inside the block (None: as it is). A Ray task pins its torch to its CPUs, so a
+    worker running on a many-core node does not spin more threads than it was given; the forward passes of the
+    features give the same bits at any thread count (tests/features/test_features_on_ray.py checks it)."""
+    if n is None:
+        yield
+        return
+    import torch  # deferred: see _trained
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _SlidePixels:
@@ -303,6 +353,7 @@ class _SlideResult:
     slide_mpp: float
     deep: np.ndarray | None = None
     volumes: np.ndarray | None = None
+    cpu_s: float = 0.0  # CPU seconds of the process that computed it (its Dask threads included)
 
 
 def _tissue_of(store_path: Path) -> tuple[np.ndarray, float] | None:
@@ -358,18 +409,121 @@ def _tissue_centre_l0(tissue: tuple[np.ndarray, float] | None, px: _SlidePixels)
     return np.asarray(px.dimensions, dtype=np.float64) / 2
 
 
+# ---------------------------------------------------------------- tasks
+#
+# The stage's work as top-level functions of (paths, configs, small values, arrays handed on by the executor):
+# run_features hands them to an executor (tupac.infer.cluster), in this process or as Ray tasks, and they
+# compute the same numbers either way. Each opens the files it needs itself (the slide, its store, the
+# models folder), so the driver holds no pixels; each returns its small result first and its heavy arrays
+# after it, which the executor may keep where they were made (tupac.infer.feature_tasks).
+
+SLIDE_CPUS = 1
+"""CPUs a slide's features task asks for (its torch runs on as many threads when it runs as a Ray task)."""
+
+
+def _slide_task(slide: RunSlide, cfg: FeatureRunConfig, models: Path | None, want_general: bool, scheduler: Any,
+                threads: int | None) -> tuple[_SlideResult, np.ndarray | None, np.ndarray | None]:
+    """One slide's features: ``(result without arrays, deep descriptors, general volumes)``.
+
+    Returns
+    -------
+    _SlideResult
+        The slide's feature row (every group but ``deep_hist`` and ``general``), fringe origins
+        ``(k, 2)`` level-0 px, Dask task count, µm/px, and ``cpu_s`` (this process's CPU seconds on it).
+    ndarray of float32, shape (n, D), or None
+        Deep descriptors of the detections in the fringe patches (n <= ``max_deep_per_slide``, D = 4,096
+        for MitosNet); None without a mitosis network or pixels.
+    ndarray of float32, shape (general_patches, C, h, w), or None
+        The frozen network's feature volumes; None unless the general features are wanted.
+    """
+    t0 = time.process_time()
+    with _torch_threads(threads):
+        nets = _load_networks(models, cfg, want_general)
+        r = _one_slide(slide, cfg, nets, want_general, scheduler)
+    deep, volumes = r.deep, r.volumes
+    r.deep = r.volumes = None
+    r.cpu_s = time.process_time() - t0
+    return r, deep, volumes
+
+
+def _deep_fit_task(models: Path, cfg: FeatureRunConfig, out: Path, training: list[str], threads: int | None,
+                   *train_deep: np.ndarray) -> tuple[dict[str, Any], DeepHistogram | None]:
+    """Fit the deep histogram on the training slides' descriptors (``train_deep``, one ``(n_i, D)`` array per
+    slide of ``training``, in that order) and save it in ``out``, or load the saved fit when ``training`` is
+    empty: ``({"n_clusters", "notes", "cpu_s"}, fit or None)``."""
+    t0 = time.process_time()
+    notes: list[str] = []
+    with _torch_threads(threads):
+        fit = _deep_fit(dict(zip(training, train_deep, strict=True)), training, out, _trained(Path(models) / "mitosis"),
+                        cfg, notes)
+    info = {"n_clusters": fit.n_clusters if fit is not None else None, "notes": notes,
+            "cpu_s": time.process_time() - t0}
+    return info, fit
+
+
+def _deep_rows_task(fit: DeepHistogram, deep: np.ndarray) -> dict[str, float]:
+    """One slide's ``deep_hist_*`` columns from its descriptors ``(n, D)``."""
+    return fit.features(deep)
+
+
+def _general_fit_task(models: Path, cfg: FeatureRunConfig, out: Path, training: list[str], grades: np.ndarray,
+                      track: bool, threads: int | None, *train_volumes: np.ndarray
+                      ) -> tuple[dict[str, Any], _GeneralFit | None, Any]:
+    """Cross-fit the grade network on the training slides' volumes (one ``(P, C, h, w)`` array per slide of
+    ``training``) and save it in ``out``: ``({"rows", "notes", "cpu_s"}, fit for tracking or None, network)``;
+    ``rows`` maps each training slide to its out-of-fold row ``(1027,)`` float64."""
+    t0 = time.process_time()
+    with _torch_threads(threads):
+        general = _trained(Path(models) / ("mitosis" if cfg.general_model == "mitosis" else "tumor"))
+        rows, net, fit, note = _general_fit([_writable(v) for v in train_volumes], training, grades, out, general,
+                                            cfg, track)
+    info = {"rows": rows, "notes": [note], "cpu_s": time.process_time() - t0, "tracked": fit is not None}
+    return info, fit, net
+
+
+def _general_load_task(models: Path, cfg: FeatureRunConfig, out: Path, ids: list[str]
+                       ) -> tuple[dict[str, Any], None, Any]:
+    """The saved grade network of ``out`` (checked against the frozen network of ``models``) and the saved
+    out-of-fold rows of those of ``ids`` that were its training slides: ``({"rows", "notes", "cpu_s"}, None, net)``."""
+    t0 = time.process_time()
+    general = _trained(Path(models) / ("mitosis" if cfg.general_model == "mitosis" else "tumor"))
+    net, meta = load_grade_net(out)
+    if meta.get("model_sha256") != general.weights_sha256:
+        raise FeatureFileError(out / "general.json", "was fitted on another frozen network; rerun with --labels")
+    oof = pd.read_parquet(out / "oof.parquet")
+    rows = {s: oof.loc[s].to_numpy(np.float64) for s in ids if s in oof.index}
+    note = (f"general: reused the grade network of {len(meta.get('train_ids', []))} training slides "
+            f"(their out-of-fold rows for {len(rows)} of them)")
+    return {"rows": rows, "notes": [note], "cpu_s": time.process_time() - t0, "tracked": False}, None, net
+
+
+def _general_rows_task(net: Any, volumes: np.ndarray) -> np.ndarray:
+    """One slide's general-feature row ``(1027,)`` float64 from its volumes ``(P, C, h, w)`` (a slide's row
+    depends on that slide and the network alone, so slides may be computed anywhere, in any order)."""
+    return general_features(net, [_writable(volumes)])[0]
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, copied only when read-only: an array from Ray's object store is a read-only view of shared memory,
+    and torch warns on every ``from_numpy`` of one (nothing here writes to it; the copy keeps torch quiet)."""
+    return np.require(a, requirements="W")
+
+
+def _track_task(run: Path, fit: _GeneralFit, tracking_uri: str | None) -> tuple[Path, str]:
+    """Log the grade network's fit to MLflow (see :func:`_track_general`): ``(mlflow.json path, note)``."""
+    notes: list[str] = []
+    path = _track_general(run, fit, tracking_uri, notes)
+    return path, notes[0]
+
+
 # ---------------------------------------------------------------- fits shared by slides
 
 
-def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Path, nets: _Networks,
+def _deep_fit(vecs: Mapping[str, np.ndarray], training: list[str], out: Path, mitosis,
               cfg: FeatureRunConfig, notes: list[str]) -> DeepHistogram | None:
-    """Fit (training slides) or load the deep histogram; None when there is no mitosis network."""
-    if nets.mitosis is None or not cfg.pixels:
-        notes.append("deep_hist: not computed (needs --models with a mitosis network and the slide pixels)")
-        return None
-    desc = descriptor_of(nets.mitosis.model)
+    """Fit (training slides' descriptors ``vecs``) or load the deep histogram of ``mitosis`` (a TrainedModel)."""
     if training:
-        vecs = {s: results[s].deep for s in training}
+        desc = descriptor_of(mitosis.model)
         n_vec = sum(len(v) for v in vecs.values())
         k = min(cfg.n_clusters, n_vec)
         if k < 2:
@@ -379,7 +533,7 @@ def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Pat
             notes.append(f"deep_hist: {n_vec} training vectors, so {k} clusters instead of {cfg.n_clusters}")
         fit = fit_deep_histogram(vecs, n_clusters=k, seed=cfg.seed)
         fit = DeepHistogram(fit.mean, fit.scale, fit.centers,
-                            dict(fit.meta, model_sha256=nets.mitosis.weights_sha256, descriptor=desc.kind,
+                            dict(fit.meta, model_sha256=mitosis.weights_sha256, descriptor=desc.kind,
                                  descriptor_text=desc.text, mitoses_from="fringe patches"))
         fit.save(out)
         if fit.dim != 4096:
@@ -389,7 +543,7 @@ def _deep_fit(results: Mapping[str, _SlideResult], training: list[str], out: Pat
         notes.append(f"deep_hist: not computed (no --labels to fit it on, and no saved fit in {out})")
         return None
     fit = DeepHistogram.load(out)
-    if fit.meta.get("model_sha256") != nets.mitosis.weights_sha256:
+    if fit.meta.get("model_sha256") != mitosis.weights_sha256:
         raise FeatureFileError(out / "deep_hist.json", "was fitted with another mitosis network; rerun with --labels")
     notes.append(f"deep_hist: reused the fit of {fit.meta.get('n_train_slides')} training slides")
     return fit
@@ -408,62 +562,47 @@ class _GeneralFit:
     net_dir: Path
 
 
-def _general_rows(results: Mapping[str, _SlideResult], training: list[str], grades: np.ndarray, out: Path,
-                  nets: _Networks, cfg: FeatureRunConfig, notes: list[str],
-                  track: bool) -> tuple[dict[str, np.ndarray], _GeneralFit | None]:
-    """Each slide's general-feature row, and the fit when one was made (None when a saved one was reused)."""
+def _general_fit(train_volumes: list[np.ndarray], training: list[str], grades: np.ndarray, out: Path, general,
+                 cfg: FeatureRunConfig, track: bool) -> tuple[dict[str, np.ndarray], Any, _GeneralFit | None, str]:
+    """Cross-fit the grade network on the training slides (frozen network ``general``, a TrainedModel), save it
+    and the out-of-fold rows in ``out``: ``(out-of-fold row per training slide, the all-slides network, the fit
+    for tracking or None, note)``. New slides' rows come from that network, one slide at a time
+    (:func:`_general_rows_task`), exactly what :func:`~tupac.features.general.cross_fit` would give them."""
     gcfg = GeneralConfig(epochs=cfg.general_epochs, seed=cfg.seed)
-    new = [s for s in results if s not in set(training)]
-    if training:
-        record = None
-        if track:
-            # deferred: tupac.tracking.general imports tupac.train, hence torch (~1 s); only a tracked fit needs it
-            from tupac.tracking.general import GeneralFitRecord
+    record = None
+    if track:
+        # deferred: tupac.tracking.general imports tupac.train, hence torch (~1 s); only a tracked fit needs it
+        from tupac.tracking.general import GeneralFitRecord
 
-            record = GeneralFitRecord()
-        train_volumes = [results[s].volumes for s in training]
-        cf = cross_fit(train_volumes, grades, [results[s].volumes for s in new],
-                       n_splits=cfg.n_splits, config=gcfg, tracker_for=record)
-        meta = {"model": cfg.general_model, "model_sha256": nets.general.weights_sha256, "seed": cfg.seed,
-                "n_splits": cfg.n_splits, "epochs": gcfg.epochs, "train_ids": training,
-                "train_ids_sha256": ids_hash(training), "folds": cf.folds.tolist(),
-                "general_px": cfg.general_px, "general_patches": cfg.general_patches}
-        save_grade_net(cf.net, out, meta)
-        oof = pd.DataFrame(cf.train, index=pd.Index(training, name="slide_id"))
-        oof.columns = [str(c) for c in oof.columns]
-        oof.to_parquet(out / "oof.parquet")
-        rows = dict(zip(training, cf.train))
-        rows.update(zip(new, cf.new))
-        notes.append(f"general: grade network cross-fitted on {len(training)} training slides ({cfg.n_splits} folds)")
-        fit = None
-        if record is not None:
-            from tupac.tracking.general import fit_params  # deferred: imports torch (see GeneralFitRecord above)
+        record = GeneralFitRecord()
+    cf = cross_fit(train_volumes, grades, [], n_splits=cfg.n_splits, config=gcfg, tracker_for=record)
+    meta = {"model": cfg.general_model, "model_sha256": general.weights_sha256, "seed": cfg.seed,
+            "n_splits": cfg.n_splits, "epochs": gcfg.epochs, "train_ids": training,
+            "train_ids_sha256": ids_hash(training), "folds": cf.folds.tolist(),
+            "general_px": cfg.general_px, "general_patches": cfg.general_patches}
+    save_grade_net(cf.net, out, meta)
+    oof = pd.DataFrame(cf.train, index=pd.Index(training, name="slide_id"))
+    oof.columns = [str(c) for c in oof.columns]
+    oof.to_parquet(out / "oof.parquet")
+    note = f"general: grade network cross-fitted on {len(training)} training slides ({cfg.n_splits} folds)"
+    fit = None
+    if record is not None:
+        from tupac.tracking.general import fit_params  # deferred: imports torch (see GeneralFitRecord above)
 
-            card = nets.general.card
-            params = fit_params(gcfg, in_channels=int(train_volumes[0].shape[1]), frozen_model=cfg.general_model,
-                                frozen_arch=card.architecture, frozen_sha256=nets.general.weights_sha256,
-                                n_patches=cfg.general_patches, patch_px=_general_patch_px(card, cfg),
-                                n_splits=cfg.n_splits, train_ids=training, folds=cf.folds,
-                                volumes_sha256=volumes_hash(train_volumes))
-            fit = _GeneralFit(cf, record, params, meta, training, grades, out)
-        return rows, fit
-    net, meta = load_grade_net(out)
-    if meta.get("model_sha256") != nets.general.weights_sha256:
-        raise FeatureFileError(out / "general.json", "was fitted on another frozen network; rerun with --labels")
-    oof = pd.read_parquet(out / "oof.parquet")
-    rows = {s: oof.loc[s].to_numpy(np.float64) for s in results if s in oof.index}
-    fresh = [s for s in results if s not in rows]
-    if fresh:
-        rows.update(zip(fresh, general_features(net, [results[s].volumes for s in fresh])))
-    notes.append(f"general: reused the grade network of {len(meta.get('train_ids', []))} training slides "
-                 f"(their out-of-fold rows for {len(results) - len(fresh)} of them)")
-    return rows, None
+        card = general.card
+        params = fit_params(gcfg, in_channels=int(train_volumes[0].shape[1]), frozen_model=cfg.general_model,
+                            frozen_arch=card.architecture, frozen_sha256=general.weights_sha256,
+                            n_patches=cfg.general_patches, patch_px=_general_patch_px(card, cfg),
+                            n_splits=cfg.n_splits, train_ids=training, folds=cf.folds,
+                            volumes_sha256=volumes_hash(train_volumes))
+        fit = _GeneralFit(cf, record, params, meta, training, grades, out)
+    return dict(zip(training, cf.train)), cf.net, fit, note
 
 
 def _track_general(run: Path, fit: _GeneralFit, tracking_uri: str | None, notes: list[str]) -> Path:
     """Log the fit to MLflow and write ``RUN/features/mlflow.json``; any failure becomes FeatureTrackingError
     (the features are written by then, and the message says so)."""
-    from tupac.tracking.general import log_general_fit  # deferred: imports torch (see _general_rows)
+    from tupac.tracking.general import log_general_fit  # deferred: imports torch (see _general_fit)
 
     uri = tracking_uri or resolve_tracking_uri(run)
     try:
@@ -592,6 +731,7 @@ def run_features(
     progress: Callable[[str, str], None] | None = None,
     track: bool = True,
     tracking_uri: str | None = None,
+    executor: Any = None,
 ) -> RunFeatures:
     """Compute and write the feature table of a run (see the module docstring for the files).
 
@@ -610,7 +750,13 @@ def run_features(
         patches, deep and general features.
     config : FeatureRunConfig
     scheduler : optional
-        Dask scheduler of the per-slide heatmap graphs (``ray.util.dask.ray_dask_get`` for Dask-on-Ray).
+        Dask scheduler of the per-slide heatmap graphs; default Dask's threaded scheduler, in the
+        process that computes the slide (with a ``RayExecutor``: inside the slide's task).
+        ``ray.util.dask.ray_dask_get`` (Dask-on-Ray) makes every chunk of those graphs a nested Ray task:
+        the same numbers, but 2.5x the stage's wall time on an 8-slide phantom run with 2 CPUs
+        (benchmarks/features_cluster.py), since a slide's chunks are small (a heatmap tile each) and each
+        nested task waits for a CPU held by the slide tasks; the slide is the unit of parallelism, so the
+        default keeps its reductions local.
     progress : callable(slide_id, stage), optional
         Called with ``(slide_id, "done")`` after each slide, then ``("", stage)`` for the cohort fits.
     track : bool
@@ -618,6 +764,13 @@ def run_features(
         all-training-slides network registered as ``tupac-general-grade``); see the module docstring.
     tracking_uri : str, optional
         The MLflow store; default ``MLFLOW_TRACKING_URI``, else ``RUN/mlflow.db`` (as ``tupac fit``).
+    executor : LocalExecutor or RayExecutor, optional
+        Where the work runs (:mod:`tupac.infer.cluster`); default this process, one slide after another.
+        A connected ``RayExecutor`` runs each slide's features as a Ray task (1 CPU; it reads the slide's
+        pixels, its store and the models itself), the deep-histogram fit, the grade network's fit and the
+        MLflow logging as tasks of their own, and the per-slide deep-histogram and general rows as tasks fed
+        from the object store: this process reads only the run's commit records and writes the tables.
+        The features are the same numbers either way (tests/features/test_features_on_ray.py).
 
     Returns
     -------
@@ -632,11 +785,11 @@ def run_features(
     """
     with run_lock(run, "tupac features", create=False):
         return _run_features_locked(Path(run), labels, slides, models, config, scheduler, progress, track,
-                                    tracking_uri)
+                                    tracking_uri, executor)
 
 
 def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunConfig, scheduler, progress, track: bool,
-                         tracking_uri: str | None) -> RunFeatures:
+                         tracking_uri: str | None, executor) -> RunFeatures:
     tick = progress or (lambda _s, _m: None)
     found, skipped = discover_slides(run, slides)
     if not found:
@@ -668,28 +821,60 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     if want_general and training:
         # Before any slide is read: a split that cannot be made must not cost the cohort's features first.
         notes += check_fold_sizes(grades, config.n_splits, f"{labels}")
-    nets = _load_networks(Path(models) if models else None, config, want_general)
+    models = Path(models) if models else None
+    ex = executor if executor is not None else LocalExecutor()
+    # A Ray task's torch gets as many threads as the task has CPUs; in this process torch keeps its own setting.
+    threads = SLIDE_CPUS if getattr(ex, "where", "local") != "local" else None
 
-    results: dict[str, _SlideResult] = {}
-    general_fit = None
-    for s in found:
-        if s.slide_id not in blank_set:
-            results[s.slide_id] = _one_slide(s, config, nets, want_general, scheduler)
-        tick(s.slide_id, "done")
+    for sid in blank:
+        tick(sid, "done")
+    todo = [s for s in found if s.slide_id not in blank_set]
+    made = map_keep(ex, _slide_task, [(s, config, models, want_general, scheduler, threads) for s in todo],
+                    keep=2, num_cpus=SLIDE_CPUS, name="features-slide",
+                    on_done=lambda i, _r: tick(todo[i].slide_id, "done"))
+    # Slide order (ID order, as discover_slides gives): the tables and the fits' inputs do not depend on
+    # the order in which the tasks finished.
+    results: dict[str, _SlideResult] = {s.slide_id: r for s, (r, _) in zip(todo, made)}
+    deep = {s.slide_id: h[0] for s, (_, h) in zip(todo, made)}
+    volumes = {s.slide_id: h[1] for s, (_, h) in zip(todo, made)}
+    cpu_s = {sid: r.cpu_s for sid, r in results.items()}
     out.mkdir(parents=True, exist_ok=True)
     groups = next(iter(results.values())).groups
-    fit = _deep_fit(results, training, out, nets, config, notes)
     n_clusters = config.n_clusters
-    if fit is not None:
-        tick("", "deep-feature histograms")
-        groups += ("deep_hist",)
-        n_clusters = fit.n_clusters
-        for r in results.values():
-            r.features.update(fit.features(r.deep))
+    fitted_deep = False
+    if models is None or not config.pixels:
+        notes.append("deep_hist: not computed (needs --models with a mitosis network and the slide pixels)")
+    else:
+        info, (fit,) = call_keep(ex, _deep_fit_task, models, config, out, training, threads,
+                                 *[deep[s] for s in training], keep=1, name="features-deep-hist-fit")
+        notes += info["notes"]
+        cpu_s["(deep_hist fit)"] = info["cpu_s"]
+        if info["n_clusters"] is not None:
+            fitted_deep = True
+            tick("", "deep-feature histograms")
+            groups += ("deep_hist",)
+            n_clusters = info["n_clusters"]
+            rows = ex.map(_deep_rows_task, [(fit, deep[sid]) for sid in results], name="features-deep-hist-rows")
+            for r, row in zip(results.values(), rows):
+                r.features.update(row)
+    general_fit = None
     if want_general:
         tick("", "general features (grade network)")
-
-        rows, general_fit = _general_rows(results, training, grades, general_dir, nets, config, notes, track)
+        if training:
+            info, (general_fit, net) = call_keep(ex, _general_fit_task, models, config, general_dir, training,
+                                                 grades, track, threads, *[volumes[s] for s in training],
+                                                 keep=2, name="features-general-fit")
+        else:
+            info, (general_fit, net) = call_keep(ex, _general_load_task, models, config, general_dir, list(results),
+                                                 keep=2, name="features-general-load")
+        notes += info["notes"]
+        cpu_s["(general fit)"] = info["cpu_s"]
+        if not info["tracked"]:
+            general_fit = None  # on Ray a handle is never None: the task says whether it made a fit to log
+        rows = dict(info["rows"])
+        fresh = [s for s in results if s not in rows]
+        rows.update(zip(fresh, ex.map(_general_rows_task, [(net, volumes[s]) for s in fresh],
+                                      name="features-general-rows")))
         names = [f.name for f in general_dictionary()]
         for sid, r in results.items():
             r.features.update(zip(names, rows[sid].tolist()))
@@ -705,7 +890,7 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     summary = {"slides": ids, "skipped": [{"slide_id": s, "reason": w} for s, w in skipped], "no_tissue": blank,
                "ood": [{"slide_id": r.slide_id, "reasons": r.qc_ood_reasons} for r in qc[qc["qc_ood"] > 0].itertuples()],
                "training": training,
-               "new": new, "groups": list(groups), "n_clusters": n_clusters if fit is not None else None,
+               "new": new, "groups": list(groups), "n_clusters": n_clusters if fitted_deep else None,
                "dask_tasks": n_tasks, "notes": notes, "config": config.__dict__}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     paths = {"table": run / "features.parquet", "dictionary": out / "dictionary.csv", "folder": out}
@@ -714,6 +899,8 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
         (out / "mlflow.json").unlink(missing_ok=True)
     if general_fit is not None:
         tick("", "MLflow: grade network runs")
-        paths["mlflow"] = _track_general(run, general_fit, tracking_uri, notes)
-    return RunFeatures(table, dictionary, skipped, training, new, n_tasks, notes, paths)
+        paths["mlflow"], note = ex.call(_track_task, run, general_fit, tracking_uri or resolve_tracking_uri(run),
+                                        name="features-mlflow")
+        notes.append(note)
+    return RunFeatures(table, dictionary, skipped, training, new, n_tasks, notes, paths, cpu_s)
 

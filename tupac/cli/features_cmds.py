@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -37,28 +38,54 @@ def features_cmd(
     models: Path = typer.Option(None, "--models",
                                 help="MODELS folder (mitosis[, tumor]): stain template, deep and general features."),
     scheduler: str = typer.Option("local", "--scheduler", help="Dask scheduler of the heatmap graphs: local or ray."),
+    ray: bool = typer.Option(False, "--ray/--no-ray",
+                             help="Run each slide's features, and the fits, as Ray tasks (a local Ray unless --address)."),
+    address: str = typer.Option(None, "--address",
+                                help="Ray cluster to run the tasks on (host:port or ray://...; implies --ray; "
+                                     "default $RAY_ADDRESS, else a local Ray)."),
+    local_cpus: int = typer.Option(None, "--local-cpus", min=1,
+                                   help="CPUs of a local Ray started for --ray (default: all)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow",
                                 help="Track the grade network's fits in MLflow (the RUN's store, or $MLFLOW_TRACKING_URI)."),
     **features,
 ) -> None:
     """Compute every committed slide's features into RUN/features.parquet and RUN/features/dictionary.csv."""
     # Deferred: the features stage imports pandas, Dask and torch, which `tupac --help` should not pay for.
-    from tupac.feature_run import discover_slides, run_features
+    from tupac.feature_run import discover_slides
     from tupac.features.config import FeatureRunConfig
 
     if scheduler not in ("local", "ray"):
         fail(ConfigError(f"--scheduler {scheduler!r}: expected 'local' or 'ray'"))
     cfg = run_guarded(FeatureRunConfig, **features)
     found, _ = run_guarded(discover_slides, run, slides)
-    get = None
-    if scheduler == "ray":
-        # Deferred: the Ray scheduler loads only when asked for.
-        from tupac.infer.dask_on_ray import ray_dask_scheduler
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if ray or address:
+            # Deferred: Ray loads only when asked for. Entered first, so that Dask-on-Ray below joins this Ray.
+            from tupac.infer.cluster import RayExecutor
 
-        get = ray_dask_scheduler()
+            try:
+                executor = stack.enter_context(RayExecutor(address, log_dir=run / "logs", local_cpus=local_cpus,
+                                                           include_dashboard=False))
+            except ConnectionError as e:
+                fail(ConfigError(f"--address {address}: cannot connect to Ray ({e})"))
+        get = None
+        if scheduler == "ray":
+            # Deferred: the Ray scheduler loads only when asked for.
+            from tupac.infer.dask_on_ray import ray_dask_scheduler
+
+            get = ray_dask_scheduler()
+        res = _run(run, labels, slides, models, cfg, get, mlflow, executor, len(found))
+    _print(res)
+
+
+def _run(run, labels, slides, models, cfg, get, mlflow: bool, executor, n_slides: int):
+    """The stage with a progress bar (slides done, then the cohort fits)."""
+    from tupac.feature_run import run_features
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as progress:
-        bar = progress.add_task("features", total=len(found))
+        bar = progress.add_task("features", total=n_slides)
 
         def tick(slide_id: str, stage: str) -> None:
             if slide_id:
@@ -66,8 +93,11 @@ def features_cmd(
             else:
                 progress.update(bar, description=stage)
 
-        res = run_guarded(run_features, run, labels=labels, slides=slides, models=models, config=cfg,
-                          scheduler=get, progress=tick, track=mlflow)
+        return run_guarded(run_features, run, labels=labels, slides=slides, models=models, config=cfg,
+                           scheduler=get, progress=tick, track=mlflow, executor=executor)
+
+
+def _print(res) -> None:
     for sid, why in res.skipped:
         console.print(f"[yellow]skipped[/] {sid}: {why}", highlight=False)
     for note in res.notes:

@@ -182,7 +182,8 @@ def feature_volumes(model, patches: np.ndarray, batch_size: int = 16) -> np.ndar
         model.train(was_training)
     if not captured:
         raise FeatureError("no patches: every slide needs at least one patch for the general features")
-    return torch.cat(captured).numpy().astype(np.float32)
+    # C order (oneDNN leaves channels-last strides): the same bytes and strides wherever the volumes travel.
+    return np.ascontiguousarray(torch.cat(captured).numpy(), dtype=np.float32)
 
 
 def _net_class():
@@ -284,7 +285,10 @@ def _tensors(volumes: Sequence[np.ndarray]) -> list:
 
     out = []
     for v in volumes:
-        v = np.asarray(v, dtype=np.float32)
+        # C order whatever the layout handed in: oneDNN's convolutions leave channels-last volumes, which a copy
+        # (pickling through Ray's object store, np.copy) turns into C order, and torch's 1x1 convolution sums
+        # in another order on each layout; one layout makes a slide's features the same bits wherever it was read.
+        v = np.ascontiguousarray(v, dtype=np.float32)
         if v.ndim != 4 or len(v) == 0:
             raise FeatureError(f"each slide's feature volumes must be (n >= 1, C, h, w), got {v.shape}")
         out.append(torch.from_numpy(v))
