@@ -34,10 +34,11 @@ from __future__ import annotations
 from tupac.features.catalog import GROUPS, feature_dictionary, feature_list
 from tupac.features.dictionary import Feature, check_finite
 
-ALGORITHM_VERSION = 2
+ALGORITHM_VERSION = 3
 """Raised whenever a change makes the same heatmaps, slides and config give other features (2: issue
 17's MitosNet conv3 descriptors clustered on the fringe patches' mitoses, and the 1,024-wide general
-layer). ``tupac run``'s features stage keys on it, so a run made by older code recomputes its table
+layer; 3: issue 19's C-contiguous feature volumes, which move the general features in their last
+bits). ``tupac run``'s features stage keys on it, so a run made by older code recomputes its table
 instead of keeping features the current code would not give."""
 
 __all__ = [
