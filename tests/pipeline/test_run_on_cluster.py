@@ -1,0 +1,142 @@
+"""`tupac run --address` on a real multi-node Ray cluster: a head and two worker nodes started with
+``ray start`` on this machine, the whole pipeline on a tiny phantom cohort.
+
+The head has no CPUs (as a cluster's head should: it schedules, it does not compute), so every
+task and actor must land on a worker node; the workers declare one GPU each (fake: torch finds no
+CUDA and runs on CPU), so the trainings take the GPU-request path. Checked: the run completes,
+``RUN/pipeline/placement.json`` says that the trainings, the model actors, the per-slide features,
+the fit and the report ran on the worker nodes, the feature table equals the one the features stage
+computes in this process from the same heatmaps and models, and a second ``tupac run --address``
+does nothing and starts no Ray. No Ray process of the cluster is left behind.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ray_nodes import NO_AUTH, free_port, ray_cli, short_temp, stop_cluster
+from test_run_pipeline import TINY
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+N_SLIDES = 12  # the fit's 2 x 2 nested stratified CV needs 4 slides of each grade
+WORKER_STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
+
+
+def _config() -> dict:
+    """The pipeline tests' tiny config, smaller still where it only costs time: one epoch per training
+    stage, no feature-group ablation in the fit. The `infer:` section's local-Ray options stay: they
+    are how-to-run, unused on a cluster, and must not matter."""
+    cfg = yaml.safe_load(TINY)
+    cfg["tumor"]["train"]["epochs"] = 1
+    cfg["mitosis"]["train"]["epochs"] = 1
+    cfg["features"]["general_epochs"] = 2
+    cfg["fit"]["ablation"] = False
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> tuple[Path, Path]:
+    from tupac.synth import generate_cohort
+
+    base = tmp_path_factory.mktemp("cluster_run")
+    data = base / "data"
+    generate_cohort(data, n_slides=N_SLIDES, seed=11, size_um=(1000.0, 800.0), mitosis_images=6)
+    config = base / "tiny.yaml"
+    config.write_text(yaml.safe_dump(_config(), sort_keys=False))
+    return data, config
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Head (0 CPUs, no GPU) + 2 worker nodes (2 CPUs, 1 fake GPU each) on this machine; yields
+    ``(address, temp)``."""
+    port = free_port()
+    temp = short_temp()
+    env = {"RAY_object_store_memory": str(200 * 1024**2)}
+    # 2 CPUs per worker: the trainings ask for as many CPUs as this machine's in-process torch threads.
+    try:
+        head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
+                       f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats", env=env)
+        assert head.returncode == 0, head.stderr[-2000:]
+        address = f"127.0.0.1:{port}"
+        for _ in range(2):
+            w = ray_cli("start", f"--address={address}", "--num-cpus=2", "--num-gpus=1",
+                        "--object-store-memory=200000000", "--disable-usage-stats", env=env)
+            assert w.returncode == 0, w.stderr[-2000:]
+        yield address, temp
+    finally:
+        stop_cluster(temp)
+
+
+def _tupac_run(data: Path, run: Path, config: Path, address: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray's workers import tupac from the driver's sys.path; make this checkout the one they find.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "tupac", "run", "--data", str(data), "--out", str(run),
+                           "--config", str(config), "--address", address],
+                          capture_output=True, text=True, timeout=840, env={**env, **NO_AUTH, "COLUMNS": "200"})
+
+
+def _reference_features(run: Path, data: Path, config: Path, tmp: Path) -> pd.DataFrame:
+    """The features stage in this process (no executor) on a copy of the cluster run's heatmaps and models."""
+    from tupac.feature_run import run_features
+    from tupac.pipeline import PipelineConfig
+
+    ref = tmp / "ref"
+    ref.mkdir()
+    shutil.copytree(run / "slides", ref / "slides")
+    run_features(ref, labels=data / "training_ground_truth.csv", slides=data, models=run / "models",
+                 config=PipelineConfig.from_yaml(config).features_config(), track=False)
+    return pd.read_parquet(ref / "features.parquet")
+
+
+def test_tupac_run_on_a_head_and_two_workers(cohort, cluster, tmp_path, artifacts_dir):
+    data, config = cohort
+    address, temp = cluster
+    run = tmp_path / "run"
+
+    first = _tupac_run(data, run, config, address)
+    (artifacts_dir / "tupac_run_on_cluster.txt").write_text(first.stdout + "\n--- stderr ---\n" + first.stderr)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert json.loads((run / "pipeline" / "last.json").read_text())["ran"] == list(WORKER_STAGES)
+    assert f"connected to Ray at {address}" in first.stdout
+
+    # Every stage's work ran on the worker nodes: the head has no CPU, and the driver runs none of it.
+    placement = json.loads((run / "pipeline" / "placement.json").read_text())
+    per_slide_features = "executor" in inspect.signature(__import__("tupac.feature_run").feature_run.run_features).parameters
+    for stage in WORKER_STAGES:
+        if stage == "features" and not per_slide_features:
+            continue  # before run_features takes an executor, the features stage runs in the driver
+        nodes = placement[stage]["nodes"]
+        assert {n["role"] for n in nodes.values()} == {"worker"}, (stage, placement[stage])
+    for task in ("tumor", "mitosis"):
+        train = placement[f"train_{task}"]
+        assert train["tasks"] == 1 and train["num_gpus"] == 1 and train["num_cpus"] == 2
+        assert [len(n["gpu_ids"]) for n in train["nodes"].values()] == [1]  # Ray gave the task one GPU
+    assert len(placement["infer"]["nodes"]) == 2  # one model actor per worker node
+    if per_slide_features:
+        assert placement["features"]["tasks"] >= N_SLIDES
+        assert len(placement["features"]["nodes"]) == 2  # the slides spread over both workers
+
+    # The per-slide features computed on the workers are the in-process features, to the bit.
+    table = pd.read_parquet(run / "features.parquet")
+    reference = _reference_features(run, data, config, tmp_path)
+    pd.testing.assert_frame_equal(table, reference, check_exact=True)
+
+    # Nothing changed: the second run does no work and starts no Ray session.
+    second = _tupac_run(data, run, config, address)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert json.loads((run / "pipeline" / "last.json").read_text())["ran"] == []
+    assert "[ray]" not in second.stdout and "nothing (everything up to date)" in second.stdout
