@@ -55,7 +55,7 @@ from tupac.heatmaps.prepare import CardInfo
 from tupac.heatmaps.store import store_path
 from tupac.infer.cluster import RayExecutor
 from tupac.infer.job import ACTORS_FILE, JobConfig, run_job
-from tupac.infer.placement import PlacementRecorder, cluster_summary, describe, largest_node_cpus, summarize
+from tupac.infer.placement import PlacementRecorder, cluster_summary, describe, here, largest_node_cpus, summarize
 from tupac.mitosis.training import MitosisTrainConfig
 from tupac.models.trained import weights_hash
 from tupac.predict.cohort import build_cohort, read_feature_table, read_fit_labels
@@ -615,6 +615,8 @@ class Pipeline:
                          slides=self.data.absolute(), models=self.models.absolute(), config=cfg, **kwargs)
             if rec is not None:
                 self._placed("features", rec)
+            else:
+                self._placement = {"kind": "driver", **summarize([{**here(), "num_cpus": 0, "num_gpus": 0}])}
 
         key = [k_infer, dataclasses.asdict(cfg), {"features_algorithm": FEATURES_ALGORITHM_VERSION}]
         if self.given_labels:

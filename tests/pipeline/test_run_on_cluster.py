@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,19 +28,20 @@ import yaml
 from ray_nodes import NO_AUTH, free_port, ray_cli, short_temp, stop_cluster
 from test_run_pipeline import TINY
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 N_SLIDES = 12  # the fit's 2 x 2 nested stratified CV needs 4 slides of each grade
 WORKER_STAGES = ("train_tumor", "train_mitosis", "infer", "features", "fit", "report")
 
 
 def _config() -> dict:
-    """The pipeline tests' tiny config, smaller still where it only costs time: one epoch per training
-    stage, no feature-group ablation in the fit. The `infer:` section's local-Ray options stay: they
-    are how-to-run, unused on a cluster, and must not matter."""
+    """The pipeline tests' tiny config, smaller still where it only costs time (what is checked here is
+    where the work runs, not how good the models are): one training stage of one epoch, fewer
+    mitosis patches, no feature-group ablation in the fit. The `infer:` section's local-Ray options
+    stay: they are how-to-run, unused on a cluster, and must not matter."""
     cfg = yaml.safe_load(TINY)
+    cfg["tumor"].update(two_stage=False)
     cfg["tumor"]["train"]["epochs"] = 1
+    cfg["mitosis"].update(two_stage=False, positive_copies=4, negatives_per_image=40, background_per_image=10)
     cfg["mitosis"]["train"]["epochs"] = 1
     cfg["features"]["general_epochs"] = 2
     cfg["fit"]["ablation"] = False
@@ -58,35 +60,54 @@ def cohort(tmp_path_factory) -> tuple[Path, Path]:
     return data, config
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").is_file() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Head (0 CPUs, no GPU) + 2 worker nodes (2 CPUs, 1 fake GPU each) on this machine; yields
-    ``(address, temp)``."""
+    ``{"address": HOST:PORT, "pids": []}``, where a test lists the Ray worker processes it saw, which
+    must be gone once the cluster is stopped (their command line, ``ray::IDLE``, does not name the
+    cluster's temp folder that :func:`stop_cluster` finds the raylets by)."""
     port = free_port()
     temp = short_temp()
     env = {"RAY_object_store_memory": str(200 * 1024**2)}
+    seen: dict = {"address": f"127.0.0.1:{port}", "pids": []}
     # 2 CPUs per worker: the trainings ask for as many CPUs as this machine's in-process torch threads.
     try:
         head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
                        f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats", env=env)
         assert head.returncode == 0, head.stderr[-2000:]
-        address = f"127.0.0.1:{port}"
         for _ in range(2):
-            w = ray_cli("start", f"--address={address}", "--num-cpus=2", "--num-gpus=1",
+            w = ray_cli("start", f"--address={seen['address']}", "--num-cpus=2", "--num-gpus=1",
                         "--object-store-memory=200000000", "--disable-usage-stats", env=env)
             assert w.returncode == 0, w.stderr[-2000:]
-        yield address, temp
+        yield seen
     finally:
         stop_cluster(temp)
+    deadline = time.monotonic() + 30  # a worker exits on its own once its raylet is gone
+    while any(_alive(p) for p in seen["pids"]) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not [p for p in seen["pids"] if _alive(p)], "Ray worker processes left behind"
 
 
-def _tupac_run(data: Path, run: Path, config: Path, address: str) -> subprocess.CompletedProcess:
+def _tupac_run(data: Path, run: Path, config: Path, address: str, job: bool = False) -> subprocess.CompletedProcess:
+    """``tupac run --address ADDRESS``; with ``job``, ``jobs/run_cohort.py`` as ``ray job submit`` runs
+    it (the address in ``RAY_ADDRESS``)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # Ray's workers import tupac from the driver's sys.path; make this checkout the one they find.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "tupac", "run", "--data", str(data), "--out", str(run),
-                           "--config", str(config), "--address", address],
-                          capture_output=True, text=True, timeout=840, env={**env, **NO_AUTH, "COLUMNS": "200"})
+    args = ["--data", str(data), "--out", str(run), "--config", str(config)]
+    if job:
+        cmd, env["RAY_ADDRESS"] = [str(ROOT / "jobs" / "run_cohort.py"), *args], address
+    else:
+        cmd = ["-m", "tupac", "run", *args, "--address", address]
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=840,
+                          env={**env, **NO_AUTH, "COLUMNS": "200"})
 
 
 def _reference_features(run: Path, data: Path, config: Path, tmp: Path) -> pd.DataFrame:
@@ -102,9 +123,10 @@ def _reference_features(run: Path, data: Path, config: Path, tmp: Path) -> pd.Da
     return pd.read_parquet(ref / "features.parquet")
 
 
+@pytest.mark.slow
 def test_tupac_run_on_a_head_and_two_workers(cohort, cluster, tmp_path, artifacts_dir):
     data, config = cohort
-    address, temp = cluster
+    address = cluster["address"]
     run = tmp_path / "run"
 
     first = _tupac_run(data, run, config, address)
@@ -115,6 +137,7 @@ def test_tupac_run_on_a_head_and_two_workers(cohort, cluster, tmp_path, artifact
 
     # Every stage's work ran on the worker nodes: the head has no CPU, and the driver runs none of it.
     placement = json.loads((run / "pipeline" / "placement.json").read_text())
+    cluster["pids"] += [pid for stage in placement.values() for n in stage.get("nodes", {}).values() for pid in n["pids"]]
     per_slide_features = "executor" in inspect.signature(__import__("tupac.feature_run").feature_run.run_features).parameters
     for stage in WORKER_STAGES:
         if stage == "features" and not per_slide_features:
@@ -140,3 +163,47 @@ def test_tupac_run_on_a_head_and_two_workers(cohort, cluster, tmp_path, artifact
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert json.loads((run / "pipeline" / "last.json").read_text())["ran"] == []
     assert "[ray]" not in second.stdout and "nothing (everything up to date)" in second.stdout
+
+    # The Ray job entrypoint, joining the cluster through RAY_ADDRESS as in `ray job submit`: with the
+    # report deleted, the report alone runs again, on a worker node.
+    shutil.rmtree(run / "report")
+    third = _tupac_run(data, run, config, address, job=True)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert json.loads((run / "pipeline" / "last.json").read_text())["ran"] == ["report"]
+    assert (run / "report" / "index.html").is_file()
+    report = json.loads((run / "pipeline" / "placement.json").read_text())["report"]
+    assert {n["role"] for n in report["nodes"].values()} == {"worker"}
+    cluster["pids"] += [pid for n in report["nodes"].values() for pid in n["pids"]]
+
+
+def test_the_command_and_the_config_name_one_ray():
+    from tupac.errors import ConfigError
+    from tupac.pipeline import PipelineConfig
+
+    cfg = PipelineConfig(infer={"address": "10.0.0.1:6379"})
+    assert cfg.ray_address(None) == "10.0.0.1:6379"
+    assert cfg.ray_address("10.0.0.1:6379") == "10.0.0.1:6379"
+    assert PipelineConfig().ray_address("10.0.0.2:6379") == "10.0.0.2:6379"
+    assert PipelineConfig().job_config(Path("M"), Path("R"), "10.0.0.2:6379").address == "10.0.0.2:6379"
+    with pytest.raises(ConfigError, match=r"--address 10.0.0.2:6379 and infer.address = 10.0.0.1:6379 differ"):
+        cfg.ray_address("10.0.0.2:6379")
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_the_placement_recorder_passes_results_through_and_records_where():
+    from tupac.infer.cluster import LocalExecutor
+    from tupac.infer.placement import PlacementRecorder, describe
+
+    rec = PlacementRecorder(LocalExecutor())
+    done = []
+    assert rec.map(_square, [(2,), (3,)], num_cpus=2, on_done=lambda i, r: done.append((i, r))) == [4, 9]
+    assert done == [(0, 4), (1, 9)]
+    assert rec.call(_square, 4, name="sq") == 16
+    assert rec.gpus() == 0.0 and rec.where == "local"  # the wrapped executor's own
+    summary = rec.summary()
+    assert summary["tasks"] == 3 and summary["num_cpus"] == 2
+    assert list(summary["nodes"]) == ["local"] and summary["nodes"]["local"]["pids"] == [os.getpid()]
+    assert describe(summary) == "3 calls in this process"

@@ -108,7 +108,7 @@ def summarize(places: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if nid not in nodes:
             info = known.get(nid)
             role = "local" if nid == "local" else ("unknown" if info is None else ("head" if info["head"] else "worker"))
-            nodes[nid] = {"ip": p.get("node_ip"), "role": role, "tasks": counts[nid], "gpu_ids": [], "pids": []}
+            nodes[nid] = {"ip": p.get("node_ip") or (info or {}).get("ip"), "role": role, "tasks": counts[nid], "gpu_ids": [], "pids": []}
         nodes[nid]["gpu_ids"] = sorted(set(nodes[nid]["gpu_ids"]) | set(p.get("gpu_ids") or []))
         if p.get("pid") is not None and p["pid"] not in nodes[nid]["pids"]:
             nodes[nid]["pids"].append(p["pid"])
