@@ -96,10 +96,12 @@ def cluster():
     assert not [p for p in seen["pids"] if _alive(p)], "Ray worker processes left behind"
 
 
-def _tupac_run(data: Path, run: Path, config: Path, address: str, job: bool = False) -> subprocess.CompletedProcess:
-    """``tupac run --address ADDRESS``; with ``job``, ``jobs/run_cohort.py`` as ``ray job submit`` runs
-    it (the address in ``RAY_ADDRESS``)."""
+def _tupac_run(data: Path, run: Path, config: Path, address: str, tracking: str, job: bool = False
+               ) -> subprocess.CompletedProcess:
+    """``tupac run --address ADDRESS`` with ``MLFLOW_TRACKING_URI=tracking``; with ``job``,
+    ``jobs/run_cohort.py`` as ``ray job submit`` runs it (the address in ``RAY_ADDRESS``)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["MLFLOW_TRACKING_URI"] = tracking
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     args = ["--data", str(data), "--out", str(run), "--config", str(config)]
     if job:
@@ -128,8 +130,11 @@ def test_tupac_run_on_a_head_and_two_workers(cohort, cluster, tmp_path, artifact
     data, config = cohort
     address = cluster["address"]
     run = tmp_path / "run"
+    # A tracking server the driver names in its environment, which the worker nodes (started without
+    # it) learn from the pipeline's runtime_env: every training and fit must be logged there.
+    tracking = f"sqlite:///{tmp_path / 'tracking.db'}"
 
-    first = _tupac_run(data, run, config, address)
+    first = _tupac_run(data, run, config, address, tracking)
     (artifacts_dir / "tupac_run_on_cluster.txt").write_text(first.stdout + "\n--- stderr ---\n" + first.stderr)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert json.loads((run / "pipeline" / "last.json").read_text())["ran"] == list(WORKER_STAGES)
@@ -153,13 +158,20 @@ def test_tupac_run_on_a_head_and_two_workers(cohort, cluster, tmp_path, artifact
         assert placement["features"]["tasks"] >= N_SLIDES
         assert len(placement["features"]["nodes"]) == 2  # the slides spread over both workers
 
+    # The trainings and the fit, run on the worker nodes, logged to the driver's tracking store.
+    from mlflow import MlflowClient
+
+    names = {m.name for m in MlflowClient(tracking_uri=tracking, registry_uri=tracking).search_registered_models()}
+    assert {"tupac-tumor-locnet", "tupac-mitosis-mitosnet", "tupac-grade-classifier", "tupac-rna-regressor"} <= names
+    assert not (run / "models" / "mlflow.db").exists() and not (run / "mlflow.db").exists()
+
     # The per-slide features computed on the workers are the in-process features, to the bit.
     table = pd.read_parquet(run / "features.parquet")
     reference = _reference_features(run, data, config, tmp_path)
     pd.testing.assert_frame_equal(table, reference, check_exact=True)
 
     # Nothing changed: the second run does no work and starts no Ray session.
-    second = _tupac_run(data, run, config, address)
+    second = _tupac_run(data, run, config, address, tracking)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert json.loads((run / "pipeline" / "last.json").read_text())["ran"] == []
     assert "[ray]" not in second.stdout and "nothing (everything up to date)" in second.stdout
@@ -167,7 +179,7 @@ def test_tupac_run_on_a_head_and_two_workers(cohort, cluster, tmp_path, artifact
     # The Ray job entrypoint, joining the cluster through RAY_ADDRESS as in `ray job submit`: with the
     # report deleted, the report alone runs again, on a worker node.
     shutil.rmtree(run / "report")
-    third = _tupac_run(data, run, config, address, job=True)
+    third = _tupac_run(data, run, config, address, tracking, job=True)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert json.loads((run / "pipeline" / "last.json").read_text())["ran"] == ["report"]
     assert (run / "report" / "index.html").is_file()

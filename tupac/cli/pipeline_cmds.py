@@ -59,10 +59,9 @@ def run_cmd(
 ) -> None:
     """Train (unless --models), infer, compute features, fit the predictive models, write the report.
 
-    Every stage is resumable and skipped when its inputs have not changed. The stages run as Ray tasks
-    (trainings ask for a GPU when the cluster has one; features one task per slide) on one Ray session:
-    --address's cluster, else a local Ray; RUN/pipeline/placement.json says which node ran what. The
-    address enters no stage's key: a run begun locally resumes on a cluster without redoing its stages.
+    Every stage is resumable and skipped when its inputs have not changed.
+
+    Every stage runs on one Ray (--address, else a local one); RUN/pipeline/placement.json says where.
     """
     # Deferred: loads matplotlib, skimage, sklearn, torch only when the command runs; `tupac --help` stays fast.
     from tupac.pipeline import run_pipeline
