@@ -12,10 +12,12 @@ does nothing and starts no Ray. No Ray process of the cluster is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -68,12 +70,30 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").is_file() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
+def _holding(temp: Path) -> list[int]:
+    """Processes with a file open under the cluster's temp folder: its raylets and GCS, and also the
+    per-node agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``), whose command line does not
+    name the folder, so that :func:`stop_cluster` misses them and they outlive their raylet."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if any(str(temp) in os.readlink(f) for f in (d / "fd").iterdir()):
+                pids.append(int(d.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Head (0 CPUs, no GPU) + 2 worker nodes (2 CPUs, 1 fake GPU each) on this machine; yields
-    ``{"address": HOST:PORT, "pids": []}``, where a test lists the Ray worker processes it saw, which
-    must be gone once the cluster is stopped (their command line, ``ray::IDLE``, does not name the
-    cluster's temp folder that :func:`stop_cluster` finds the raylets by)."""
+    ``{"address": HOST:PORT, "pids": []}``, where a test lists the Ray worker processes it saw. On
+    leaving, :func:`stop_cluster` stops the processes whose command line names the cluster's temp
+    folder; the Ray workers and per-node agents rename themselves (``ray::IDLE``,
+    ``ray::DashboardAgent``), so those seen by the test or holding a file in the folder are killed
+    here, and every one of them must be gone."""
     port = free_port()
     temp = short_temp()
     env = {"RAY_object_store_memory": str(200 * 1024**2)}
@@ -89,7 +109,12 @@ def cluster():
             assert w.returncode == 0, w.stderr[-2000:]
         yield seen
     finally:
+        seen["pids"] += _holding(temp)
         stop_cluster(temp)
+        for pid in seen["pids"]:  # the agents stop_cluster cannot find by their command line
+            with contextlib.suppress(OSError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30  # a worker exits on its own once its raylet is gone
     while any(_alive(p) for p in seen["pids"]) and time.monotonic() < deadline:
         time.sleep(1)
