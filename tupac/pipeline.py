@@ -14,14 +14,27 @@ A stage is skipped when its record exists, its key is unchanged and its outputs 
 running the same command twice does no work the second time. ``infer`` also checks every slide's
 commit record: delete one slide's outputs and only that slide is recomputed (the ledger skips the
 others), after which the stages downstream see a changed input and run again.
+
+Where the work runs: one Ray session for the whole pipeline (``address=``, else ``$RAY_ADDRESS``,
+else a local Ray started here), opened only when some stage has work, so an up-to-date rerun starts
+no Ray. Each training is one Ray task that asks for a GPU when the cluster has one; inference is
+the job of :mod:`tupac.infer.job` (model actors), which reuses the session; the features are
+per-slide Ray tasks (:func:`tupac.feature_run.run_features` with the executor); the fit and the
+report are one task each. The driver holds no pixels and does no per-slide work, and the same code
+runs on a laptop's local Ray. The address is how to run, not what to compute: it enters no stage
+key, so a run made locally and resumed on a cluster skips its unchanged stages. Where each stage's
+tasks ran is kept in its record and in ``RUN/pipeline/placement.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
+import os
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -40,7 +53,9 @@ from tupac.features.config import FeatureRunConfig
 from tupac.heatmaps.commit import is_committed, move_aside
 from tupac.heatmaps.prepare import CardInfo
 from tupac.heatmaps.store import store_path
-from tupac.infer.job import JobConfig, run_job
+from tupac.infer.cluster import RayExecutor
+from tupac.infer.job import ACTORS_FILE, JobConfig, run_job
+from tupac.infer.placement import PlacementRecorder, cluster_summary, describe, here, largest_node_cpus, summarize
 from tupac.mitosis.training import MitosisTrainConfig
 from tupac.models.trained import weights_hash
 from tupac.predict.cohort import build_cohort, read_feature_table, read_fit_labels
@@ -58,6 +73,9 @@ SECTIONS = ("tumor", "mitosis", "infer", "features", "fit", "report")
 
 # The folders of the inference job come from the command line (--models, --out), never from the file.
 _INFER_RESERVED = ("models", "out")
+# Options of the `infer:` section that say how to run, not what to compute: they stay out of the
+# stage key, so that a run made on a laptop and resumed on a cluster skips its unchanged stages.
+_HOW_TO_RUN = ("address",)
 # Placeholders that let the `infer:` section be built, and so checked, when the config is loaded.
 _PLACEHOLDER_MODELS, _PLACEHOLDER_OUT = Path("MODELS"), Path("RUN")
 
@@ -189,9 +207,26 @@ class PipelineConfig:
     def fit_config(self) -> FitConfig:
         return self.stages.fit
 
-    def job_config(self, models: Path, out: Path) -> JobConfig:
-        """The inference job's config with the command's folders."""
-        return dataclasses.replace(self.stages.infer, models=models, out=out)
+    def job_config(self, models: Path, out: Path, address: str | None = None) -> JobConfig:
+        """The inference job's config with the command's folders (and the command's Ray address,
+        when given: see :meth:`ray_address`)."""
+        job = dataclasses.replace(self.stages.infer, models=models, out=out)
+        return dataclasses.replace(job, address=address) if address else job
+
+    def ray_address(self, address: str | None = None) -> str | None:
+        """The Ray address of the whole pipeline: the command's, else the ``infer:`` section's (None:
+        ``$RAY_ADDRESS``, else a local Ray).
+
+        Raises
+        ------
+        ConfigError
+            Both are given and differ: every stage runs on one Ray, so one of them would be ignored.
+        """
+        section = self.stages.infer.address
+        if address and section and address != section:
+            raise ConfigError(f"--address {address} and infer.address = {section} differ: the pipeline runs every "
+                              "stage on one Ray; give one of them")
+        return address or section
 
     def report_options(self) -> ReportOptions:
         return self.stages.report
@@ -281,6 +316,8 @@ class StageRecord:
     outputs: list[str]
     seconds: float
     finished: str
+    # Where the stage's tasks ran (tupac.infer.placement.summarize); None in records older than it.
+    placement: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> StageRecord | None:
@@ -290,11 +327,105 @@ class StageRecord:
             return None
 
 
+# --- tasks: top-level functions, so that Ray ships them to the workers by reference ------------------
+
+
+def _task_say(stage: str) -> Callable[[str], None]:
+    # A task's stdout reaches the driver's console through Ray's log forwarding, prefixed with the task
+    # and node; the stage prefix says which stage it belongs to.
+    return lambda msg: print(f"[{stage}] {msg}", flush=True)
+
+
+def training_task(task: str, data: Path, model_dir: Path, config: TumorTrainConfig | MitosisTrainConfig,
+                  threads: int) -> str:
+    """One network's training (:func:`tupac.tracking.training.tracked_training`), as one Ray task.
+
+    Parameters
+    ----------
+    task : {"tumor", "mitosis"}
+    data, model_dir : Path
+        Absolute: a Ray worker's current folder is not the driver's.
+    config : TumorTrainConfig or MitosisTrainConfig
+    threads : int
+        torch threads: what the training would use in the driver's process, so that the weights are
+        the same bits as an in-process training on the same machine (a convolution's float sums
+        depend on the thread count). Set explicitly because Ray's ``OMP_NUM_THREADS`` reaches only
+        a worker that has not loaded torch yet.
+
+    Returns
+    -------
+    str
+        The model folder.
+    """
+    # Deferred: torch is loaded already (the trainings import it); here only to set the thread count.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tracked_training(task, Path(data), Path(model_dir), config, say=_task_say(f"train_{task}"))
+    finally:
+        torch.set_num_threads(before)  # a Ray worker process is reused by later tasks
+    return str(model_dir)
+
+
+def fit_task(run_dir: Path, labels: Path, config: FitConfig) -> str:
+    """The fit stage as one task: read ``RUN/features.parquet`` and the labels, fit the predictive
+    models (:func:`tupac.predict.fit.fit_cohort`), write ``RUN/predict/`` and log the fit to MLflow.
+
+    A cross-slide step on a table of a few hundred numbers per slide; a task all the same, so that a
+    driver on a laptop does none of the cross-validation. Paths are absolute (see
+    :func:`training_task`). Returns the outputs folder.
+    """
+    run_dir, out = Path(run_dir), Path(run_dir) / "predict"
+    table_path = run_dir / "features.parquet"
+    table = read_feature_table(table_path)
+    lab = read_fit_labels(labels, table, run_dir, source=str(table_path))
+    cohort = build_cohort(table, lab, strict=config.strict, labels_source=str(labels))
+    result = fit_cohort(cohort, config, progress=lambda msg: None)
+    write_outputs(result, out)
+    log_fit(result, out, run_dir, run_name="tupac run")
+    return str(out)
+
+
+def report_task(run_dir: Path, options: ReportOptions) -> str:
+    """The report stage as one task: the QuPath GeoJSON of every slide and the HTML report (they read
+    every slide's heatmaps, which the driver does not). Returns the report's path."""
+    export_run(Path(run_dir))
+    build_report(Path(run_dir), **dataclasses.asdict(options))
+    return str(Path(run_dir) / "report" / "index.html")
+
+
+# --- the pipeline ------------------------------------------------------------------------------------
+
+
 class Pipeline:
-    """Runs the stages in order, skipping those whose record still holds (see the module docstring)."""
+    """Runs the stages in order, skipping those whose record still holds (see the module docstring).
+
+    Parameters
+    ----------
+    data, out : Path
+        The dataset and the run folder.
+    config : PipelineConfig
+    models : Path, optional
+        Trained models to use instead of training (``--models``).
+    say : callable(str), optional
+        Progress lines.
+    labels : Path, optional
+        Labels of the features and fit stages (default the dataset's own).
+    address : str, optional
+        The Ray to run on (see :meth:`PipelineConfig.ray_address`); None: ``$RAY_ADDRESS``, else a
+        local Ray started here with the ``infer:`` section's ``local_cpus``, ``object_store_mb``,
+        ``include_dashboard`` and ``local_temp_dir``.
+    executor : optional
+        Run the stages' tasks on this executor (``call``/``map``/``gpus``, as
+        :class:`tupac.infer.cluster.LocalExecutor`) instead of opening a Ray session; the caller
+        owns it. The inference job still connects to Ray itself.
+    """
 
     def __init__(self, data: Path, out: Path, config: PipelineConfig, models: Path | None = None,
-                 say: Callable[[str], None] | None = None, labels: Path | None = None) -> None:
+                 say: Callable[[str], None] | None = None, labels: Path | None = None,
+                 address: str | None = None, executor: Any = None) -> None:
         self.data, self.out, self.config = Path(data), Path(out), config
         # The dataset's own ground truth unless a labels file (either format) is given.
         self.given_labels = labels is not None
@@ -305,6 +436,47 @@ class Pipeline:
         self.records = self.out / "pipeline"
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.address = config.ray_address(address)
+        self._given_executor = executor
+        self._executor: Any = None
+        self._session = contextlib.ExitStack()
+        self._placement: dict[str, Any] | None = None  # of the stage running now
+
+    # -- where the work runs -------------------------------------------------------------------------
+
+    def executor(self) -> Any:
+        """The executor of every stage's tasks, connected on first use (an up-to-date rerun starts no Ray)."""
+        if self._executor is None:
+            if self._given_executor is not None:
+                self._executor = self._given_executor
+            else:
+                job = self.config.stages.infer
+                # MLflow: the tasks of a cluster log where the driver would; a local Ray's workers
+                # inherit this environment anyway.
+                env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI",) if os.environ.get(k)}
+                ex = RayExecutor(self.address, log_dir=self.out / "logs", local_cpus=job.local_cpus,
+                                 object_store_mb=job.object_store_mb, include_dashboard=job.include_dashboard,
+                                 temp_dir=job.local_temp_dir, env_vars=env or None)
+                self._executor = self._session.enter_context(ex)
+                if ex.started and not (self.address or os.environ.get("RAY_ADDRESS")):
+                    how = "local Ray started for this pipeline"
+                elif ex.started:
+                    how = f"connected to Ray at {self.address or os.environ.get('RAY_ADDRESS')}"
+                else:
+                    how = "using the Ray this process is connected to"
+                self.say(f"[ray] {how}: {cluster_summary()}"
+                         + (f"; dashboard {ex.dashboard}" if ex.dashboard else ""))
+        return self._executor
+
+    def _recorded(self) -> PlacementRecorder:
+        """The executor, recording where each task runs into the current stage's placement."""
+        return PlacementRecorder(self.executor())
+
+    def _placed(self, stage: str, rec: PlacementRecorder) -> None:
+        summary = rec.summary()
+        if summary is not None:
+            self._placement = summary
+            self.say(f"[{stage}] {describe(summary)}")
 
     # each stage: (key, outputs, run)
     def _stage(self, name: str, key_parts: Any, outputs: list[Path], run: Callable[[], None], force: bool = False) -> str:
@@ -317,10 +489,11 @@ class Pipeline:
             return key
         self.say(f"[{name}] running")
         t0 = time.perf_counter()
+        self._placement = None
         run()
         self.records.mkdir(parents=True, exist_ok=True)
         record = StageRecord(name, key, [str(o) for o in outputs], round(time.perf_counter() - t0, 1),
-                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self._placement)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(dataclasses.asdict(record), indent=1))
         tmp.replace(path)
@@ -335,16 +508,30 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         data_fp = dataset_fingerprint(self.data)
-        k_tumor = self._train("tumor", data_fp)
-        k_mitosis = self._train("mitosis", data_fp)
-        k_infer = self._infer(data_fp, k_tumor, k_mitosis)
-        k_features = self._features(k_infer)
-        k_fit = self._fit(k_features)
-        self._report(k_fit)
+        with self._session:  # one Ray session for every stage; shut down here if started here
+            k_tumor = self._train("tumor", data_fp)
+            k_mitosis = self._train("mitosis", data_fp)
+            k_infer = self._infer(data_fp, k_tumor, k_mitosis)
+            k_features = self._features(k_infer)
+            k_fit = self._fit(k_features)
+            self._report(k_fit)
         summary = {"ran": self.ran, "skipped": self.skipped, "run": str(self.out),
                    "report": str(self.out / "report" / "index.html")}
+        self._write_placement()
         (self.out / "pipeline" / "last.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+    def _write_placement(self) -> None:
+        """``RUN/pipeline/placement.json``: each stage's placement from its record (the run that made it)."""
+        placement = {}
+        for name in STAGES:
+            rec = StageRecord.load(self.records / f"{name}.json")
+            if rec is not None:
+                placement[name] = {"finished": rec.finished, **(rec.placement or {})}
+        self.records.mkdir(parents=True, exist_ok=True)
+        tmp = self.records / "placement.tmp"
+        tmp.write_text(json.dumps(placement, indent=1))
+        tmp.replace(self.records / "placement.json")
 
     def _train(self, task: str, data_fp: str) -> str:
         model_dir = self.models / task
@@ -362,7 +549,15 @@ class Pipeline:
             moved = retire_stale_training(model_dir, _digest(key_parts))
             if moved is not None:
                 self.say(f"[train_{task}] data or config changed: the previous {task} model moved to {moved}")
-            tracked_training(task, self.data, model_dir, cfg, say=self.say)
+            rec = self._recorded()
+            threads = _torch_threads()
+            # A GPU when the cluster has one up now; the CPUs are the torch threads, capped at the
+            # largest node that can take the task (asking for more CPUs than any has waits forever).
+            gpus = 1 if rec.gpus() >= 1 else 0
+            cpus = min(threads, largest_node_cpus(with_gpu=gpus > 0) or threads)
+            rec.call(training_task, task, self.data.absolute(), model_dir.absolute(), cfg, max(1, int(cpus)),
+                     num_cpus=cpus, num_gpus=gpus, name=f"train_{task}")
+            self._placed(f"train_{task}", rec)
 
         return self._stage(f"train_{task}", key_parts,
                            [model_dir / "model.safetensors", model_dir / "card.json"], run)
@@ -370,20 +565,37 @@ class Pipeline:
     def _infer(self, data_fp: str, k_tumor: str, k_mitosis: str) -> str:
         entries = load_cohort(data=self.data)
         stores = [store_path(self.out, e.slide_id) for e in entries]
-        job = self.config.job_config(self.models, self.out)
+        job = self.config.job_config(self.models, self.out, self.address)
 
         def run() -> None:
+            self.executor()  # the job reuses this Ray session (run_job connects only when none is open)
             summary = run_job(entries, job, say=self.say)
             if summary.get("failed"):
                 self.say(f"[infer] {len(summary['failed'])} slide(s) failed; see RUN/summary.json")
+            self._infer_placement()
 
         # Some slide without its commit record (never run, failed, or its outputs deleted): run the
         # job, whose ledger skips every slide that is done.
         incomplete = not all(is_committed(s) for s in stores)
-        key_parts = [data_fp, k_tumor, k_mitosis, {k: str(v) for k, v in self.config.infer.items()}]
+        key_parts = [data_fp, k_tumor, k_mitosis,
+                     {k: str(v) for k, v in self.config.infer.items() if k not in _HOW_TO_RUN}]
         self._stage("infer", key_parts, [self.out / "summary.json"], run, force=incomplete)
         commits = sorted(s / "commit.json" for s in stores if is_committed(s))
         return _files_fingerprint(commits)
+
+    def _infer_placement(self) -> None:
+        """The inference job's model actors (its ``actors.json``) as the stage's placement."""
+        try:
+            actors = json.loads((self.out / ACTORS_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        places = [{"node_id": a.get("node_id") or "unknown", "node_ip": None, "pid": a.get("pid"),
+                   "gpu_ids": a.get("gpu_ids") or [],
+                   "num_cpus": self.config.stages.infer.cpus_per_actor, "num_gpus": len(a.get("gpu_ids") or [])}
+                  for a in actors if isinstance(a, dict)]
+        if places:
+            self._placement = {**summarize(places), "kind": "model actors"}
+            self.say(f"[infer] model actors: {describe(self._placement).replace('Ray task', 'actor')}")
 
     def _features(self, k_infer: str) -> str:
         labels = self.labels
@@ -391,8 +603,20 @@ class Pipeline:
         table = self.out / "features.parquet"
 
         def run() -> None:
-            run_features(self.out, labels=labels if self.given_labels or labels.is_file() else None, slides=self.data,
-                         models=self.models, config=cfg)
+            kwargs: dict[str, Any] = {}
+            rec = None
+            # The per-slide features as Ray tasks on the pipeline's executor; a run_features without
+            # the `executor` keyword (before that change lands) computes them in this process.
+            if "executor" in inspect.signature(run_features).parameters:
+                rec = self._recorded()
+                kwargs["executor"] = rec
+            # Absolute paths: the per-slide tasks run in Ray workers, whose current folder is not ours.
+            run_features(self.out.absolute(), labels=labels.absolute() if self.given_labels or labels.is_file() else None,
+                         slides=self.data.absolute(), models=self.models.absolute(), config=cfg, **kwargs)
+            if rec is not None:
+                self._placed("features", rec)
+            else:
+                self._placement = {"kind": "driver", **summarize([{**here(), "num_cpus": 0, "num_gpus": 0}])}
 
         key = [k_infer, dataclasses.asdict(cfg), {"features_algorithm": FEATURES_ALGORITHM_VERSION}]
         if self.given_labels:
@@ -407,13 +631,9 @@ class Pipeline:
         out = self.out / "predict"
 
         def run() -> None:
-            table_path = self.out / "features.parquet"
-            table = read_feature_table(table_path)
-            lab = read_fit_labels(labels, table, self.out, source=str(table_path))
-            cohort = build_cohort(table, lab, strict=cfg.strict, labels_source=str(labels))
-            result = fit_cohort(cohort, cfg, progress=lambda msg: None)
-            write_outputs(result, out)
-            log_fit(result, out, self.out, run_name="tupac run")
+            rec = self._recorded()
+            rec.call(fit_task, self.out.absolute(), labels.absolute(), cfg, num_cpus=1, name="fit")
+            self._placed("fit", rec)
 
         if not self.given_labels and not labels.is_file():
             self.say(f"[fit] no labels ({labels}): predictive models skipped")
@@ -424,17 +644,30 @@ class Pipeline:
 
     def _report(self, k_fit: str) -> None:
         def run() -> None:
-            export_run(self.out)
-            build_report(self.out, **dataclasses.asdict(self.config.report_options()))
+            rec = self._recorded()
+            rec.call(report_task, self.out.absolute(), self.config.report_options(), num_cpus=1, name="report")
+            self._placed("report", rec)
 
         self._stage("report", [k_fit, self.config.report, _files_fingerprint([self.out / "summary.json"])],
                     [self.out / "report" / "index.html"], run)
 
 
+def _torch_threads() -> int:
+    """The torch threads an in-process training would use here."""
+    # Deferred: torch is loaded already (the trainings import it).
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig = PipelineConfig(),
                  models: str | Path | None = None, say: Callable[[str], None] | None = None,
-                 labels: str | Path | None = None) -> dict[str, Any]:
+                 labels: str | Path | None = None, address: str | None = None,
+                 executor: Any = None) -> dict[str, Any]:
     """Run (or resume) the whole pipeline on a TUPAC16-layout dataset; see the module docstring.
+
+    ``address`` is the Ray to run every stage on (default ``$RAY_ADDRESS``, else a local Ray started
+    once for the whole pipeline); ``executor`` replaces that Ray session (see :class:`Pipeline`).
 
     The run folder ``out`` is held for the whole run (:func:`tupac.runlock.run_lock`): a second job
     on it is refused with :class:`~tupac.errors.RunFolderBusyError` before anything is touched, and
@@ -442,4 +675,4 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig = Pip
     """
     with run_lock(out, "tupac run"):
         return Pipeline(Path(data), Path(out), config, Path(models) if models else None, say,
-                        Path(labels) if labels else None).run()
+                        Path(labels) if labels else None, address=address, executor=executor).run()

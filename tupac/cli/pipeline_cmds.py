@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from tupac.cli.app import app, console, fail, run_guarded
 
@@ -15,7 +16,8 @@ FULL_SLIDES, FULL_SIZE_UM, FULL_MITOSIS_IMAGES = 12, (3000.0, 2500.0), 30
 
 
 def _say(msg: str) -> None:
-    console.print(f"[dim]{msg}[/]", highlight=False)
+    # escape: the stage prefixes ("[train_tumor] ...") and user paths would read as rich markup and vanish
+    console.print(f"[dim]{escape(msg)}[/]", highlight=False)
 
 
 def _finish(summary: dict, out: Path) -> None:
@@ -51,10 +53,15 @@ def run_cmd(
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="Labels of the features and fit stages: a CSV with a header slide_id,grade,rna, or "
                                "TUPAC16's row-numbered file (default DATA/training_ground_truth.csv)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster that runs every stage (HOST:PORT, or ray://HOST:10001); default "
+                                "$RAY_ADDRESS, else a local Ray started once for the whole pipeline."),
 ) -> None:
     """Train (unless --models), infer, compute features, fit the predictive models, write the report.
 
     Every stage is resumable and skipped when its inputs have not changed.
+
+    Every stage runs on one Ray (--address, else a local one); RUN/pipeline/placement.json says where.
     """
     # Deferred: loads matplotlib, skimage, sklearn, torch only when the command runs; `tupac --help` stays fast.
     from tupac.pipeline import run_pipeline
@@ -62,7 +69,7 @@ def run_cmd(
     cfg = run_guarded(_load_config, config, print_config)
     if not data.is_dir():
         fail(FileNotFoundError(f"{data}: no such dataset folder"))
-    summary = run_guarded(run_pipeline, data, out, cfg, models, _say, labels)
+    summary = run_guarded(run_pipeline, data, out, cfg, models, _say, labels, address)
     _finish(summary, out)
 
 
