@@ -42,25 +42,44 @@ def ray_cli(*args: str, env: dict | None = None, timeout: float = 180) -> subpro
                           env={**os.environ, **NO_AUTH, **VENV_PATH, **(env or {})})
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def cluster_processes(temp: Path) -> list[int]:
+    """The processes of the cluster in ``temp``: those whose command line names the folder (GCS,
+    raylets, log monitors) and those holding a file open under it: the per-node agents
+    (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) and workers rename themselves and would
+    otherwise outlive their raylet."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(temp) in cmd or any(str(temp) in os.readlink(f) for f in (d / "fd").iterdir()):
+                pids.append(int(d.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
 def stop_cluster(temp: Path) -> None:
-    """Stop the Ray processes of *this* cluster only (their command lines name its temp dir);
-    ``ray stop`` would also stop other people's Ray on a shared machine."""
+    """Stop the Ray processes of *this* cluster only (:func:`cluster_processes`); ``ray stop`` would
+    also stop other people's Ray on a shared machine."""
     import shutil
 
-    def ours() -> list[int]:
-        pids = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if str(temp) in cmd and int(d.name) != os.getpid():
-                    pids.append(int(d.name))
-        return pids
-
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
+        for pid in cluster_processes(temp):
             try:
                 os.kill(pid, sig)
             except OSError:

@@ -36,7 +36,7 @@ notes name it.
 Where it runs (``executor=``, :mod:`tupac.infer.cluster`): in this process by default; with a
 ``RayExecutor``, each slide's features are a Ray task (1 CPU) that opens its own slide, store and
 models (networks loaded once per worker process) and returns its row, while its deep descriptors
-and general-feature volumes stay in Ray's object store (:mod:`tupac.infer.feature_tasks`) for the
+and general-feature volumes stay in Ray's object store (``keep=`` of :mod:`tupac.infer.cluster`'s executors) for the
 tasks that need them: the deep-histogram fit, the grade network's fit, the per-slide histogram and
 general rows, and the MLflow logging. The driver reads the commit records and writes the tables; it
 holds no pixels. The numbers are the same bits either way (tests/features/test_features_on_ray.py);
@@ -93,7 +93,6 @@ from tupac.geometry import MPP_40X
 from tupac.heatmaps.commit import read_commit
 from tupac.heatmaps.store import HeatmapStore, detections_path
 from tupac.infer.cluster import LocalExecutor
-from tupac.infer.feature_tasks import call_keep, map_keep
 from tupac.preprocess.stain import SlideStainStats, fit_slide, transform
 from tupac.runlock import run_lock
 from tupac.slide import open_slide
@@ -415,7 +414,7 @@ def _tissue_centre_l0(tissue: tuple[np.ndarray, float] | None, px: _SlidePixels)
 # run_features hands them to an executor (tupac.infer.cluster), in this process or as Ray tasks, and they
 # compute the same numbers either way. Each opens the files it needs itself (the slide, its store, the
 # models folder), so the driver holds no pixels; each returns its small result first and its heavy arrays
-# after it, which the executor may keep where they were made (tupac.infer.feature_tasks).
+# after it, which the executor may keep where they were made (``keep=``, tupac.infer.cluster).
 
 SLIDE_CPUS = 1
 """CPUs a slide's features task asks for (its torch runs on as many threads when it runs as a Ray task)."""
@@ -829,9 +828,9 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     for sid in blank:
         tick(sid, "done")
     todo = [s for s in found if s.slide_id not in blank_set]
-    made = map_keep(ex, _slide_task, [(s, config, models, want_general, scheduler, threads) for s in todo],
-                    keep=2, num_cpus=SLIDE_CPUS, name="features-slide",
-                    on_done=lambda i, _r: tick(todo[i].slide_id, "done"))
+    made = ex.map(_slide_task, [(s, config, models, want_general, scheduler, threads) for s in todo],
+                  keep=2, num_cpus=SLIDE_CPUS, name="features-slide",
+                  on_done=lambda i, _r: tick(todo[i].slide_id, "done"))
     # Slide order (ID order, as discover_slides gives): the tables and the fits' inputs do not depend on
     # the order in which the tasks finished.
     results: dict[str, _SlideResult] = {s.slide_id: r for s, (r, _) in zip(todo, made)}
@@ -845,8 +844,8 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     if models is None or not config.pixels:
         notes.append("deep_hist: not computed (needs --models with a mitosis network and the slide pixels)")
     else:
-        info, (fit,) = call_keep(ex, _deep_fit_task, models, config, out, training, threads,
-                                 *[deep[s] for s in training], keep=1, name="features-deep-hist-fit")
+        info, (fit,) = ex.call(_deep_fit_task, models, config, out, training, threads,
+                               *[deep[s] for s in training], keep=1, name="features-deep-hist-fit")
         notes += info["notes"]
         cpu_s["(deep_hist fit)"] = info["cpu_s"]
         if info["n_clusters"] is not None:
@@ -861,12 +860,12 @@ def _run_features_locked(run: Path, labels, slides, models, config: FeatureRunCo
     if want_general:
         tick("", "general features (grade network)")
         if training:
-            info, (general_fit, net) = call_keep(ex, _general_fit_task, models, config, general_dir, training,
-                                                 grades, track, threads, *[volumes[s] for s in training],
-                                                 keep=2, name="features-general-fit")
+            info, (general_fit, net) = ex.call(_general_fit_task, models, config, general_dir, training,
+                                               grades, track, threads, *[volumes[s] for s in training],
+                                               keep=2, name="features-general-fit")
         else:
-            info, (general_fit, net) = call_keep(ex, _general_load_task, models, config, general_dir, list(results),
-                                                 keep=2, name="features-general-load")
+            info, (general_fit, net) = ex.call(_general_load_task, models, config, general_dir, list(results),
+                                               keep=2, name="features-general-load")
         notes += info["notes"]
         cpu_s["(general fit)"] = info["cpu_s"]
         if not info["tracked"]:

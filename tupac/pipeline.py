@@ -32,7 +32,6 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import textwrap
@@ -55,7 +54,7 @@ from tupac.heatmaps.prepare import CardInfo
 from tupac.heatmaps.store import store_path
 from tupac.infer.cluster import RayExecutor
 from tupac.infer.job import ACTORS_FILE, JobConfig, run_job
-from tupac.infer.placement import PlacementRecorder, cluster_summary, describe, here, largest_node_cpus, summarize
+from tupac.infer.placement import PlacementRecorder, cluster_summary, describe, largest_node_cpus, summarize
 from tupac.mitosis.training import MitosisTrainConfig
 from tupac.models.trained import weights_hash
 from tupac.predict.cohort import build_cohort, read_feature_table, read_fit_labels
@@ -603,20 +602,12 @@ class Pipeline:
         table = self.out / "features.parquet"
 
         def run() -> None:
-            kwargs: dict[str, Any] = {}
-            rec = None
-            # The per-slide features as Ray tasks on the pipeline's executor; a run_features without
-            # the `executor` keyword (before that change lands) computes them in this process.
-            if "executor" in inspect.signature(run_features).parameters:
-                rec = self._recorded()
-                kwargs["executor"] = rec
+            # The per-slide features and the cross-slide fits as Ray tasks on the pipeline's executor.
+            rec = self._recorded()
             # Absolute paths: the per-slide tasks run in Ray workers, whose current folder is not ours.
             run_features(self.out.absolute(), labels=labels.absolute() if self.given_labels or labels.is_file() else None,
-                         slides=self.data.absolute(), models=self.models.absolute(), config=cfg, **kwargs)
-            if rec is not None:
-                self._placed("features", rec)
-            else:
-                self._placement = {"kind": "driver", **summarize([{**here(), "num_cpus": 0, "num_gpus": 0}])}
+                         slides=self.data.absolute(), models=self.models.absolute(), config=cfg, executor=rec)
+            self._placed("features", rec)
 
         key = [k_infer, dataclasses.asdict(cfg), {"features_algorithm": FEATURES_ALGORITHM_VERSION}]
         if self.given_labels:

@@ -476,9 +476,6 @@ def test_placeholder_check_is_not_vacuous() -> None:
     assert placeholder_problems(unused, declared) == ["AWS_REGION is declared but no file marks it"]
 
 
-# Options that another change of issue 19 adds to `tupac run`; accepted here until it lands.
-PENDING_OPTIONS = {("run", "--address")}
-
 
 def _click_command(group, words: list[str]):
     """The (sub)command of a Click ``group`` that ``words`` name, and the words after it (duck-typed:
@@ -542,7 +539,7 @@ def command_problems(markdown: str) -> tuple[list[str], set[tuple[str, str]]]:
             rest = rest[: rest.index("--")]
         known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
         for flag in (a.split("=")[0] for a in rest if a.startswith("--")):
-            if flag not in known and (command.name, flag) not in PENDING_OPTIONS:
+            if flag not in known:
                 problems.append(f"`{' '.join(argv)}`: no {flag}")
         seen.add((argv[0], command.name))
     return problems, seen

@@ -12,12 +12,10 @@ does nothing and starts no Ray. No Ray process of the cluster is left behind.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ray_nodes import NO_AUTH, free_port, ray_cli, short_temp, stop_cluster
+from ray_nodes import NO_AUTH, alive, cluster_processes, free_port, ray_cli, short_temp, stop_cluster
 from test_run_pipeline import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,38 +60,11 @@ def cohort(tmp_path_factory) -> tuple[Path, Path]:
     return data, config
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").is_file() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def _holding(temp: Path) -> list[int]:
-    """Processes with a file open under the cluster's temp folder: its raylets and GCS, and also the
-    per-node agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``), whose command line does not
-    name the folder, so that :func:`stop_cluster` misses them and they outlive their raylet."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            if any(str(temp) in os.readlink(f) for f in (d / "fd").iterdir()):
-                pids.append(int(d.name))
-        except OSError:  # gone, or not ours to read
-            continue
-    return pids
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """Head (0 CPUs, no GPU) + 2 worker nodes (2 CPUs, 1 fake GPU each) on this machine; yields
     ``{"address": HOST:PORT, "pids": []}``, where a test lists the Ray worker processes it saw. On
-    leaving, :func:`stop_cluster` stops the processes whose command line names the cluster's temp
-    folder; the Ray workers and per-node agents rename themselves (``ray::IDLE``,
-    ``ray::DashboardAgent``), so those seen by the test or holding a file in the folder are killed
-    here, and every one of them must be gone."""
+    leaving, :func:`stop_cluster` stops the cluster's processes, and every one the test saw must be gone."""
     port = free_port()
     temp = short_temp()
     env = {"RAY_object_store_memory": str(200 * 1024**2)}
@@ -109,16 +80,12 @@ def cluster():
             assert w.returncode == 0, w.stderr[-2000:]
         yield seen
     finally:
-        seen["pids"] += _holding(temp)
+        seen["pids"] += cluster_processes(temp)
         stop_cluster(temp)
-        for pid in seen["pids"]:  # the agents stop_cluster cannot find by their command line
-            with contextlib.suppress(OSError):
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30  # a worker exits on its own once its raylet is gone
-    while any(_alive(p) for p in seen["pids"]) and time.monotonic() < deadline:
+    while any(alive(p) for p in seen["pids"]) and time.monotonic() < deadline:
         time.sleep(1)
-    assert not [p for p in seen["pids"] if _alive(p)], "Ray worker processes left behind"
+    assert not [p for p in seen["pids"] if alive(p)], "Ray worker processes left behind"
 
 
 def _tupac_run(data: Path, run: Path, config: Path, address: str, tracking: str, job: bool = False
@@ -244,3 +211,29 @@ def test_the_placement_recorder_passes_results_through_and_records_where():
     assert summary["tasks"] == 3 and summary["num_cpus"] == 2
     assert list(summary["nodes"]) == ["local"] and summary["nodes"]["local"]["pids"] == [os.getpid()]
     assert describe(summary) == "3 calls in this process"
+
+
+def _row_and_heavy(x: int) -> tuple[int, list[int], str]:
+    return x, [x] * 3, f"heavy {x}"
+
+
+def _total(*heavy: list[int]) -> int:
+    return sum(map(sum, heavy))
+
+
+def test_kept_results_stay_behind_handles_and_are_still_recorded():
+    """``keep=k``: the small part comes back, the heavy parts are handed on to the next call as handles
+    (here the values themselves), and the recorder counts those tasks too (the features stage uses them)."""
+    from tupac.infer.cluster import LocalExecutor
+    from tupac.infer.placement import PlacementRecorder
+
+    rec = PlacementRecorder(LocalExecutor())
+    made = rec.map(_row_and_heavy, [(1,), (2,)], keep=2)
+    assert [small for small, _ in made] == [1, 2]
+    assert [kept[1] for _, kept in made] == ["heavy 1", "heavy 2"]
+    assert rec.call(_total, *[kept[0] for _, kept in made]) == 9
+    small, kept = rec.call(_row_and_heavy, 5, keep=2)
+    assert small == 5 and kept[1] == "heavy 5"
+    assert rec.summary()["tasks"] == 4
+    with pytest.raises(TypeError, match="_square must return a tuple"):
+        rec.call(_square, 3, keep=1)

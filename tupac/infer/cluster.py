@@ -8,6 +8,14 @@ methods, so that the stage's own code never imports Ray (``../shared/ARCHITECTUR
 - ``map(fn, items, num_cpus=, num_gpus=, on_done=)``: one call per argument tuple, the results in
   the items' order (per-slide features).
 
+Both take ``keep=k``: then ``fn`` returns a tuple ``(small, heavy_1, ..., heavy_k)``, the small part
+is fetched and the heavy parts stay behind *handles* (a slide's deep mitosis descriptors, up to
+``max_deep_per_slide x 4096`` float32 = 32 MB, which only the cross-slide fits need): the result is
+``(small, (handle_1, ..., handle_k))``. The next ``call``/``map`` receives handles as top-level
+arguments and reads them on its own node (on Ray a handle is the return value's ``ObjectRef``, which
+Ray resolves for a task; here it is the value itself, so the stage's code is the same everywhere).
+A handle must not be nested in a container (Ray resolves only top-level ``ObjectRef`` arguments).
+
 :class:`LocalExecutor` runs them here, one after another (tests, notebooks, ``tupac features``
 without ``--address``). :class:`RayExecutor` runs each as a Ray task that asks for the resources it
 names, so an autoscaling cluster brings up the nodes the work needs; the functions must be
@@ -25,7 +33,22 @@ from typing import Any, Callable, Sequence
 from tupac.errors import TupacError
 from tupac.slide.quiet import route_cufile_log
 
-__all__ = ["LocalExecutor", "RayExecutor", "connect_ray", "dashboard_url"]
+__all__ = ["LocalExecutor", "RayExecutor", "connect_ray", "dashboard_url", "split_kept"]
+
+
+def split_kept(out: Any, keep: int, fn: Callable[..., Any]) -> Any:
+    """``out`` unchanged (``keep=0``), else ``(out[0], out[1:])`` after checking ``out`` holds ``1 + keep`` values."""
+    if not keep:
+        return out
+    if not isinstance(out, tuple) or len(out) != 1 + keep:
+        raise TypeError(f"{getattr(fn, '__name__', fn)} must return a tuple (small, {keep} kept value(s)), "
+                        f"got {type(out).__name__}")
+    return out[0], tuple(out[1:])
+
+
+def _small(result: Any, keep: int) -> Any:
+    """What ``on_done`` is given: the result, or its small part."""
+    return result[0] if keep else result
 
 
 class LocalExecutor:
@@ -34,16 +57,16 @@ class LocalExecutor:
     where = "local"
 
     def call(self, fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: float = 0,
-             name: str | None = None, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
+             name: str | None = None, keep: int = 0, **kwargs: Any) -> Any:
+        return split_kept(fn(*args, **kwargs), keep, fn)
 
     def map(self, fn: Callable[..., Any], items: Sequence[tuple], *, num_cpus: float = 1, num_gpus: float = 0,
-            name: str | None = None, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+            name: str | None = None, keep: int = 0, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         out = []
         for i, args in enumerate(items):
-            out.append(fn(*args))
+            out.append(split_kept(fn(*args), keep, fn))
             if on_done is not None:
-                on_done(i, out[-1])
+                on_done(i, _small(out[-1], keep))
         return out
 
     def gpus(self) -> float:
@@ -148,39 +171,43 @@ class RayExecutor:
 
         return float(ray.cluster_resources().get("GPU", 0))
 
-    def _remote(self, fn: Callable[..., Any], num_cpus: float, num_gpus: float, name: str | None):
+    def _remote(self, fn: Callable[..., Any], num_cpus: float, num_gpus: float, name: str | None, keep: int):
         import ray
 
+        if keep < 0:
+            raise ValueError(f"keep={keep!r}: expected >= 0")
         return ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.retries,
-                                      name=name or getattr(fn, "__name__", "task"))
+                                      num_returns=1 + keep, name=name or getattr(fn, "__name__", "task"))
 
     def call(self, fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: float = 0,
-             name: str | None = None, **kwargs: Any) -> Any:
+             name: str | None = None, keep: int = 0, **kwargs: Any) -> Any:
         import ray
 
+        refs = self._remote(fn, num_cpus, num_gpus, name, keep).remote(*args, **kwargs)
         with _project_errors():
-            return ray.get(self._remote(fn, num_cpus, num_gpus, name).remote(*args, **kwargs))
+            return (ray.get(refs[0]), tuple(refs[1:])) if keep else ray.get(refs)
 
     def map(self, fn: Callable[..., Any], items: Sequence[tuple], *, num_cpus: float = 1, num_gpus: float = 0,
-            name: str | None = None, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+            name: str | None = None, keep: int = 0, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         import ray
 
-        task = self._remote(fn, num_cpus, num_gpus, name)
+        task = self._remote(fn, num_cpus, num_gpus, name, keep)
         refs = [task.remote(*args) for args in items]
-        index = {ref: i for i, ref in enumerate(refs)}
-        out: list[Any] = [None] * len(refs)
-        pending = list(refs)
+        firsts = [r[0] for r in refs] if keep else refs  # the small parts: what the driver waits for
+        index = {ref: i for i, ref in enumerate(firsts)}
+        small: list[Any] = [None] * len(refs)
+        pending = list(firsts)
         try:
             with _project_errors():
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
                     for ref in done:
                         i = index[ref]
-                        out[i] = ray.get(ref)
+                        small[i] = ray.get(ref)
                         if on_done is not None:
-                            on_done(i, out[i])
+                            on_done(i, small[i])
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=False)
             raise
-        return out
+        return [(s, tuple(r[1:])) for s, r in zip(small, refs)] if keep else small

@@ -18,6 +18,8 @@ import sys
 from collections import Counter
 from typing import Any, Callable, Sequence
 
+from tupac.infer.cluster import split_kept
+
 __all__ = ["PlacementRecorder", "cluster_summary", "describe", "here", "largest_node_cpus", "placed", "summarize"]
 
 SHORT_ID = 8
@@ -53,6 +55,13 @@ def here() -> dict[str, Any]:
 def placed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """``fn(*args, **kwargs)`` and :func:`here` (a top-level function, so Ray can ship it to workers)."""
     return fn(*args, **kwargs), here()
+
+
+def placed_keeping(fn: Callable[..., Any], keep: int, *args: Any, **kwargs: Any) -> tuple:
+    """:func:`placed` for a call whose ``keep`` trailing results stay behind handles
+    (:mod:`tupac.infer.cluster`): ``((small, here()), kept_1, ..., kept_keep)``."""
+    small, kept = split_kept(fn(*args, **kwargs), keep, fn)
+    return ((small, here()), *kept)
 
 
 def _nodes() -> dict[str, dict[str, Any]]:
@@ -148,20 +157,28 @@ class PlacementRecorder:
         return getattr(self.executor, name)
 
     def call(self, fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: float = 0,
-             name: str | None = None, **kwargs: Any) -> Any:
-        result, where = self.executor.call(placed, fn, *args, num_cpus=num_cpus, num_gpus=num_gpus,
-                                           name=name or fn.__name__, **kwargs)
+             name: str | None = None, keep: int = 0, **kwargs: Any) -> Any:
+        opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, name=name or fn.__name__)
+        if keep:
+            (small, where), kept = self.executor.call(placed_keeping, fn, keep, *args, keep=keep, **opts, **kwargs)
+            result = (small, kept)
+        else:
+            result, where = self.executor.call(placed, fn, *args, **opts, **kwargs)
         self.places.append({**where, "num_cpus": num_cpus, "num_gpus": num_gpus})
         return result
 
     def map(self, fn: Callable[..., Any], items: Sequence[tuple], *, num_cpus: float = 1, num_gpus: float = 0,
-            name: str | None = None, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+            name: str | None = None, keep: int = 0, on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
         def done(i: int, pair: tuple[Any, dict[str, Any]]) -> None:
             if on_done is not None:
                 on_done(i, pair[0])
 
-        pairs = self.executor.map(placed, [(fn, *args) for args in items], num_cpus=num_cpus, num_gpus=num_gpus,
-                                  name=name or fn.__name__, on_done=done)
+        opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, name=name or fn.__name__, on_done=done)
+        if keep:
+            made = self.executor.map(placed_keeping, [(fn, keep, *args) for args in items], keep=keep, **opts)
+            self.places.extend({**where, "num_cpus": num_cpus, "num_gpus": num_gpus} for (_, where), _ in made)
+            return [(small, kept) for (small, _), kept in made]
+        pairs = self.executor.map(placed, [(fn, *args) for args in items], **opts)
         self.places.extend({**where, "num_cpus": num_cpus, "num_gpus": num_gpus} for _, where in pairs)
         return [result for result, _ in pairs]
 
