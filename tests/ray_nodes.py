@@ -8,6 +8,7 @@ propagated): pass :data:`NO_AUTH` in the environment of every process that talks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 PY = sys.executable
 RAY = str(Path(PY).with_name("ray"))
@@ -86,3 +88,29 @@ def stop_cluster(temp: Path) -> None:
                 pass
         time.sleep(2)
     shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_cluster(head_cpus: int, workers: list[tuple[int, int]], object_store_bytes: int = 200_000_000
+                    ) -> Iterator[tuple[str, Path]]:
+    """A head with ``head_cpus`` CPUs and no GPU, and one worker node per ``(cpus, gpus)`` in ``workers``
+    (GPUs declared, not real), started with ``ray start`` in a new short temp folder; yields
+    ``(address, temp)`` and stops every process of the cluster on leaving (:func:`stop_cluster`).
+
+    Each node's object store is bounded (``object_store_bytes``): the nodes share this machine's /dev/shm.
+    """
+    port, temp = free_port(), short_temp()
+    env = {"RAY_object_store_memory": str(object_store_bytes)}
+    address = f"127.0.0.1:{port}"
+    try:
+        head = ray_cli("start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", "--num-gpus=0",
+                       "--include-dashboard=false", f"--temp-dir={temp}", f"--object-store-memory={object_store_bytes}",
+                       "--disable-usage-stats", env=env)
+        assert head.returncode == 0, head.stderr[-2000:]
+        for cpus, gpus in workers:
+            w = ray_cli("start", f"--address={address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                        f"--object-store-memory={object_store_bytes}", "--disable-usage-stats", env=env)
+            assert w.returncode == 0, w.stderr[-2000:]
+        yield address, temp
+    finally:
+        stop_cluster(temp)

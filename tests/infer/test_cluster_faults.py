@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_nodes import NO_AUTH, RAY, free_port, ray_cli, short_temp, stop_cluster
+from ray_nodes import NO_AUTH, RAY, free_port, ray_cli, short_temp, started_cluster, stop_cluster
 from test_job_support import PY, ROOT, infer_cli, local_args, make_cohort, make_models, output_digests
 
 pytestmark = pytest.mark.slow
@@ -155,23 +155,10 @@ def test_driver_killed_mid_cohort_then_resumed(models, cohort, clean, tmp_path):
 
 # -- multi-node ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """Head (1 CPU, no GPU) + 2 worker nodes (1 CPU, 1 GPU each) on this machine."""
-    port = free_port()
-    temp = short_temp()
-    env = {"RAY_object_store_memory": str(200 * 1024**2)}
-    head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
-                f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats", env=env)
-    assert head.returncode == 0, head.stderr[-2000:]
-    address = f"127.0.0.1:{port}"
-    try:
-        for _ in range(2):
-            w = ray_cli("start", f"--address={address}", "--num-cpus=1", "--num-gpus=1",
-                     "--object-store-memory=200000000", "--disable-usage-stats", env=env)
-            assert w.returncode == 0, w.stderr[-2000:]
+    with started_cluster(1, [(1, 1), (1, 1)]) as (address, _temp):
         yield address
-    finally:
-        stop_cluster(temp)
 
 
 def _cluster_args(models, run, cohort, address):

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ray_nodes import NO_AUTH, alive, cluster_processes, free_port, ray_cli, short_temp, stop_cluster
+from ray_nodes import NO_AUTH, alive, cluster_processes, started_cluster
 from test_run_pipeline import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,23 +65,14 @@ def cluster():
     """Head (0 CPUs, no GPU) + 2 worker nodes (2 CPUs, 1 fake GPU each) on this machine; yields
     ``{"address": HOST:PORT, "pids": []}``, where a test lists the Ray worker processes it saw. On
     leaving, :func:`stop_cluster` stops the cluster's processes, and every one the test saw must be gone."""
-    port = free_port()
-    temp = short_temp()
-    env = {"RAY_object_store_memory": str(200 * 1024**2)}
-    seen: dict = {"address": f"127.0.0.1:{port}", "pids": []}
     # 2 CPUs per worker: the trainings ask for as many CPUs as this machine's in-process torch threads.
-    try:
-        head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
-                       f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats", env=env)
-        assert head.returncode == 0, head.stderr[-2000:]
-        for _ in range(2):
-            w = ray_cli("start", f"--address={seen['address']}", "--num-cpus=2", "--num-gpus=1",
-                        "--object-store-memory=200000000", "--disable-usage-stats", env=env)
-            assert w.returncode == 0, w.stderr[-2000:]
-        yield seen
-    finally:
-        seen["pids"] += cluster_processes(temp)
-        stop_cluster(temp)
+    seen: dict = {"pids": []}
+    with started_cluster(0, [(2, 1), (2, 1)]) as (address, temp):
+        seen["address"] = address
+        try:
+            yield seen
+        finally:
+            seen["pids"] += cluster_processes(temp)
     deadline = time.monotonic() + 30  # a worker exits on its own once its raylet is gone
     while any(alive(p) for p in seen["pids"]) and time.monotonic() < deadline:
         time.sleep(1)
