@@ -20,6 +20,15 @@ def make_cohort(root: Path, n: int = 8, seed: int = 3) -> dict:
     return json.loads((root / "truth" / "cohort.json").read_text())
 
 
+def labelled_phantom(root: Path, labels_name: str, n_train: int) -> tuple[Path, dict, Path]:
+    """A phantom cohort in ``root/data``, a labels file ``root/labels_name`` with its first ``n_train``
+    slides (the training slides; the rest are new) and random models; returns ``(root, cohort meta, models)``."""
+    meta = make_cohort(root / "data")
+    lines = (root / "data" / "training_ground_truth.csv").read_text().splitlines()
+    (root / labels_name).write_text("\n".join(lines[:n_train]) + "\n")
+    return root, meta, random_models(root / "models")
+
+
 def truth_run(root: Path, run: Path, ids: list[str] | None = None, *, spurious: int = 3, seed: int = 0,
               no_tumor: tuple[str, ...] = (), no_tissue: tuple[str, ...] = ()) -> dict[str, Path]:
     """RUN/slides from the truth: tumor heatmap = the true tumor mask as probabilities at 16 µm/px

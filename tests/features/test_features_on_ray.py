@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from phantom_runs import make_cohort, random_models, truth_run
+from phantom_runs import labelled_phantom, truth_run
 from ray_nodes import short_temp
 from safetensors.numpy import load_file
 
@@ -29,11 +29,7 @@ CFG = FeatureRunConfig(n_patches=3, n_clusters=8, n_splits=2, min_prob=0.5, gene
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom_ray")
-    meta = make_cohort(root / "data")
-    lines = (root / "data" / "training_ground_truth.csv").read_text().splitlines()
-    (root / "labels.csv").write_text("\n".join(lines[:N_TRAIN]) + "\n")
-    return root, meta, random_models(root / "models")
+    return labelled_phantom(tmp_path_factory.mktemp("phantom_ray"), "labels.csv", N_TRAIN)
 
 
 @pytest.fixture(scope="module")

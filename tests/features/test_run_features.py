@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from phantom_runs import make_cohort, random_models, truth_run
+from phantom_runs import labelled_phantom, truth_run
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
@@ -21,12 +21,7 @@ N_TRAIN = 6  # slides 7 and 8 are new (not in the labels file)
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    meta = make_cohort(root / "data")
-    lines = (root / "data" / "training_ground_truth.csv").read_text().splitlines()
-    (root / "labels6.csv").write_text("\n".join(lines[:N_TRAIN]) + "\n")
-    models = random_models(root / "models")
-    return root, meta, models
+    return labelled_phantom(tmp_path_factory.mktemp("phantom"), "labels6.csv", N_TRAIN)
 
 
 def _run(run, labels, models, *extra):

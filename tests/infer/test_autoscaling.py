@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from ray_nodes import NO_AUTH, free_port, ray_cli, short_temp, stop_cluster
-from test_job_support import PY, infer_cli, local_args, make_cohort, make_models, output_digests, summary
+from test_job_support import (PY, clean_digests, cluster_args, infer_cli, make_cohort, make_models, output_digests,
+                              summary)
 
 HEAD_ID = "f" * 51 + "00000"
 """The fake provider's node ids: fff...f then a 5-digit counter, the head first."""
@@ -58,18 +59,6 @@ def test_a_read_only_monitors_report_is_no_autoscaler(monkeypatch):
     assert _autoscaler_status(None) is None
 
 
-def _remote_args(models: Path, run: Path, cohort: Path, address: str) -> list[str]:
-    """``tupac infer`` against a cluster, with the local run's chunks and batches; no actor count, no GPU
-    option: the plan on an empty cluster is under test."""
-    args = local_args(models, run, data=cohort)
-    for opt in ("--local-cpus", "--object-store-mb", "--actors"):
-        i = args.index(opt)
-        del args[i : i + 2]
-    args.remove("--no-dashboard")
-    # As the clean local run's one CPU actor (its float sums may differ in the last bits with the thread count).
-    return [*args, "--address", address, "--threads-per-actor", "2"]
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     return make_models(tmp_path_factory.mktemp("models"))
@@ -82,10 +71,7 @@ def cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clean(models, cohort, tmp_path_factory) -> dict:
-    run = tmp_path_factory.mktemp("clean") / "run"
-    proc = infer_cli(local_args(models, run, data=cohort), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return output_digests(run)
+    return clean_digests(models, cohort, tmp_path_factory.mktemp("clean") / "run", timeout=600)
 
 
 def _fake_autoscaling_config(port: int) -> dict:
@@ -136,7 +122,8 @@ def test_empty_autoscaling_cluster_scales_up_loses_a_node_and_matches_a_local_ru
                                                                                   autoscaling_cluster, tmp_path):
     address, temp = autoscaling_cluster
     run = tmp_path / "run"
-    proc = subprocess.Popen([PY, "-m", "tupac", "infer", *_remote_args(models, run, cohort, address)],
+    # No actor count and no GPU option: the plan on an empty cluster is under test.
+    proc = subprocess.Popen([PY, "-m", "tupac", "infer", *cluster_args(models, run, cohort, address)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, **NO_AUTH})
     try:
@@ -186,7 +173,7 @@ def test_nothing_placed_within_the_placement_timeout_fails_the_slides_with_the_a
                        f"--temp-dir={temp}", "--object-store-memory=100000000", "--disable-usage-stats")
         assert head.returncode == 0, head.stderr[-2000:]
         run = tmp_path / "run"
-        args = [*_remote_args(models, run, cohort, f"127.0.0.1:{port}"), "--num-gpus-per-actor", "1", "--actors", "4",
+        args = [*cluster_args(models, run, cohort, f"127.0.0.1:{port}"), "--num-gpus-per-actor", "1", "--actors", "4",
                 "--placement-timeout", "5"]
         proc = infer_cli(args, env=NO_AUTH, timeout=300)
     finally:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from ray_nodes import NO_AUTH, RAY, free_port, ray_cli, short_temp, started_cluster, stop_cluster
-from test_job_support import PY, ROOT, infer_cli, local_args, make_cohort, make_models, output_digests
+from test_job_support import (PY, ROOT, clean_digests, cluster_args, infer_cli, local_args, make_cohort, make_models,
+                              output_digests)
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +38,7 @@ def cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clean(models, cohort, tmp_path_factory) -> dict:
-    run = tmp_path_factory.mktemp("clean") / "run"
-    proc = infer_cli(local_args(models, run, data=cohort), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return output_digests(run)
+    return clean_digests(models, cohort, tmp_path_factory.mktemp("clean") / "run")
 
 
 def _connect(run: Path) -> contextlib.closing:
@@ -162,14 +160,7 @@ def cluster():
 
 
 def _cluster_args(models, run, cohort, address):
-    args = local_args(models, run, data=cohort)
-    for opt in ("--local-cpus", "--object-store-mb", "--actors"):
-        i = args.index(opt)
-        del args[i : i + 2]
-    args.remove("--no-dashboard")
-    # The clean local run's one CPU actor runs torch on 2 threads; a convolution's float sums can differ in
-    # their last bits with the thread count (seen on some CPUs), so the GPU-declared actors use as many.
-    return [*args, "--address", address, "--num-gpus-per-actor", "1", "--threads-per-actor", "2"]
+    return [*cluster_args(models, run, cohort, address), "--num-gpus-per-actor", "1"]
 
 
 def test_multi_node_gpu_pinning_and_a_worker_node_killed(models, cohort, clean, cluster, tmp_path):

@@ -90,5 +90,25 @@ def local_args(models: Path, out: Path, *, data: Path | None = None, manifest: P
             "--batch-size", "2"]
 
 
+def cluster_args(models: Path, out: Path, data: Path, address: str) -> list[str]:
+    """:func:`local_args` for a run against the cluster at ``address``: without the options of a local Ray
+    (CPUs, object store, dashboard) and of the actor count, so the job plans its actors on the cluster."""
+    args = local_args(models, out, data=data)
+    for opt in ("--local-cpus", "--object-store-mb", "--actors"):
+        i = args.index(opt)
+        del args[i : i + 2]
+    args.remove("--no-dashboard")
+    # The clean local run's one CPU actor runs torch on 2 threads; a convolution's float sums can differ in
+    # their last bits with the thread count (seen on some CPUs), so the cluster's actors use as many.
+    return [*args, "--address", address, "--threads-per-actor", "2"]
+
+
+def clean_digests(models: Path, data: Path, run: Path, timeout: float = 900) -> dict[str, str]:
+    """:func:`output_digests` of a clean local ``tupac infer`` run: the reference every cluster run must equal."""
+    proc = infer_cli(local_args(models, run, data=data), timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return output_digests(run)
+
+
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
